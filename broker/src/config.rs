@@ -1,0 +1,1 @@
+//! Broker configuration (TOML): listener, TLS, store, identity, residency, key defaults.

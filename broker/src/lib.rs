@@ -1,0 +1,7 @@
+//! keybroker: a gRPC key broker whose key-encryption keys live in PKCS#11 HSMs.
+//!
+//! `keybrokerd` is a thin binary over [`run`]; tests call the same function on `127.0.0.1:0`.
+
+pub mod config;
+pub mod hsm;
+pub mod keys;

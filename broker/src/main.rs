@@ -1,0 +1,2 @@
+//! `keybrokerd`: flags, config, tracing; everything else is in the library.
+fn main() {}
