@@ -5,3 +5,4 @@
 pub mod config;
 pub mod hsm;
 pub mod keys;
+pub mod store;

@@ -3,7 +3,13 @@
 
 /// Package `keybroker.v1`.
 pub mod v1 {
-    #![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        missing_docs,
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )]
     tonic::include_proto!("keybroker.v1");
 }
 

@@ -1,0 +1,320 @@
+//! Catalog store: keys, versions, use counters and leases, behind one backend-neutral trait.
+//!
+//! SQLite is the embedded default; PostgreSQL (several replicas) implements the same trait.
+//! Nothing outside this room knows which backend is in use: records are plain Rust types and
+//! states travel as [`KeyState`] / [`VersionState`], never as SQL text.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+pub use sqlite::SqliteStore;
+
+/// Errors of the catalog store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A key or version with that identity already exists (names are never reused).
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The row to change was changed concurrently by someone else.
+    #[error("concurrent change of {0}; retry")]
+    Conflict(String),
+    /// The row to change does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A stored value could not be read back (corruption or a newer schema).
+    #[error("catalog holds an invalid value in {field}: {problem}")]
+    Corrupt {
+        /// Table and column.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The database failed or could not be reached.
+    #[error("catalog database error")]
+    Database(#[from] sqlx::Error),
+    /// Schema migration failed at start.
+    #[error("catalog migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Purpose of a key (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Envelope encryption of data keys.
+    DataKey,
+    /// Encrypt/decrypt of small secrets.
+    Seal,
+}
+
+/// State of a whole key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Usable.
+    Enabled,
+    /// Revoked; reversible.
+    Disabled,
+    /// Waiting for destruction; cancellable.
+    PendingDestruction,
+    /// HSM objects destroyed; final.
+    Destroyed,
+}
+
+/// State of one key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    /// Catalog row reserved, HSM object not yet confirmed.
+    PendingCreate,
+    /// Usable.
+    Enabled,
+    /// Revoked; reversible.
+    Disabled,
+    /// HSM object destroyed.
+    Destroyed,
+}
+
+/// One version of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// 1..n.
+    pub version: u32,
+    /// Lifecycle state.
+    pub state: VersionState,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// GCM encryptions made under this version so far.
+    pub wrap_count: u64,
+}
+
+/// A key of the catalog with its versions (ascending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Validated key name.
+    pub name: String,
+    /// What the key is for.
+    pub purpose: Purpose,
+    /// Whole-key state.
+    pub state: KeyState,
+    /// Labels that feed policy.
+    pub labels: BTreeMap<String, String>,
+    /// HSM inventory id.
+    pub hsm_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Ciphertexts of older versions are refused.
+    pub min_decryption_version: u32,
+    /// Automatic rotation period in seconds, if any.
+    pub rotation_period_secs: Option<i64>,
+    /// Versions, ascending.
+    pub versions: Vec<VersionRecord>,
+}
+
+impl KeyRecord {
+    /// The newest enabled version: the one new encryptions use.
+    pub fn primary_version(&self) -> Option<u32> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.state == VersionState::Enabled)
+            .map(|v| v.version)
+    }
+
+    /// The record of `version`, if it exists.
+    pub fn version(&self, version: u32) -> Option<&VersionRecord> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// The highest version number ever reserved (0 when none).
+    pub fn latest_version(&self) -> u32 {
+        self.versions.last().map_or(0, |v| v.version)
+    }
+}
+
+/// What `create_key` inserts: the key plus version 1 in `PendingCreate`.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// Validated key name.
+    pub name: String,
+    /// What the key is for.
+    pub purpose: Purpose,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// HSM inventory id.
+    pub hsm_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Automatic rotation period in seconds.
+    pub rotation_period_secs: Option<i64>,
+}
+
+/// A lease on released plaintext.
+#[derive(Debug, Clone)]
+pub struct LeaseRecord {
+    /// Opaque id given to the client.
+    pub lease_id: String,
+    /// Key name.
+    pub key_name: String,
+    /// Key version used.
+    pub version: u32,
+    /// Operation that released plaintext.
+    pub op: &'static str,
+    /// Token issuer of the principal.
+    pub issuer: String,
+    /// Subject of the principal.
+    pub subject: String,
+    /// Job id from verified identity, if any.
+    pub job_id: Option<String>,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// The catalog, whatever the backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a key and its version 1 (`PendingCreate`) atomically.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] when the name was ever used.
+    async fn create_key(&self, key: &NewKey) -> Result<KeyRecord, StoreError>;
+
+    /// Removes a key whose version 1 never left `PendingCreate` (its HSM object could not be
+    /// made), so a failed creation does not burn the name.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the key has any other version state.
+    async fn abort_create(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The key and its versions.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn get_key(&self, name: &str) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Keys whose name starts with `prefix`, after `after` (exclusive), at most `limit`, by name.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Reserves version `version` (`PendingCreate`).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when that version already exists (a concurrent rotation).
+    async fn reserve_version(&self, name: &str, version: u32, now: i64) -> Result<(), StoreError>;
+
+    /// Sets the state of one version.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the version does not exist.
+    async fn set_version_state(
+        &self,
+        name: &str,
+        version: u32,
+        state: VersionState,
+    ) -> Result<(), StoreError>;
+
+    /// Drops a version reservation that never left `PendingCreate`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the version is in another state.
+    async fn abort_version(&self, name: &str, version: u32) -> Result<(), StoreError>;
+
+    /// Counts one GCM encryption under `name`/`version` and, when plaintext is released,
+    /// records its lease — in one transaction. Returns the new use count.
+    ///
+    /// # Errors
+    /// Database failures; the caller must not release anything then.
+    async fn record_use(
+        &self,
+        name: &str,
+        version: u32,
+        lease: Option<&LeaseRecord>,
+    ) -> Result<u64, StoreError>;
+
+    /// Records a lease for a release that did not encrypt (Decrypt).
+    ///
+    /// # Errors
+    /// Database failures; the caller must not release anything then.
+    async fn insert_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError>;
+
+    /// Cheap liveness probe.
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+impl Purpose {
+    pub(crate) fn as_db(self) -> &'static str {
+        match self {
+            Purpose::DataKey => "DATA_KEY",
+            Purpose::Seal => "SEAL",
+        }
+    }
+
+    pub(crate) fn from_db(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "DATA_KEY" => Ok(Purpose::DataKey),
+            "SEAL" => Ok(Purpose::Seal),
+            other => Err(corrupt("keys.purpose", other)),
+        }
+    }
+}
+
+impl KeyState {
+    pub(crate) fn as_db(self) -> &'static str {
+        match self {
+            KeyState::Enabled => "ENABLED",
+            KeyState::Disabled => "DISABLED",
+            KeyState::PendingDestruction => "PENDING_DESTRUCTION",
+            KeyState::Destroyed => "DESTROYED",
+        }
+    }
+
+    pub(crate) fn from_db(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "ENABLED" => Ok(KeyState::Enabled),
+            "DISABLED" => Ok(KeyState::Disabled),
+            "PENDING_DESTRUCTION" => Ok(KeyState::PendingDestruction),
+            "DESTROYED" => Ok(KeyState::Destroyed),
+            other => Err(corrupt("keys.state", other)),
+        }
+    }
+}
+
+impl VersionState {
+    pub(crate) fn as_db(self) -> &'static str {
+        match self {
+            VersionState::PendingCreate => "PENDING_CREATE",
+            VersionState::Enabled => "ENABLED",
+            VersionState::Disabled => "DISABLED",
+            VersionState::Destroyed => "DESTROYED",
+        }
+    }
+
+    pub(crate) fn from_db(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "PENDING_CREATE" => Ok(VersionState::PendingCreate),
+            "ENABLED" => Ok(VersionState::Enabled),
+            "DISABLED" => Ok(VersionState::Disabled),
+            "DESTROYED" => Ok(VersionState::Destroyed),
+            other => Err(corrupt("key_versions.state", other)),
+        }
+    }
+}
+
+fn corrupt(field: &'static str, value: &str) -> StoreError {
+    StoreError::Corrupt {
+        field,
+        problem: format!("unknown value {value:?}"),
+    }
+}

@@ -1,0 +1,452 @@
+//! SQLite backend of the catalog: the embedded single-node default.
+//!
+//! WAL mode with `synchronous=FULL`: a lease row is durable before the plaintext it covers
+//! leaves the broker. Migrations are embedded and run at open.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use super::{
+    KeyRecord, KeyState, LeaseRecord, NewKey, Purpose, Store, StoreError, VersionRecord,
+    VersionState,
+};
+
+/// The SQLite catalog.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and applies migrations.
+    ///
+    /// # Errors
+    /// The file cannot be opened or a migration fails.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// An in-memory catalog (unit tests).
+    ///
+    /// # Errors
+    /// Migration failures.
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT version, state, created_at, wrap_count FROM key_versions \
+             WHERE key_name = ?1 ORDER BY version",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_from_row).collect()
+    }
+
+    async fn with_versions(&self, row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+        let mut key = key_from_row(row)?;
+        key.versions = self.versions(&key.name).await?;
+        Ok(key)
+    }
+}
+
+/// `SELECT … FROM keys` followed by the given SQL literal (kept literal: sqlx audits dynamic SQL).
+macro_rules! select_keys {
+    ($rest:literal) => {
+        concat!(
+            "SELECT name, purpose, state, labels, hsm_id, created_at, ",
+            "min_decryption_version, rotation_period_secs FROM keys ",
+            $rest
+        )
+    };
+}
+
+fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+    let labels: String = row.try_get("labels")?;
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
+            field: "keys.labels",
+            problem: e.to_string(),
+        })?;
+    let min: i64 = row.try_get("min_decryption_version")?;
+    Ok(KeyRecord {
+        name: row.try_get("name")?,
+        purpose: Purpose::from_db(row.try_get("purpose")?)?,
+        state: KeyState::from_db(row.try_get("state")?)?,
+        labels,
+        hsm_id: row.try_get("hsm_id")?,
+        created_at: row.try_get("created_at")?,
+        min_decryption_version: to_u32("keys.min_decryption_version", min)?,
+        rotation_period_secs: row.try_get("rotation_period_secs")?,
+        versions: Vec::new(),
+    })
+}
+
+fn version_from_row(row: &SqliteRow) -> Result<VersionRecord, StoreError> {
+    let version: i64 = row.try_get("version")?;
+    let count: i64 = row.try_get("wrap_count")?;
+    Ok(VersionRecord {
+        version: to_u32("key_versions.version", version)?,
+        state: VersionState::from_db(row.try_get("state")?)?,
+        created_at: row.try_get("created_at")?,
+        wrap_count: u64::try_from(count).map_err(|_| StoreError::Corrupt {
+            field: "key_versions.wrap_count",
+            problem: "negative".into(),
+        })?,
+    })
+}
+
+fn to_u32(field: &'static str, v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt {
+        field,
+        problem: format!("{v} out of range"),
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_key(&self, key: &NewKey) -> Result<KeyRecord, StoreError> {
+        let labels = serde_json::to_string(&key.labels).map_err(|e| StoreError::Corrupt {
+            field: "keys.labels",
+            problem: e.to_string(),
+        })?;
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO keys (name, purpose, state, labels, hsm_id, created_at, \
+             min_decryption_version, rotation_period_secs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
+        )
+        .bind(&key.name)
+        .bind(key.purpose.as_db())
+        .bind(KeyState::Enabled.as_db())
+        .bind(&labels)
+        .bind(&key.hsm_id)
+        .bind(key.created_at)
+        .bind(key.rotation_period_secs)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists(format!("key {}", key.name)));
+            }
+            other => other?,
+        };
+        sqlx::query(
+            "INSERT INTO key_versions (key_name, version, state, created_at) VALUES (?1, 1, ?2, ?3)",
+        )
+        .bind(&key.name)
+        .bind(VersionState::PendingCreate.as_db())
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.get_key(&key.name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("key {}", key.name)))
+    }
+
+    async fn abort_create(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let others: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM key_versions WHERE key_name = ?1 AND state != ?2",
+        )
+        .bind(name)
+        .bind(VersionState::PendingCreate.as_db())
+        .fetch_one(&mut *tx)
+        .await?;
+        if others != 0 {
+            return Err(StoreError::Conflict(format!("key {name}")));
+        }
+        sqlx::query("DELETE FROM key_versions WHERE key_name = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM keys WHERE name = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_key(&self, name: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(select_keys!("WHERE name = ?1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.with_versions(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        // Prefix match by range, not LIKE: names may contain `_`, which LIKE treats as a wildcard.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let rows = sqlx::query(select_keys!(
+            "WHERE name >= ?1 AND name < ?2 AND name > ?3 ORDER BY name LIMIT ?4"
+        ))
+        .bind(prefix)
+        .bind(&upper)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.with_versions(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn reserve_version(&self, name: &str, version: u32, now: i64) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO key_versions (key_name, version, state, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(VersionState::PendingCreate.as_db())
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "key {name} version {version}"
+            ))),
+            other => other.map(|_| ()).map_err(StoreError::from),
+        }
+    }
+
+    async fn set_version_state(
+        &self,
+        name: &str,
+        version: u32,
+        state: VersionState,
+    ) -> Result<(), StoreError> {
+        let res =
+            sqlx::query("UPDATE key_versions SET state = ?3 WHERE key_name = ?1 AND version = ?2")
+                .bind(name)
+                .bind(i64::from(version))
+                .bind(state.as_db())
+                .execute(&self.pool)
+                .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "key {name} version {version}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn abort_version(&self, name: &str, version: u32) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "DELETE FROM key_versions WHERE key_name = ?1 AND version = ?2 AND state = ?3",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(VersionState::PendingCreate.as_db())
+        .execute(&self.pool)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "key {name} version {version}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn record_use(
+        &self,
+        name: &str,
+        version: u32,
+        lease: Option<&LeaseRecord>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let count: Option<i64> = sqlx::query_scalar(
+            "UPDATE key_versions SET wrap_count = wrap_count + 1 \
+             WHERE key_name = ?1 AND version = ?2 RETURNING wrap_count",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let count =
+            count.ok_or_else(|| StoreError::NotFound(format!("key {name} version {version}")))?;
+        if let Some(lease) = lease {
+            insert_lease(&mut tx, lease).await?;
+        }
+        tx.commit().await?;
+        u64::try_from(count).map_err(|_| StoreError::Corrupt {
+            field: "key_versions.wrap_count",
+            problem: "negative".into(),
+        })
+    }
+
+    async fn insert_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_lease(&mut tx, lease).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+async fn insert_lease(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    lease: &LeaseRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO leases (lease_id, key_name, version, op, issuer, subject, job_id, \
+         issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .bind(&lease.lease_id)
+    .bind(&lease.key_name)
+    .bind(i64::from(lease.version))
+    .bind(lease.op)
+    .bind(&lease.issuer)
+    .bind(&lease.subject)
+    .bind(&lease.job_id)
+    .bind(lease.issued_at)
+    .bind(lease.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_key(name: &str) -> NewKey {
+        NewKey {
+            name: name.into(),
+            purpose: Purpose::DataKey,
+            labels: BTreeMap::from([("stage".into(), "dev".into())]),
+            hsm_id: "hsm-a".into(),
+            created_at: 1_700_000_000,
+            rotation_period_secs: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn create_get_and_names_are_never_reused() {
+        let s = SqliteStore::in_memory().await.unwrap();
+        let k = s.create_key(&new_key("datasets/a")).await.unwrap();
+        assert_eq!(k.versions.len(), 1);
+        assert_eq!(k.versions[0].state, VersionState::PendingCreate);
+        assert_eq!(k.primary_version(), None);
+        s.set_version_state("datasets/a", 1, VersionState::Enabled)
+            .await
+            .unwrap();
+        let k = s.get_key("datasets/a").await.unwrap().unwrap();
+        assert_eq!(k.primary_version(), Some(1));
+        assert_eq!(k.labels.get("stage").map(String::as_str), Some("dev"));
+        assert!(matches!(
+            s.create_key(&new_key("datasets/a")).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(s.get_key("datasets/b").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn abort_create_frees_only_never_enabled_keys() {
+        let s = SqliteStore::in_memory().await.unwrap();
+        s.create_key(&new_key("a")).await.unwrap();
+        s.abort_create("a").await.unwrap();
+        assert!(s.get_key("a").await.unwrap().is_none());
+        s.create_key(&new_key("a")).await.unwrap();
+        s.set_version_state("a", 1, VersionState::Enabled)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.abort_create("a").await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_rotation_conflicts_and_use_is_counted() {
+        let s = SqliteStore::in_memory().await.unwrap();
+        s.create_key(&new_key("k")).await.unwrap();
+        s.set_version_state("k", 1, VersionState::Enabled)
+            .await
+            .unwrap();
+        s.reserve_version("k", 2, 1).await.unwrap();
+        assert!(matches!(
+            s.reserve_version("k", 2, 1).await,
+            Err(StoreError::Conflict(_))
+        ));
+        s.abort_version("k", 2).await.unwrap();
+        assert_eq!(s.record_use("k", 1, None).await.unwrap(), 1);
+        let lease = LeaseRecord {
+            lease_id: "l1".into(),
+            key_name: "k".into(),
+            version: 1,
+            op: "GenerateDataKey",
+            issuer: "iss".into(),
+            subject: "sub".into(),
+            job_id: None,
+            issued_at: 1,
+            expires_at: 2,
+        };
+        assert_eq!(s.record_use("k", 1, Some(&lease)).await.unwrap(), 2);
+        assert!(matches!(
+            s.record_use("k", 9, None).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn list_is_by_prefix_literally_and_paged() {
+        let s = SqliteStore::in_memory().await.unwrap();
+        for n in ["a_b/1", "a_b/2", "axb/3", "z"] {
+            s.create_key(&new_key(n)).await.unwrap();
+        }
+        let page = s.list_keys("a_b/", None, 1).await.unwrap();
+        assert_eq!(page.len(), 1);
+        let next = s.list_keys("a_b/", Some(&page[0].name), 10).await.unwrap();
+        let names: Vec<_> = next.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["a_b/2"]);
+        assert_eq!(s.list_keys("", None, 100).await.unwrap().len(), 4);
+    }
+}
