@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod hsm;
+pub mod identity;
 pub mod keys;
 pub mod store;
