@@ -1,1 +1,3 @@
+//! The `keybroker` command line (work in progress).
+
 fn main() {}
