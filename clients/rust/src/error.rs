@@ -45,7 +45,7 @@ pub enum ClientError {
     },
 
     /// Connecting to the broker failed (DNS, TCP, TLS handshake, …).
-    #[error("transport: {0}")]
+    #[error("broker connection: {0}")]
     Transport(#[from] tonic::transport::Error),
 
     /// The broker answered with a gRPC error.

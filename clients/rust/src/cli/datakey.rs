@@ -5,9 +5,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Subcommand;
-use keybroker_client::{Client, DataKey, DecryptedKey};
+use keybroker_client::{DataKey, DecryptedKey};
 use serde::Serialize;
 
+use super::GlobalArgs;
 use super::args::{pairs_to_map, parse_pair, parse_ttl};
 use super::error::CliError;
 use super::output::{Format, b64, from_b64, rfc3339, write_json};
@@ -42,19 +43,20 @@ pub(crate) enum DatakeyCmd {
 }
 
 impl DatakeyCmd {
-    /// Runs the command against `client`, printing to `out`.
+    /// Checks the arguments, connects with `global`, runs the command, prints to `out`.
     ///
     /// # Errors
     /// Duplicate context keys, bad base64, client errors, output errors.
     pub(crate) async fn run(
         &self,
-        client: &Client,
+        global: &GlobalArgs,
         format: Format,
         out: &mut dyn Write,
     ) -> Result<(), CliError> {
         match self {
             Self::Generate { key, context, ttl } => {
                 let context = pairs_to_map("context", context)?;
+                let client = super::connect(global).await?;
                 let dk = client.generate_data_key(key, &context, *ttl).await?;
                 print_generated(&dk, format, out)?;
             }
@@ -65,6 +67,7 @@ impl DatakeyCmd {
             } => {
                 let context = pairs_to_map("context", context)?;
                 let ciphertext = from_b64(ciphertext)?;
+                let client = super::connect(global).await?;
                 let dk = client.decrypt(&ciphertext, &context, *ttl).await?;
                 print_decrypted(&dk, format, out)?;
             }

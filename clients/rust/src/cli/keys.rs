@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use clap::{Subcommand, ValueEnum};
-use keybroker_client::{Client, KeyInfo, KeyPurpose};
+use keybroker_client::{KeyInfo, KeyPurpose};
 use serde::Serialize;
 
+use super::GlobalArgs;
 use super::args::{pairs_to_map, parse_pair};
 use super::error::CliError;
 use super::output::{Format, rfc3339, write_json};
@@ -67,13 +68,13 @@ pub(crate) enum KeysCmd {
 }
 
 impl KeysCmd {
-    /// Runs the command against `client`, printing to `out`.
+    /// Checks the arguments, connects with `global`, runs the command, prints to `out`.
     ///
     /// # Errors
     /// Duplicate labels, client errors, output errors.
     pub(crate) async fn run(
         &self,
-        client: &Client,
+        global: &GlobalArgs,
         format: Format,
         out: &mut dyn Write,
     ) -> Result<(), CliError> {
@@ -85,14 +86,24 @@ impl KeysCmd {
                 hsm,
             } => {
                 let labels = pairs_to_map("label", labels)?;
+                let client = super::connect(global).await?;
                 let key = client
                     .create_key(name, (*purpose).into(), &labels, hsm.as_deref())
                     .await?;
                 print_key(&key, format, out)?;
             }
-            Self::Get { name } => print_key(&client.get_key(name).await?, format, out)?,
-            Self::Rotate { name } => print_key(&client.rotate_key(name).await?, format, out)?,
-            Self::List { prefix } => print_keys(&client.list_all_keys(prefix).await?, format, out)?,
+            Self::Get { name } => {
+                let key = super::connect(global).await?.get_key(name).await?;
+                print_key(&key, format, out)?;
+            }
+            Self::Rotate { name } => {
+                let key = super::connect(global).await?.rotate_key(name).await?;
+                print_key(&key, format, out)?;
+            }
+            Self::List { prefix } => {
+                let keys = super::connect(global).await?.list_all_keys(prefix).await?;
+                print_keys(&keys, format, out)?;
+            }
         }
         Ok(())
     }

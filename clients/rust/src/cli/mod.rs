@@ -79,14 +79,19 @@ impl Cli {
         let format = self.global.output;
         match &self.command {
             Command::DevToken(args) => args.run(out),
-            Command::Datakey(cmd) => cmd.run(&self.connect().await?, format, out).await,
-            Command::Keys(cmd) => cmd.run(&self.connect().await?, format, out).await,
+            Command::Datakey(cmd) => cmd.run(&self.global, format, out).await,
+            Command::Keys(cmd) => cmd.run(&self.global, format, out).await,
         }
     }
+}
 
-    async fn connect(&self) -> Result<Client, CliError> {
-        Ok(Client::connect(client_config(&self.global)?).await?)
-    }
+/// Connects with the global flags. Commands call this after checking their own arguments,
+/// so that a usage mistake is reported without a round trip.
+///
+/// # Errors
+/// As [`client_config`], plus the client's connection errors.
+async fn connect(g: &GlobalArgs) -> Result<Client, CliError> {
+    Ok(Client::connect(client_config(g)?).await?)
 }
 
 /// Turns the global flags into a client configuration.
