@@ -37,7 +37,7 @@ impl From<PurposeArg> for KeyPurpose {
 pub(crate) enum KeysCmd {
     /// Create a key (and its version 1 in an HSM).
     Create {
-        /// Key name: [a-z0-9][a-z0-9._/-]{0,127}, e.g. datasets/imagenet-eu.
+        /// Key name: lowercase letters, digits and . _ / - (at most 128), e.g. datasets/imagenet-eu.
         name: String,
         /// What the key is for.
         #[arg(long, value_enum, default_value_t = PurposeArg::DataKey)]
