@@ -1,1 +1,36 @@
-//! Client library for keybroker.
+//! Client library for keybroker: connect over TLS (optionally mTLS) with a bearer token from a
+//! file, then generate and open data keys and administer keys through the `keybroker.v1` gRPC
+//! API. Key material comes back in `Zeroizing` buffers whose `Debug` prints `[redacted]`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keybroker_client::ClientError> {
+//! use std::collections::BTreeMap;
+//! use keybroker_client::{Client, ClientConfig};
+//!
+//! let cfg = ClientConfig {
+//!     ca: Some("/var/run/keybroker/ca.pem".into()),
+//!     token_file: Some("/var/run/secrets/tokens/keybroker".into()),
+//!     ..ClientConfig::new("https://keybroker.example:8443")
+//! };
+//! let client = Client::connect(cfg).await?;
+//! let context = BTreeMap::from([("dataset".to_owned(), "imagenet".to_owned())]);
+//! let dk = client.generate_data_key("datasets/imagenet-eu", &context, None).await?;
+//! // use dk.plaintext until dk.expires_at; store dk.ciphertext with the data
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod client;
+mod config;
+pub mod dev_token;
+mod error;
+mod token;
+mod types;
+
+pub use client::{Client, REQUEST_ID_HEADER};
+pub use config::ClientConfig;
+pub use error::{ClientError, code_name};
+pub use types::{
+    DataKey, DecryptedKey, KeyInfo, KeyPage, KeyPurpose, KeyState, KeyVersionInfo, ReEncrypted,
+    Wrapped,
+};

@@ -1,0 +1,35 @@
+//! `CliError`: what a `keybroker` command can fail with, on top of the library's errors. Its
+//! `Display` is what the user sees after `error: `; it never holds a token or key material.
+
+use keybroker_client::ClientError;
+use keybroker_client::dev_token::DevTokenError;
+
+/// An error of one `keybroker` command.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// A required setting was given neither as a flag nor in the environment.
+    #[error("no {what}: pass --{flag} or set {env} (dev mode: `source <state-dir>/client.env`)")]
+    Missing {
+        /// What is missing, e.g. "endpoint".
+        what: &'static str,
+        /// The flag, without dashes.
+        flag: &'static str,
+        /// The environment variable.
+        env: &'static str,
+    },
+    /// Arguments that parse but do not make sense together or are invalid.
+    #[error("{0}")]
+    Usage(String),
+    /// The ciphertext argument is not standard base64.
+    #[error("ciphertext is not valid base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    /// An error from the client library (config, transport, gRPC status).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Minting or writing a dev token failed.
+    #[error(transparent)]
+    DevToken(#[from] DevTokenError),
+    /// Writing the output failed (e.g. a closed pipe).
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}

@@ -1,0 +1,262 @@
+//! `Client`: a connected broker client. Every call carries a fresh `x-request-id` (uuid v4)
+//! and, when a token file is configured, `authorization: Bearer <token>`; a gRPC error keeps
+//! its code and request id. Data-key calls live here, key administration in `admin`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use keybroker_proto::v1 as pb;
+use keybroker_proto::v1::data_keys_client::DataKeysClient;
+use keybroker_proto::v1::key_admin_client::KeyAdminClient;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+use crate::token::TokenSource;
+use crate::types::{DataKey, DecryptedKey, ReEncrypted, Wrapped, timestamp};
+use crate::{ClientConfig, ClientError};
+
+/// Metadata key of the request id, sent on every request and echoed by the broker.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A connected keybroker client. Cheap to clone (clones share the connection and token cache).
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+    token: Option<TokenSource>,
+}
+
+impl Client {
+    /// Connects to the broker described by `cfg`. The token file, when configured, is read
+    /// once here so that a missing file is reported before the first call.
+    ///
+    /// # Errors
+    /// `Config`/`ConfigFile` for an unusable configuration (refused `http://`, missing CA,
+    /// unreadable certificate or key file), `TokenFile`/`InvalidToken` for the token file,
+    /// `Transport` when the connection cannot be set up.
+    pub async fn connect(cfg: ClientConfig) -> Result<Self, ClientError> {
+        let token = cfg.token_file.clone().map(TokenSource::new);
+        if let Some(token) = &token {
+            token.token().await?;
+        }
+        let channel = cfg.channel().await?;
+        Ok(Self { channel, token })
+    }
+
+    /// Wraps `msg` in a request with a fresh request id and the current bearer token.
+    pub(crate) async fn request<T>(
+        &self,
+        msg: T,
+    ) -> Result<(tonic::Request<T>, String), ClientError> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let mut req = tonic::Request::new(msg);
+        let rid: AsciiMetadataValue = MetadataValue::try_from(request_id.as_str())
+            .map_err(|_| ClientError::Config("request id is not a valid header value".into()))?;
+        req.metadata_mut().insert(REQUEST_ID_HEADER, rid);
+        if let Some(source) = &self.token {
+            let token = source.token().await?;
+            let header = Zeroizing::new(format!("Bearer {}", token.as_str()));
+            let mut value: AsciiMetadataValue =
+                MetadataValue::try_from(header.as_str()).map_err(|_| {
+                    ClientError::InvalidToken {
+                        path: source.path().to_path_buf(),
+                        problem: "is not a valid header value",
+                    }
+                })?;
+            value.set_sensitive(true);
+            req.metadata_mut().insert("authorization", value);
+        }
+        Ok((req, request_id))
+    }
+
+    pub(crate) fn data_keys(&self) -> DataKeysClient<Channel> {
+        DataKeysClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn key_admin(&self) -> KeyAdminClient<Channel> {
+        KeyAdminClient::new(self.channel.clone())
+    }
+
+    /// Generates a data key under `key`'s newest enabled version, bound to `context`.
+    /// `ttl` asks for a lease length (capped by the broker; `None` = broker default, 15 min).
+    ///
+    /// # Errors
+    /// `Status` with the broker's code (`PERMISSION_DENIED` also for an unknown key,
+    /// `FAILED_PRECONDITION` for a disabled key, `UNAVAILABLE` when retryable), token-file
+    /// errors, `Config` for a `ttl` too large to send, `MalformedResponse` without a lease.
+    pub async fn generate_data_key(
+        &self,
+        key: &str,
+        context: &BTreeMap<String, String>,
+        ttl: Option<Duration>,
+    ) -> Result<DataKey, ClientError> {
+        let msg = pb::GenerateDataKeyRequest {
+            key: key.to_owned(),
+            context: to_map(context),
+            ttl: ttl.map(to_pb_duration).transpose()?,
+        };
+        let (req, rid) = self.request(msg).await?;
+        let resp = self
+            .data_keys()
+            .generate_data_key(req)
+            .await
+            .map_err(|s| ClientError::from_status(&s, &rid))?
+            .into_inner();
+        let plaintext = Zeroizing::new(resp.plaintext);
+        let (lease_id, expires_at) = lease(resp.lease, &rid)?;
+        Ok(DataKey {
+            plaintext,
+            ciphertext: resp.ciphertext,
+            key_version: resp.key_version,
+            lease_id,
+            expires_at,
+        })
+    }
+
+    /// Generates a data key and returns only its wrapped copy (no plaintext, no lease).
+    ///
+    /// # Errors
+    /// As [`Client::generate_data_key`].
+    pub async fn generate_data_key_without_plaintext(
+        &self,
+        key: &str,
+        context: &BTreeMap<String, String>,
+    ) -> Result<Wrapped, ClientError> {
+        let msg = pb::GenerateDataKeyWithoutPlaintextRequest {
+            key: key.to_owned(),
+            context: to_map(context),
+        };
+        let (req, rid) = self.request(msg).await?;
+        let resp = self
+            .data_keys()
+            .generate_data_key_without_plaintext(req)
+            .await
+            .map_err(|s| ClientError::from_status(&s, &rid))?
+            .into_inner();
+        Ok(Wrapped {
+            ciphertext: resp.ciphertext,
+            key_version: resp.key_version,
+        })
+    }
+
+    /// Opens `ciphertext` (from `generate_data_key` or `encrypt`) given the same `context`.
+    ///
+    /// # Errors
+    /// `Status` with the broker's code (`INVALID_ARGUMENT` for a malformed ciphertext,
+    /// `PERMISSION_DENIED` for a wrong context or policy denial, `FAILED_PRECONDITION` for a
+    /// disabled key or too-old version), token-file errors, `MalformedResponse` without a lease.
+    pub async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &BTreeMap<String, String>,
+        ttl: Option<Duration>,
+    ) -> Result<DecryptedKey, ClientError> {
+        let msg = pb::DecryptRequest {
+            ciphertext: ciphertext.to_vec(),
+            context: to_map(context),
+            ttl: ttl.map(to_pb_duration).transpose()?,
+        };
+        let (req, rid) = self.request(msg).await?;
+        let resp = self
+            .data_keys()
+            .decrypt(req)
+            .await
+            .map_err(|s| ClientError::from_status(&s, &rid))?
+            .into_inner();
+        let plaintext = Zeroizing::new(resp.plaintext);
+        let (lease_id, expires_at) = lease(resp.lease, &rid)?;
+        Ok(DecryptedKey {
+            plaintext,
+            key: resp.key,
+            key_version: resp.key_version,
+            lease_id,
+            expires_at,
+        })
+    }
+
+    /// Encrypts a small payload (1 byte to 64 KiB) under a SEAL key.
+    ///
+    /// # Errors
+    /// `Status` with the broker's code (`INVALID_ARGUMENT` for an empty or too large payload or
+    /// a non-SEAL key), token-file errors.
+    pub async fn encrypt(
+        &self,
+        key: &str,
+        plaintext: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> Result<Wrapped, ClientError> {
+        let msg = pb::EncryptRequest {
+            key: key.to_owned(),
+            plaintext: plaintext.to_vec(),
+            context: to_map(context),
+        };
+        // The request owns a copy of the plaintext; it is consumed by the call and cannot be
+        // zeroized afterwards (prost owns the buffer), so keep payloads small.
+        let (req, rid) = self.request(msg).await?;
+        let resp = self
+            .data_keys()
+            .encrypt(req)
+            .await
+            .map_err(|s| ClientError::from_status(&s, &rid))?
+            .into_inner();
+        Ok(Wrapped {
+            ciphertext: resp.ciphertext,
+            key_version: resp.key_version,
+        })
+    }
+
+    /// Re-wraps `ciphertext` under its key's newest enabled version; the plaintext never leaves
+    /// the broker.
+    ///
+    /// # Errors
+    /// As [`Client::decrypt`].
+    pub async fn re_encrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> Result<ReEncrypted, ClientError> {
+        let msg = pb::ReEncryptRequest {
+            ciphertext: ciphertext.to_vec(),
+            context: to_map(context),
+        };
+        let (req, rid) = self.request(msg).await?;
+        let resp = self
+            .data_keys()
+            .re_encrypt(req)
+            .await
+            .map_err(|s| ClientError::from_status(&s, &rid))?
+            .into_inner();
+        Ok(ReEncrypted {
+            ciphertext: resp.ciphertext,
+            key: resp.key,
+            source_key_version: resp.source_key_version,
+            key_version: resp.key_version,
+        })
+    }
+}
+
+/// The encryption context as the generated message wants it.
+pub(crate) fn to_map(context: &BTreeMap<String, String>) -> HashMap<String, String> {
+    context
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// A std duration as a protobuf duration.
+pub(crate) fn to_pb_duration(d: Duration) -> Result<prost_types::Duration, ClientError> {
+    prost_types::Duration::try_from(d)
+        .map_err(|_| ClientError::Config(format!("duration {d:?} is too large")))
+}
+
+/// Lease id and expiry of a response; a release of plaintext without a lease is malformed.
+fn lease(
+    lease: Option<pb::Lease>,
+    request_id: &str,
+) -> Result<(String, Option<time::OffsetDateTime>), ClientError> {
+    let lease = lease.ok_or_else(|| ClientError::MalformedResponse {
+        problem: "plaintext released without a lease",
+        request_id: request_id.to_owned(),
+    })?;
+    Ok((lease.lease_id, lease.expires_at.and_then(timestamp)))
+}
