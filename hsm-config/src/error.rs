@@ -78,8 +78,9 @@ pub enum InventoryError {
         /// Its permission bits.
         mode: u32,
     },
-    /// The PKCS#11 module of an entry does not exist or is not a regular file.
-    #[error("hsm {id}: PKCS#11 module {}: {problem}", path.display())]
+    /// The PKCS#11 module of an entry does not exist or is not a regular file. The message
+    /// leaves the entry id to the caller's context (`hsm <id>: …`).
+    #[error("PKCS#11 module {}: {problem}", path.display())]
     ModuleMissing {
         /// The entry's id.
         id: String,

@@ -328,7 +328,7 @@ fn check_module_exists_reports_missing_module() {
     let inv = parse(&with("module", r#"module = "/nonexistent/libpkcs11.so""#)).unwrap();
     let e = inv.hsms[0].check_module_exists().unwrap_err().to_string();
     assert!(
-        e.starts_with("hsm softhsm-dev: PKCS#11 module /nonexistent/libpkcs11.so:"),
+        e.starts_with("PKCS#11 module /nonexistent/libpkcs11.so:"),
         "{e}"
     );
     let dir = tempfile::tempdir().unwrap();
