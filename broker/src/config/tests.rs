@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use hsm_config::Inventory;
 
-use super::{BrokerConfig, ConfigError, JwtAlgorithm, check_config};
+use super::{BrokerConfig, ConfigError, JwtAlgorithm};
 
-const FULL: &str = r#"
+pub(super) const FULL: &str = r#"
 hsm_inventory = "hsm.toml"
 [server]
 listen = "127.0.0.1:7443"
@@ -46,7 +46,7 @@ jwks_file = "jwks.json"
 algorithms = ["RS256"]
 "#;
 
-fn inventory(jurisdictions: &[&str], pin: &str, module: &str) -> String {
+pub(super) fn inventory(jurisdictions: &[&str], pin: &str, module: &str) -> String {
     jurisdictions
         .iter()
         .enumerate()
@@ -311,136 +311,4 @@ fn syntax_errors_name_the_line() {
     assert!(e.starts_with("broker.toml:14:"), "{e}");
     let e = err("[server]\nlisten = \"127.0.0.1:1\"\n");
     assert!(e.contains("missing field"), "{e}");
-}
-
-/// A complete deployment in a temp dir: config, inventory, TLS, JWKS, module, PIN file.
-struct Deployment {
-    dir: tempfile::TempDir,
-}
-
-impl Deployment {
-    fn new(pin_mode: u32) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let p = |s: &str| dir.path().join(s);
-        std::fs::create_dir(p("tls")).unwrap();
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        std::fs::write(p("tls/server.pem"), ck.cert.pem()).unwrap();
-        std::fs::write(p("tls/server-key.pem"), ck.signing_key.serialize_pem()).unwrap();
-        std::fs::write(
-            p("jwks.json"),
-            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AA"}]}"#,
-        )
-        .unwrap();
-        std::fs::write(p("libpkcs11.so"), b"").unwrap();
-        std::fs::write(p("pin"), "1234-very-secret\n").unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(p("pin"), std::fs::Permissions::from_mode(pin_mode)).unwrap();
-        }
-        let pin = format!("{{ file = \"{}\" }}", p("pin").display());
-        std::fs::write(
-            p("hsm.toml"),
-            inventory(&["EU"], &pin, &p("libpkcs11.so").display().to_string()),
-        )
-        .unwrap();
-        std::fs::write(p("broker.toml"), FULL).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, s: &str) -> PathBuf {
-        self.dir.path().join(s)
-    }
-}
-
-#[test]
-fn load_reads_the_inventory_relative_to_the_config() {
-    let d = Deployment::new(0o600);
-    let c = BrokerConfig::load(&d.path("broker.toml")).unwrap();
-    assert_eq!(c.hsm_inventory, d.path("hsm.toml"));
-    assert_eq!(c.inventory.hsms[0].id, "hsm-0");
-    std::fs::remove_file(d.path("hsm.toml")).unwrap();
-    let e = BrokerConfig::load(&d.path("broker.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("hsm.toml: cannot read the HSM inventory"), "{e}");
-    let e = BrokerConfig::load(&d.path("nope.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("nope.toml: cannot read the broker config"),
-        "{e}"
-    );
-}
-
-#[cfg(unix)]
-#[test]
-fn check_config_reports_every_file_and_no_secret() {
-    let d = Deployment::new(0o600);
-    let report = check_config(&d.path("broker.toml")).unwrap();
-    let text = report.to_string();
-    for want in [
-        "server.tls_cert",
-        "1 certificate(s)",
-        "server.tls_key",
-        "jwks_file",
-        "1 key(s)",
-        "hsm hsm-0",
-        "store.sqlite_path",
-        "configuration OK",
-    ] {
-        assert!(text.contains(want), "{want} missing in:\n{text}");
-    }
-    assert!(!text.contains("1234-very-secret"), "{text}");
-}
-
-#[cfg(unix)]
-#[test]
-fn check_config_rejects_broken_referenced_files() {
-    let d = Deployment::new(0o644);
-    let e = check_config(&d.path("broker.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("hsm hsm-0: PIN file") && e.contains("mode 0644"),
-        "{e}"
-    );
-    assert!(!e.contains("1234-very-secret"));
-
-    let d = Deployment::new(0o600);
-    std::fs::write(d.path("jwks.json"), r#"{"not_keys":[]}"#).unwrap();
-    let e = check_config(&d.path("broker.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("identity.jwt_issuers[0].jwks_file:") && e.contains("no \"keys\" array"),
-        "{e}"
-    );
-
-    let d = Deployment::new(0o600);
-    std::fs::write(d.path("tls/server-key.pem"), "not pem").unwrap();
-    let e = check_config(&d.path("broker.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("server.tls_key:") && e.contains("no PEM private key"),
-        "{e}"
-    );
-
-    let d = Deployment::new(0o600);
-    std::fs::write(d.path("tls/server.pem"), "").unwrap();
-    let e = check_config(&d.path("broker.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("server.tls_cert:") && e.contains("no CERTIFICATE"),
-        "{e}"
-    );
-
-    let d = Deployment::new(0o600);
-    std::fs::remove_file(d.path("libpkcs11.so")).unwrap();
-    let e = check_config(&d.path("broker.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("hsm.toml: hsm hsm-0: PKCS#11 module"), "{e}");
 }
