@@ -1,1 +1,0 @@
-//! Broker configuration (TOML): listener, TLS, store, identity, residency, key defaults.

@@ -1,0 +1,322 @@
+//! `keybrokerd check-config FILE`: everything `load` checks, plus the files the config refers
+//! to — TLS material parses, JWKS files parse, PKCS#11 modules exist, PINs are readable.
+//!
+//! The report lists what was checked and never holds a secret (PINs are read and dropped).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use zeroize::Zeroizing;
+
+use super::{BrokerConfig, ConfigError};
+
+/// One successful check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckItem {
+    /// What was checked, e.g. `server.tls_cert`.
+    pub what: String,
+    /// What was found, e.g. `/etc/keybroker/tls/server.pem: 2 certificates`.
+    pub detail: String,
+}
+
+/// What `check-config` verified; [`fmt::Display`] prints one `ok` line per item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The validated configuration.
+    pub config: BrokerConfig,
+    /// The checks that passed, in order.
+    pub items: Vec<CheckItem>,
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for item in &self.items {
+            writeln!(f, "ok  {}: {}", item.what, item.detail)?;
+        }
+        write!(
+            f,
+            "{}: configuration OK ({} checks)",
+            self.config.path.display(),
+            self.items.len()
+        )
+    }
+}
+
+/// Loads and validates the config at `path`, then checks every file it refers to.
+///
+/// # Errors
+/// The errors of [`BrokerConfig::load`], then [`ConfigError::Check`] for a TLS, JWKS or store
+/// problem and [`ConfigError::HsmCheck`] for a missing module or unreadable PIN source; the
+/// first failure stops the check.
+pub fn check_config(path: &Path) -> Result<CheckReport, ConfigError> {
+    let config = BrokerConfig::load(path)?;
+    let mut items = Vec::new();
+    let mut ok = |what: &str, detail: String| {
+        items.push(CheckItem {
+            what: what.to_owned(),
+            detail,
+        });
+    };
+    ok(
+        "config",
+        format!(
+            "{}: valid ({} JWT issuer(s), {} HSM(s), allowed jurisdictions: {})",
+            config.path.display(),
+            config.identity.jwt_issuers.len(),
+            config.inventory.hsms.len(),
+            config
+                .residency
+                .allowed_jurisdictions
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let fail = |field: &str, file: &Path, problem: String| ConfigError::Check {
+        path: path.to_path_buf(),
+        field: field.to_owned(),
+        file: file.to_path_buf(),
+        problem,
+    };
+    let read = |field: &str, file: &Path| {
+        std::fs::read(file)
+            .map(Zeroizing::new)
+            .map_err(|e| fail(field, file, format!("cannot read: {e}")))
+    };
+
+    let cert_path = &config.server.tls_cert;
+    let certs = CertificateDer::pem_slice_iter(&read("server.tls_cert", cert_path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail("server.tls_cert", cert_path, format!("not a PEM file: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(
+            "server.tls_cert",
+            cert_path,
+            "no CERTIFICATE block found".into(),
+        ));
+    }
+    ok(
+        "server.tls_cert",
+        format!("{}: {} certificate(s)", cert_path.display(), certs.len()),
+    );
+
+    let key_path = &config.server.tls_key;
+    // The pem error could quote key lines; say only what was expected.
+    PrivateKeyDer::from_pem_slice(&read("server.tls_key", key_path)?).map_err(|_| {
+        fail(
+            "server.tls_key",
+            key_path,
+            "no PEM private key (PKCS#8, PKCS#1 or SEC1) found".into(),
+        )
+    })?;
+    ok(
+        "server.tls_key",
+        format!("{}: private key parses", key_path.display()),
+    );
+
+    for (i, issuer) in config.identity.jwt_issuers.iter().enumerate() {
+        let field = format!("identity.jwt_issuers[{i}].jwks_file");
+        let file = &issuer.jwks_file;
+        let count = jwks_key_count(&read(&field, file)?).map_err(|p| fail(&field, file, p))?;
+        ok(
+            &field,
+            format!("{}: {count} key(s) for {}", file.display(), issuer.issuer),
+        );
+    }
+
+    let db = &config.store.sqlite_path;
+    let dir = db
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    if !dir.is_dir() {
+        return Err(fail(
+            "store.sqlite_path",
+            db,
+            format!("directory {} does not exist", dir.display()),
+        ));
+    }
+    ok(
+        "store.sqlite_path",
+        format!("{}: directory exists", db.display()),
+    );
+
+    for hsm in &config.inventory.hsms {
+        let hsm_err = |source| ConfigError::HsmCheck {
+            inventory: config.hsm_inventory.clone(),
+            id: hsm.id.clone(),
+            source: Box::new(source),
+        };
+        hsm.check_module_exists().map_err(hsm_err)?;
+        let pin = hsm.pin.read().map_err(hsm_err)?;
+        drop(pin);
+        let pin_from = match &hsm.pin {
+            hsm_config::PinSource::Env(var) => format!("env {var}"),
+            hsm_config::PinSource::File(p) => format!("file {}", p.display()),
+        };
+        ok(
+            &format!("hsm {}", hsm.id),
+            format!(
+                "module {} exists; PIN readable from {pin_from}; jurisdiction {}",
+                hsm.module.display(),
+                hsm.jurisdiction
+            ),
+        );
+    }
+    Ok(CheckReport { config, items })
+}
+
+/// Number of entries of the JWKS `keys` array; the problem as text otherwise.
+fn jwks_key_count(bytes: &[u8]) -> Result<usize, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    match doc.get("keys") {
+        Some(serde_json::Value::Array(keys)) if !keys.is_empty() => Ok(keys.len()),
+        Some(serde_json::Value::Array(_)) => Err("the \"keys\" array is empty".into()),
+        _ => Err("not a JWKS: no \"keys\" array".into()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::super::tests::{FULL, inventory};
+    use super::*;
+
+    /// A complete deployment in a temp dir: config, inventory, TLS, JWKS, module, PIN file.
+    struct Deployment {
+        dir: tempfile::TempDir,
+    }
+
+    impl Deployment {
+        fn new(pin_mode: u32) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let p = |s: &str| dir.path().join(s);
+            std::fs::create_dir(p("tls")).unwrap();
+            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+            std::fs::write(p("tls/server.pem"), ck.cert.pem()).unwrap();
+            std::fs::write(p("tls/server-key.pem"), ck.signing_key.serialize_pem()).unwrap();
+            std::fs::write(
+                p("jwks.json"),
+                r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AA"}]}"#,
+            )
+            .unwrap();
+            std::fs::write(p("libpkcs11.so"), b"").unwrap();
+            std::fs::write(p("pin"), "1234-very-secret\n").unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(p("pin"), std::fs::Permissions::from_mode(pin_mode))
+                    .unwrap();
+            }
+            let pin = format!("{{ file = \"{}\" }}", p("pin").display());
+            std::fs::write(
+                p("hsm.toml"),
+                inventory(&["EU"], &pin, &p("libpkcs11.so").display().to_string()),
+            )
+            .unwrap();
+            std::fs::write(p("broker.toml"), FULL).unwrap();
+            Self { dir }
+        }
+
+        fn path(&self, s: &str) -> PathBuf {
+            self.dir.path().join(s)
+        }
+    }
+
+    #[test]
+    fn load_reads_the_inventory_relative_to_the_config() {
+        let d = Deployment::new(0o600);
+        let c = BrokerConfig::load(&d.path("broker.toml")).unwrap();
+        assert_eq!(c.hsm_inventory, d.path("hsm.toml"));
+        assert_eq!(c.inventory.hsms[0].id, "hsm-0");
+        std::fs::remove_file(d.path("hsm.toml")).unwrap();
+        let e = BrokerConfig::load(&d.path("broker.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hsm.toml: cannot read the HSM inventory"), "{e}");
+        let e = BrokerConfig::load(&d.path("nope.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nope.toml: cannot read the broker config"),
+            "{e}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn check_config_reports_every_file_and_no_secret() {
+        let d = Deployment::new(0o600);
+        let report = check_config(&d.path("broker.toml")).unwrap();
+        let text = report.to_string();
+        for want in [
+            "server.tls_cert",
+            "1 certificate(s)",
+            "server.tls_key",
+            "jwks_file",
+            "1 key(s)",
+            "hsm hsm-0",
+            "store.sqlite_path",
+            "configuration OK",
+        ] {
+            assert!(text.contains(want), "{want} missing in:\n{text}");
+        }
+        assert!(!text.contains("1234-very-secret"), "{text}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn check_config_rejects_broken_referenced_files() {
+        let d = Deployment::new(0o644);
+        let e = check_config(&d.path("broker.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hsm hsm-0: PIN file") && e.contains("mode 0644"),
+            "{e}"
+        );
+        assert!(!e.contains("1234-very-secret"));
+
+        let d = Deployment::new(0o600);
+        std::fs::write(d.path("jwks.json"), r#"{"not_keys":[]}"#).unwrap();
+        let e = check_config(&d.path("broker.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("identity.jwt_issuers[0].jwks_file:") && e.contains("no \"keys\" array"),
+            "{e}"
+        );
+
+        let d = Deployment::new(0o600);
+        std::fs::write(d.path("tls/server-key.pem"), "not pem").unwrap();
+        let e = check_config(&d.path("broker.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.tls_key:") && e.contains("no PEM private key"),
+            "{e}"
+        );
+
+        let d = Deployment::new(0o600);
+        std::fs::write(d.path("tls/server.pem"), "").unwrap();
+        let e = check_config(&d.path("broker.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.tls_cert:") && e.contains("no CERTIFICATE"),
+            "{e}"
+        );
+
+        let d = Deployment::new(0o600);
+        std::fs::remove_file(d.path("libpkcs11.so")).unwrap();
+        let e = check_config(&d.path("broker.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hsm.toml: hsm hsm-0: PKCS#11 module"), "{e}");
+    }
+}

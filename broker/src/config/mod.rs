@@ -1,0 +1,191 @@
+//! Broker configuration (TOML): listener, TLS, store, identity, residency, key defaults.
+//!
+//! [`BrokerConfig::load`] reads the file, validates every field, resolves relative paths against
+//! the file's directory and loads the HSM inventory it names. Parsing and validation are pure
+//! ([`BrokerConfig::parse_with_inventory`]); file reads happen only in `load`, `parse` (the
+//! inventory) and [`check_config`]. Errors name the file, the field and the problem.
+
+mod check;
+mod error;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hsm_config::Inventory;
+
+pub use check::{CheckItem, CheckReport, check_config};
+pub use error::ConfigError;
+
+/// The validated broker configuration. Every path is absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Absolute path of the config file itself (relative paths were resolved against its
+    /// directory).
+    pub path: PathBuf,
+    /// The HSM inventory file.
+    pub hsm_inventory: PathBuf,
+    /// The loaded HSM inventory.
+    pub inventory: Inventory,
+    /// gRPC listener and TLS.
+    pub server: ServerConfig,
+    /// Catalog storage.
+    pub store: StoreConfig,
+    /// Data-residency guard.
+    pub residency: ResidencyConfig,
+    /// Lease and rotation defaults.
+    pub keys: KeysConfig,
+    /// Who may call.
+    pub identity: IdentityConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub tls_cert: PathBuf,
+    /// PEM private key.
+    pub tls_key: PathBuf,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// SQLite catalog database (created on first start).
+    pub sqlite_path: PathBuf,
+}
+
+/// `[residency]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResidencyConfig {
+    /// Jurisdiction codes a key's HSM may be in; default `{"EU"}`.
+    pub allowed_jurisdictions: BTreeSet<String>,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeysConfig {
+    /// Lease TTL when the caller asks for none; default 15 min.
+    pub default_lease_ttl: Duration,
+    /// Longest lease a caller may ask for; default 1 h, at least `default_lease_ttl`.
+    pub max_lease_ttl: Duration,
+    /// Wraps per key version before automatic rotation; default 2^30, at most 2^32
+    /// (NIST SP 800-38D bound for random 96-bit IVs).
+    pub rotate_after_wraps: u64,
+}
+
+/// `[identity]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// Trusted JWT issuers; at least one (there is no anonymous mode).
+    pub jwt_issuers: Vec<JwtIssuerConfig>,
+}
+
+/// One `[[identity.jwt_issuers]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtIssuerConfig {
+    /// Expected `iss` claim; unique among issuers.
+    pub issuer: String,
+    /// Accepted `aud` values; at least one.
+    pub audiences: Vec<String>,
+    /// JWKS document with the issuer's public keys.
+    pub jwks_file: PathBuf,
+    /// Accepted signature algorithms; at least one, asymmetric only.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Longest accepted `exp - iat`; default 1 h.
+    pub max_token_lifetime: Duration,
+    /// Clock skew tolerance; default 30 s, at most 30 s.
+    pub leeway: Duration,
+}
+
+/// The JWT signature algorithms keybroker accepts. `none` and HMAC are not representable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwtAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    Rs256,
+    /// RSASSA-PSS with SHA-256.
+    Ps256,
+    /// ECDSA P-256 with SHA-256.
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl JwtAlgorithm {
+    /// The JOSE `alg` name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rs256 => "RS256",
+            Self::Ps256 => "PS256",
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+
+    /// The algorithm with this JOSE `alg` name, if keybroker accepts it.
+    #[must_use]
+    pub fn from_jose(name: &str) -> Option<Self> {
+        [Self::Rs256, Self::Ps256, Self::Es256, Self::EdDsa]
+            .into_iter()
+            .find(|a| a.as_str() == name)
+    }
+}
+
+impl From<JwtAlgorithm> for jsonwebtoken::Algorithm {
+    fn from(a: JwtAlgorithm) -> Self {
+        match a {
+            JwtAlgorithm::Rs256 => Self::RS256,
+            JwtAlgorithm::Ps256 => Self::PS256,
+            JwtAlgorithm::Es256 => Self::ES256,
+            JwtAlgorithm::EdDsa => Self::EdDSA,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Reads `path`, validates it, resolves relative paths against its directory and loads the
+    /// HSM inventory it names.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the file cannot be read; otherwise as [`BrokerConfig::parse`].
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config `text` as if read from `path` (used for messages and to
+    /// resolve relative paths), then loads the HSM inventory it names.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] / [`ConfigError::Invalid`] for this file,
+    /// [`ConfigError::Inventory`] for the inventory, and the cross-check that at least one
+    /// HSM has an allowed jurisdiction.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let validated = raw::Validated::parse(text, path)?;
+        let inventory = Inventory::load(&validated.hsm_inventory)?;
+        validated.finish(inventory)
+    }
+
+    /// Pure variant of [`BrokerConfig::parse`]: uses `inventory` instead of reading the file
+    /// named by `hsm_inventory`.
+    ///
+    /// # Errors
+    /// As [`BrokerConfig::parse`], without inventory read errors.
+    pub fn parse_with_inventory(
+        text: &str,
+        path: &Path,
+        inventory: Inventory,
+    ) -> Result<Self, ConfigError> {
+        raw::Validated::parse(text, path)?.finish(inventory)
+    }
+}

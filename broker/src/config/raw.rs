@@ -1,0 +1,402 @@
+//! The serde shape of `broker.toml` and the validation pass that turns it into [`BrokerConfig`].
+//!
+//! Values that need a field-specific message (durations, algorithms, addresses) are kept as
+//! strings by serde and checked here; the shape itself is strict (`deny_unknown_fields`).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hsm_config::{Inventory, is_valid_jurisdiction};
+use serde::Deserialize;
+
+use super::{
+    BrokerConfig, ConfigError, IdentityConfig, JwtAlgorithm, JwtIssuerConfig, KeysConfig,
+    ResidencyConfig, ServerConfig, StoreConfig,
+};
+
+const MIN_TTL: Duration = Duration::from_secs(1);
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+const MAX_LEEWAY: Duration = Duration::from_secs(30);
+const MAX_ROTATE_AFTER_WRAPS: u64 = 1 << 32;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    hsm_inventory: PathBuf,
+    server: RawServer,
+    store: RawStore,
+    #[serde(default)]
+    residency: RawResidency,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    identity: RawIdentity,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    sqlite_path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResidency {
+    #[serde(default = "default_jurisdictions")]
+    allowed_jurisdictions: Vec<String>,
+}
+
+impl Default for RawResidency {
+    fn default() -> Self {
+        Self {
+            allowed_jurisdictions: default_jurisdictions(),
+        }
+    }
+}
+
+fn default_jurisdictions() -> Vec<String> {
+    vec!["EU".to_owned()]
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    default_lease_ttl: Option<String>,
+    max_lease_ttl: Option<String>,
+    rotate_after_wraps: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default)]
+    jwt_issuers: Vec<RawIssuer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audiences: Vec<String>,
+    jwks_file: PathBuf,
+    algorithms: Vec<String>,
+    max_token_lifetime: Option<String>,
+    leeway: Option<String>,
+}
+
+/// Everything but the inventory, validated.
+pub(super) struct Validated {
+    config_path: PathBuf,
+    display_path: PathBuf,
+    pub(super) hsm_inventory: PathBuf,
+    server: ServerConfig,
+    store: StoreConfig,
+    residency: ResidencyConfig,
+    keys: KeysConfig,
+    identity: IdentityConfig,
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    base: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn resolve(&self, field: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
+        if p.as_os_str().is_empty() {
+            return Err(self.invalid(field, "must not be empty"));
+        }
+        Ok(if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        })
+    }
+
+    fn duration(
+        &self,
+        field: &str,
+        value: Option<String>,
+        default: Duration,
+        range: (Duration, Duration),
+    ) -> Result<Duration, ConfigError> {
+        let Some(text) = value else {
+            return Ok(default);
+        };
+        let d = humantime::parse_duration(&text).map_err(|e| {
+            self.invalid(
+                field,
+                format!("{text:?} is not a duration ({e}); write e.g. \"30s\", \"15m\", \"1h\""),
+            )
+        })?;
+        if d < range.0 || d > range.1 {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "{} is out of range {}..={}",
+                    fmt_d(d),
+                    fmt_d(range.0),
+                    fmt_d(range.1)
+                ),
+            ));
+        }
+        Ok(d)
+    }
+}
+
+pub(super) fn fmt_d(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+impl Validated {
+    pub(super) fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim_end().to_owned(),
+            }
+        })?;
+        let config_path = std::path::absolute(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = config_path
+            .parent()
+            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        let cx = Ctx { path, base };
+        Ok(Self {
+            hsm_inventory: cx.resolve("hsm_inventory", raw.hsm_inventory)?,
+            server: server(&cx, raw.server)?,
+            store: StoreConfig {
+                sqlite_path: cx.resolve("store.sqlite_path", raw.store.sqlite_path)?,
+            },
+            residency: residency(&cx, raw.residency)?,
+            keys: keys(&cx, raw.keys)?,
+            identity: identity(&cx, raw.identity)?,
+            display_path: path.to_path_buf(),
+            config_path,
+        })
+    }
+
+    pub(super) fn finish(self, inventory: Inventory) -> Result<BrokerConfig, ConfigError> {
+        let allowed = &self.residency.allowed_jurisdictions;
+        if !inventory
+            .hsms
+            .iter()
+            .any(|h| allowed.contains(&h.jurisdiction))
+        {
+            let present: BTreeSet<&str> = inventory
+                .hsms
+                .iter()
+                .map(|h| h.jurisdiction.as_str())
+                .collect();
+            return Err(ConfigError::Invalid {
+                path: self.display_path,
+                field: "residency.allowed_jurisdictions".to_owned(),
+                problem: format!(
+                    "no HSM in {} is in an allowed jurisdiction (allowed: {}; inventory has: {})",
+                    self.hsm_inventory.display(),
+                    join(allowed.iter().map(String::as_str)),
+                    join(present.into_iter()),
+                ),
+            });
+        }
+        Ok(BrokerConfig {
+            path: self.config_path,
+            hsm_inventory: self.hsm_inventory,
+            inventory,
+            server: self.server,
+            store: self.store,
+            residency: self.residency,
+            keys: self.keys,
+            identity: self.identity,
+        })
+    }
+}
+
+fn join<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
+
+fn server(cx: &Ctx<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError> {
+    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+        cx.invalid(
+            "server.listen",
+            format!(
+                "{:?} is not an IP address and port, e.g. \"127.0.0.1:7443\"",
+                raw.listen
+            ),
+        )
+    })?;
+    Ok(ServerConfig {
+        listen,
+        tls_cert: cx.resolve("server.tls_cert", raw.tls_cert)?,
+        tls_key: cx.resolve("server.tls_key", raw.tls_key)?,
+    })
+}
+
+fn residency(cx: &Ctx<'_>, raw: RawResidency) -> Result<ResidencyConfig, ConfigError> {
+    const FIELD: &str = "residency.allowed_jurisdictions";
+    if raw.allowed_jurisdictions.is_empty() {
+        return Err(cx.invalid(FIELD, "must list at least one jurisdiction, e.g. [\"EU\"]"));
+    }
+    for (i, code) in raw.allowed_jurisdictions.iter().enumerate() {
+        if !is_valid_jurisdiction(code) {
+            return Err(cx.invalid(
+                format!("{FIELD}[{i}]"),
+                format!("{code:?} is not a jurisdiction code: expected upper case like EU, CH, US"),
+            ));
+        }
+    }
+    Ok(ResidencyConfig {
+        allowed_jurisdictions: raw.allowed_jurisdictions.into_iter().collect(),
+    })
+}
+
+fn keys(cx: &Ctx<'_>, raw: RawKeys) -> Result<KeysConfig, ConfigError> {
+    let default_lease_ttl = cx.duration(
+        "keys.default_lease_ttl",
+        raw.default_lease_ttl,
+        Duration::from_secs(15 * 60),
+        (MIN_TTL, MAX_TTL),
+    )?;
+    let max_lease_ttl = cx.duration(
+        "keys.max_lease_ttl",
+        raw.max_lease_ttl,
+        Duration::from_secs(3600),
+        (MIN_TTL, MAX_TTL),
+    )?;
+    if max_lease_ttl < default_lease_ttl {
+        return Err(cx.invalid(
+            "keys.max_lease_ttl",
+            format!(
+                "must be >= keys.default_lease_ttl ({})",
+                fmt_d(default_lease_ttl)
+            ),
+        ));
+    }
+    let rotate_after_wraps = match raw.rotate_after_wraps {
+        None => 1 << 30,
+        Some(n) => u64::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_ROTATE_AFTER_WRAPS).contains(n))
+            .ok_or_else(|| {
+                cx.invalid(
+                    "keys.rotate_after_wraps",
+                    format!(
+                        "must be in 1..=4294967296 (2^32, the AES-GCM random-IV limit), got {n}"
+                    ),
+                )
+            })?,
+    };
+    Ok(KeysConfig {
+        default_lease_ttl,
+        max_lease_ttl,
+        rotate_after_wraps,
+    })
+}
+
+fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig, ConfigError> {
+    if raw.jwt_issuers.is_empty() {
+        return Err(cx.invalid(
+            "identity.jwt_issuers",
+            "at least one [[identity.jwt_issuers]] is required: keybroker has no anonymous mode",
+        ));
+    }
+    let mut jwt_issuers: Vec<JwtIssuerConfig> = Vec::with_capacity(raw.jwt_issuers.len());
+    for (i, r) in raw.jwt_issuers.into_iter().enumerate() {
+        let field = |name: &str| format!("identity.jwt_issuers[{i}].{name}");
+        if r.issuer.trim().is_empty() {
+            return Err(cx.invalid(field("issuer"), "must not be empty"));
+        }
+        if let Some(j) = jwt_issuers.iter().position(|x| x.issuer == r.issuer) {
+            return Err(cx.invalid(
+                field("issuer"),
+                format!(
+                    "{:?} is already configured by identity.jwt_issuers[{j}]",
+                    r.issuer
+                ),
+            ));
+        }
+        if r.audiences.is_empty() {
+            return Err(cx.invalid(field("audiences"), "must list at least one audience"));
+        }
+        if let Some(k) = r.audiences.iter().position(|a| a.trim().is_empty()) {
+            return Err(cx.invalid(format!("{}[{k}]", field("audiences")), "must not be empty"));
+        }
+        if r.algorithms.is_empty() {
+            return Err(cx.invalid(
+                field("algorithms"),
+                "must list at least one of RS256, PS256, ES256, EdDSA",
+            ));
+        }
+        let mut algorithms = Vec::with_capacity(r.algorithms.len());
+        for (k, name) in r.algorithms.iter().enumerate() {
+            let alg = JwtAlgorithm::from_jose(name).ok_or_else(|| {
+                cx.invalid(format!("{}[{k}]", field("algorithms")), why_not(name))
+            })?;
+            if !algorithms.contains(&alg) {
+                algorithms.push(alg);
+            }
+        }
+        jwt_issuers.push(JwtIssuerConfig {
+            issuer: r.issuer,
+            audiences: r.audiences,
+            jwks_file: cx.resolve(&field("jwks_file"), r.jwks_file)?,
+            algorithms,
+            max_token_lifetime: cx.duration(
+                &field("max_token_lifetime"),
+                r.max_token_lifetime,
+                Duration::from_secs(3600),
+                (MIN_TTL, MAX_TTL),
+            )?,
+            leeway: cx.duration(
+                &field("leeway"),
+                r.leeway,
+                MAX_LEEWAY,
+                (Duration::ZERO, MAX_LEEWAY),
+            )?,
+        });
+    }
+    Ok(IdentityConfig { jwt_issuers })
+}
+
+fn why_not(alg: &str) -> String {
+    let reason = if alg.eq_ignore_ascii_case("none") {
+        "unsigned tokens are never accepted"
+    } else if alg.to_ascii_uppercase().starts_with("HS") {
+        "HMAC algorithms are not accepted: a verifier holding the key could forge tokens"
+    } else {
+        "not supported"
+    };
+    format!("{alg:?}: {reason}; allowed: RS256, PS256, ES256, EdDSA")
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
