@@ -176,12 +176,21 @@ mod tests {
     fn triage_sorts_the_three_kinds() {
         assert_eq!(kind(RvError::EncryptedDataInvalid), HsmErrorKind::Caller);
         assert_eq!(kind(RvError::DataLenRange), HsmErrorKind::Caller);
-        assert_eq!(kind(RvError::SessionHandleInvalid), HsmErrorKind::BrokenSession);
+        assert_eq!(
+            kind(RvError::SessionHandleInvalid),
+            HsmErrorKind::BrokenSession
+        );
         assert_eq!(kind(RvError::SessionClosed), HsmErrorKind::BrokenSession);
-        assert_eq!(kind(RvError::ObjectHandleInvalid), HsmErrorKind::BrokenSession);
+        assert_eq!(
+            kind(RvError::ObjectHandleInvalid),
+            HsmErrorKind::BrokenSession
+        );
         assert_eq!(kind(RvError::DeviceRemoved), HsmErrorKind::DeviceGone);
         assert_eq!(kind(RvError::TokenNotPresent), HsmErrorKind::DeviceGone);
-        assert_eq!(kind(RvError::CryptokiNotInitialized), HsmErrorKind::DeviceGone);
+        assert_eq!(
+            kind(RvError::CryptokiNotInitialized),
+            HsmErrorKind::DeviceGone
+        );
         assert_eq!(kind(RvError::UserNotLoggedIn), HsmErrorKind::DeviceGone);
     }
 

@@ -223,7 +223,7 @@ impl HsmPool {
         self.inner
             .run(move |cx| {
                 cx.with_key(&label, |key| {
-                    ops::decrypt_gcm(cx.session, key, iv, &aad, &ciphertext)
+                    ops::decrypt_gcm(cx.ctx, cx.slot, cx.session, key, (&iv, &aad), &ciphertext)
                 })
             })
             .await

@@ -68,7 +68,10 @@ pub(crate) fn find_labelled(session: &Session, label: &str) -> Result<Vec<Object
 }
 
 /// The AES secret key carrying `label`, if any.
-pub(crate) fn find_aes_key(session: &Session, label: &str) -> Result<Option<ObjectHandle>, HsmError> {
+pub(crate) fn find_aes_key(
+    session: &Session,
+    label: &str,
+) -> Result<Option<ObjectHandle>, HsmError> {
     let found = session
         .find_objects(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
@@ -128,28 +131,39 @@ pub(crate) fn encrypt_gcm(
     plaintext: &[u8],
 ) -> Result<Vec<u8>, HsmError> {
     let mut iv = iv;
-    let params = GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(HsmError::ck("GCM params"))?;
+    let params =
+        GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(HsmError::ck("GCM params"))?;
     session
         .encrypt(&Mechanism::AesGcm(params), key, plaintext)
         .map_err(HsmError::ck("C_Encrypt"))
 }
 
 /// AES-GCM decryption of ciphertext || tag; a tag mismatch is [`HsmError::DecryptFailed`].
+///
+/// SoftHSM answers a tag mismatch with `CKR_GENERAL_ERROR` (others say
+/// `CKR_ENCRYPTED_DATA_INVALID`). `CKR_GENERAL_ERROR` also means "device gone", so it is only
+/// read as a failed tag once `C_GetTokenInfo` proved the token is still there.
 pub(crate) fn decrypt_gcm(
+    ctx: &Pkcs11,
+    slot: Slot,
     session: &Session,
     key: ObjectHandle,
-    iv: [u8; 12],
-    aad: &[u8],
+    gcm: (&[u8; 12], &[u8]),
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-    let mut iv = iv;
-    let params = GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(HsmError::ck("GCM params"))?;
+    let (iv, aad) = gcm;
+    let mut iv = *iv;
+    let params =
+        GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(HsmError::ck("GCM params"))?;
     match session.decrypt(&Mechanism::AesGcm(params), key, ciphertext) {
         Ok(plaintext) => Ok(Zeroizing::new(plaintext)),
-        Err(CkError::Pkcs11(
-            RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
-            _,
-        )) => Err(HsmError::DecryptFailed),
+        Err(CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _)) => {
+            Err(HsmError::DecryptFailed)
+        }
+        Err(CkError::Pkcs11(RvError::GeneralError, _)) => {
+            probe_token(ctx, slot)?;
+            Err(HsmError::DecryptFailed)
+        }
         Err(source) => Err(HsmError::ck("C_Decrypt")(source)),
     }
 }

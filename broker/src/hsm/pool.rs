@@ -23,7 +23,7 @@ use super::ops;
 /// `check()` always retries.
 const REINIT_BACKOFF: Duration = Duration::from_millis(250);
 /// How often a call may find its session opened before a re-initialization and start over.
-const MAX_STALE_RETRIES: usize = 3;
+const MAX_STALE_RETRIES: usize = 5;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -236,7 +236,15 @@ impl Inner {
         let (mut broken, mut stale) = (0, 0);
         loop {
             self.ready().await?;
-            let mut guard = self.acquire().await?;
+            let Some(mut guard) = self.acquire().await? else {
+                stale += 1;
+                if stale > MAX_STALE_RETRIES {
+                    return Err(HsmError::Unavailable {
+                        reason: "the PKCS#11 library keeps re-initializing",
+                    });
+                }
+                continue;
+            };
             let (inner, f2) = (Arc::clone(self), Arc::clone(&f));
             let result = tokio::task::spawn_blocking(move || {
                 let result = exec(&inner, &mut guard, &*f2);
@@ -315,6 +323,7 @@ impl Inner {
     }
 
     async fn device_gone(self: &Arc<Self>, error: &HsmError) {
+        eprintln!("DEBUG device gone {}: {error:?}", self.id);
         self.healthy.store(false, Ordering::Release);
         tracing::warn!(hsm = %self.id, error = %error, "HSM device gone; draining and re-initializing");
         // The answer is Unavailable either way; a failed attempt is retried by later calls.
@@ -331,9 +340,13 @@ impl Inner {
         if !self.is_healthy() {
             return self.recover(true, false).await;
         }
-        let pool_epoch = lock(&self.state).epoch;
-        if pool_epoch != self.life.epoch() {
-            // Another pool of this process re-initialized the library: reopen, no rescan.
+        let (pool_epoch, connected) = {
+            let state = lock(&self.state);
+            (state.epoch, state.slot.is_some())
+        };
+        if !connected || pool_epoch != self.life.epoch() {
+            // Another pool of this process re-initialized the library (reopen, no rescan),
+            // or a reopen is under way (wait for it).
             return self.recover(false, true).await;
         }
         Ok(())
@@ -354,7 +367,11 @@ impl Inner {
                 Err(_) => return Err(unavailable),
             }
         };
-        if self.is_healthy() && lock(&self.state).epoch == self.life.epoch() {
+        let current = {
+            let state = lock(&self.state);
+            state.slot.is_some() && state.epoch == self.life.epoch()
+        };
+        if self.is_healthy() && current {
             return Ok(()); // someone recovered while we waited
         }
         if !wait && last.is_some_and(|t| t.elapsed() < REINIT_BACKOFF) {
@@ -369,6 +386,7 @@ impl Inner {
             }
             Err(error) => {
                 tracing::warn!(hsm = %self.id, error = %error, "HSM re-initialization failed");
+                eprintln!("DEBUG reinit failed {}: {error:?}", self.id);
                 Err(unavailable)
             }
         }
@@ -408,7 +426,8 @@ impl Inner {
         }
     }
 
-    async fn acquire(self: &Arc<Self>) -> Result<SessionGuard, HsmError> {
+    /// A session on loan, or `None` when the pool is being reopened (then call `ready`).
+    async fn acquire(self: &Arc<Self>) -> Result<Option<SessionGuard>, HsmError> {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
@@ -417,9 +436,7 @@ impl Inner {
             })?;
         let mut state = lock(&self.state);
         let Some(slot) = state.slot else {
-            return Err(HsmError::Unavailable {
-                reason: "the HSM device is gone; re-initializing",
-            });
+            return Ok(None);
         };
         let conn = Conn {
             generation: state.generation,
@@ -428,13 +445,13 @@ impl Inner {
         };
         let session = state.idle.pop();
         drop(state);
-        Ok(SessionGuard {
+        Ok(Some(SessionGuard {
             inner: Arc::clone(self),
             session,
             conn,
             keep: false,
             _permit: permit,
-        })
+        }))
     }
 }
 
