@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cryptoki::context::Pkcs11;
 use cryptoki::object::ObjectHandle;
@@ -21,6 +23,7 @@ use super::ops;
 
 /// Ordinary calls on an unhealthy pool retry the re-initialization at most this often;
 /// `check()` always retries.
+/// (`tokio::time::Instant`, so tests can drive it with a paused clock.)
 const REINIT_BACKOFF: Duration = Duration::from_millis(250);
 /// How often a call may find its session opened before a re-initialization and start over.
 const MAX_STALE_RETRIES: usize = 5;
@@ -323,7 +326,6 @@ impl Inner {
     }
 
     async fn device_gone(self: &Arc<Self>, error: &HsmError) {
-        eprintln!("DEBUG device gone {}: {error:?}", self.id);
         self.healthy.store(false, Ordering::Release);
         tracing::warn!(hsm = %self.id, error = %error, "HSM device gone; draining and re-initializing");
         // The answer is Unavailable either way; a failed attempt is retried by later calls.
@@ -386,7 +388,6 @@ impl Inner {
             }
             Err(error) => {
                 tracing::warn!(hsm = %self.id, error = %error, "HSM re-initialization failed");
-                eprintln!("DEBUG reinit failed {}: {error:?}", self.id);
                 Err(unavailable)
             }
         }
