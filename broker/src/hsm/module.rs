@@ -60,11 +60,11 @@ impl ModuleLife {
 
     /// Finalize + initialize, unless someone did it since `seen` (then their result is used).
     /// Every session of every pool on this module is dead afterwards; pools notice the new
-    /// epoch and reopen theirs. Returns the new epoch.
-    pub(crate) fn reinitialize(&self, ctx: &Pkcs11, seen: u64) -> Result<u64, HsmError> {
+    /// epoch and reopen theirs. Returns the new epoch and whether this call did it.
+    pub(crate) fn reinitialize(&self, ctx: &Pkcs11, seen: u64) -> Result<(u64, bool), HsmError> {
         let mut epoch = self.epoch.write().unwrap_or_else(PoisonError::into_inner);
         if *epoch != seen {
-            return Ok(*epoch);
+            return Ok((*epoch, false));
         }
         match ctx.clone().finalize() {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
@@ -72,7 +72,7 @@ impl ModuleLife {
         }
         *epoch += 1;
         init(ctx)?;
-        Ok(*epoch)
+        Ok((*epoch, true))
     }
 }
 

@@ -21,6 +21,9 @@ use super::error::{HsmError, HsmErrorKind, is_stale_handle};
 use super::module::ModuleLife;
 use super::ops;
 
+mod recovery;
+use recovery::{open_main, rescan_and_open};
+
 /// Ordinary calls on an unhealthy pool retry the re-initialization at most this often;
 /// `check()` always retries.
 /// (`tokio::time::Instant`, so tests can drive it with a paused clock.)
@@ -186,10 +189,7 @@ impl Inner {
         let opened = match open_main(&ctx, &life, &token, &pin) {
             // The library may have been initialized (by another pool) before this token was
             // created; SoftHSM only scans its token directory in C_Initialize.
-            Err(HsmError::TokenNotFound { .. }) => {
-                life.reinitialize(&ctx, seen)?;
-                open_main(&ctx, &life, &token, &pin)
-            }
+            Err(HsmError::TokenNotFound { .. }) => rescan_and_open(&ctx, &life, &token, &pin, seen),
             other => other,
         }?;
         let (slot, main, epoch) = opened;
@@ -285,148 +285,6 @@ impl Inner {
         }
     }
 
-    /// Health probe on the long-lived session; recovers when the device is gone.
-    pub(crate) async fn check(self: &Arc<Self>) -> Result<(), HsmError> {
-        if !self.is_healthy() && !self.permits.is_closed() {
-            return self.recover(true, true).await;
-        }
-        self.ready().await?;
-        let inner = Arc::clone(self);
-        let probe = tokio::task::spawn_blocking(move || inner.probe_blocking()).await?;
-        match probe {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.healthy.store(false, Ordering::Release);
-                tracing::warn!(hsm = %self.id, error = %error, "HSM health probe failed");
-                self.recover(true, true).await
-            }
-        }
-    }
-
-    fn probe_blocking(&self) -> Result<(), HsmError> {
-        let epoch = self.life.shared();
-        let conn = lock(&self.state);
-        let (slot, pool_epoch) = (conn.slot, conn.epoch);
-        drop(conn);
-        let Some(slot) = slot.filter(|_| pool_epoch == *epoch) else {
-            return Err(HsmError::Unavailable {
-                reason: "not connected",
-            });
-        };
-        let main = lock(&self.main);
-        let Some(session) = main.as_ref() else {
-            return Err(HsmError::Unavailable {
-                reason: "no long-lived session",
-            });
-        };
-        session
-            .get_session_info()
-            .map_err(HsmError::ck("C_GetSessionInfo"))?;
-        ops::probe_token(&self.ctx, slot)
-    }
-
-    async fn device_gone(self: &Arc<Self>, error: &HsmError) {
-        self.healthy.store(false, Ordering::Release);
-        tracing::warn!(hsm = %self.id, error = %error, "HSM device gone; draining and re-initializing");
-        // The answer is Unavailable either way; a failed attempt is retried by later calls.
-        let _recovered = self.recover(true, false).await;
-    }
-
-    /// Healthy and on the current library epoch, or recovered, or `Unavailable`.
-    async fn ready(self: &Arc<Self>) -> Result<(), HsmError> {
-        if self.permits.is_closed() {
-            return Err(HsmError::Unavailable {
-                reason: "the session pool is closed",
-            });
-        }
-        if !self.is_healthy() {
-            return self.recover(true, false).await;
-        }
-        let (pool_epoch, connected) = {
-            let state = lock(&self.state);
-            (state.epoch, state.slot.is_some())
-        };
-        if !connected || pool_epoch != self.life.epoch() {
-            // Another pool of this process re-initialized the library (reopen, no rescan),
-            // or a reopen is under way (wait for it).
-            return self.recover(false, true).await;
-        }
-        Ok(())
-    }
-
-    /// Drains the pool and reopens the long-lived session; with `rescan`, finalizes and
-    /// initializes the library first (unless someone else already did). Without `wait`,
-    /// gives up at once when a recovery is running or the last one was too recent.
-    async fn recover(self: &Arc<Self>, rescan: bool, wait: bool) -> Result<(), HsmError> {
-        let unavailable = HsmError::Unavailable {
-            reason: "the HSM device is gone; re-initializing",
-        };
-        let mut last = if wait {
-            self.recovery.lock().await
-        } else {
-            match self.recovery.try_lock() {
-                Ok(last) => last,
-                Err(_) => return Err(unavailable),
-            }
-        };
-        let current = {
-            let state = lock(&self.state);
-            state.slot.is_some() && state.epoch == self.life.epoch()
-        };
-        if self.is_healthy() && current {
-            return Ok(()); // someone recovered while we waited
-        }
-        if !wait && last.is_some_and(|t| t.elapsed() < REINIT_BACKOFF) {
-            return Err(unavailable);
-        }
-        *last = Some(Instant::now());
-        let inner = Arc::clone(self);
-        match tokio::task::spawn_blocking(move || inner.reopen_blocking(rescan)).await? {
-            Ok(()) => {
-                tracing::info!(hsm = %self.id, "HSM session pool re-initialized");
-                Ok(())
-            }
-            Err(error) => {
-                tracing::warn!(hsm = %self.id, error = %error, "HSM re-initialization failed");
-                Err(unavailable)
-            }
-        }
-    }
-
-    fn reopen_blocking(&self, rescan: bool) -> Result<(), HsmError> {
-        let seen = {
-            let mut state = lock(&self.state);
-            state.generation += 1;
-            state.slot = None;
-            state.idle.clear(); // forgotten, not closed: see SessionGuard::drop
-            state.epoch
-        };
-        lock(&self.main).take();
-        lock(&self.keys).handles.clear();
-        let result = (|| {
-            let epoch = if rescan {
-                self.life.reinitialize(&self.ctx, seen)?
-            } else {
-                self.life.epoch()
-            };
-            lock(&self.state).epoch = epoch;
-            open_main(&self.ctx, &self.life, &self.token, &self.pin)
-        })();
-        match result {
-            Ok((slot, main, epoch)) => {
-                *lock(&self.main) = Some(main);
-                let mut state = lock(&self.state);
-                (state.slot, state.epoch) = (Some(slot), epoch);
-                self.healthy.store(true, Ordering::Release);
-                Ok(())
-            }
-            Err(error) => {
-                self.healthy.store(false, Ordering::Release);
-                Err(error)
-            }
-        }
-    }
-
     /// A session on loan, or `None` when the pool is being reopened (then call `ready`).
     async fn acquire(self: &Arc<Self>) -> Result<Option<SessionGuard>, HsmError> {
         let permit = Arc::clone(&self.permits)
@@ -494,25 +352,6 @@ fn exec<T>(
     }
     drop(epoch);
     result.map_err(Failure::Hsm)
-}
-
-/// Finds the token, opens the long-lived session and logs in; returns the epoch they belong to.
-fn open_main(
-    ctx: &Pkcs11,
-    life: &ModuleLife,
-    token: &TokenSelector,
-    pin: &SecretString,
-) -> Result<(Slot, Session, u64), HsmError> {
-    let epoch = life.shared();
-    let slot = ops::find_token(ctx, token)?;
-    let session = ctx
-        .open_rw_session_no_drop(slot)
-        .map_err(HsmError::ck("C_OpenSession"))?;
-    if let Err(error) = ops::login(&session, pin) {
-        let _closed = session.close();
-        return Err(error);
-    }
-    Ok((slot, session, *epoch))
 }
 
 impl Drop for Inner {
