@@ -2,8 +2,14 @@
 //!
 //! `keybrokerd` is a thin binary over [`run`]; tests call the same function on `127.0.0.1:0`.
 
+pub mod api;
 pub mod config;
+pub mod dev;
+mod health;
 pub mod hsm;
 pub mod identity;
 pub mod keys;
+mod server;
 pub mod store;
+
+pub use server::{Broker, StartError, run};

@@ -5,7 +5,15 @@
 
 pub mod context;
 pub mod envelope;
+mod error;
 pub mod name;
+mod service;
+
+pub use error::KeyError;
+pub use service::{
+    Caller, DATA_KEY_LEN, HsmHandle, KeyService, KeySettings, Lease, MAX_SEAL_PLAINTEXT, Released,
+    Sealed,
+};
 
 /// A key name or an encryption context given by a caller breaks a rule.
 ///

@@ -1,0 +1,156 @@
+//! Edge validation and conversions between protobuf messages and internal types.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use keybroker_proto::v1 as pb;
+use tonic::Status;
+
+use crate::keys::context::EncryptionContext;
+use crate::keys::name::KeyName;
+use crate::keys::{KeyService, Lease};
+use crate::store::{KeyRecord, KeyState, Purpose, VersionState};
+
+use super::RequestId;
+use super::status::{invalid, key_error};
+
+/// Largest ciphertext accepted (an envelope of the largest SEAL payload).
+pub(crate) const MAX_CIPHERTEXT: usize = crate::keys::envelope::MAX_ENVELOPE_LEN;
+/// Labels per key.
+pub(crate) const MAX_LABELS: usize = 32;
+
+pub(crate) fn key_name(name: &str, rid: &RequestId) -> Result<KeyName, Status> {
+    KeyName::parse(name).map_err(|e| invalid(format!("key: {e}"), rid))
+}
+
+pub(crate) fn context(
+    map: HashMap<String, String>,
+    rid: &RequestId,
+) -> Result<EncryptionContext, Status> {
+    KeyService::context(map).map_err(|e| key_error(&e, rid))
+}
+
+pub(crate) fn ttl(
+    d: Option<prost_types::Duration>,
+    rid: &RequestId,
+) -> Result<Option<Duration>, Status> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) => {
+            Err(invalid("ttl must be positive", rid))
+        }
+        Some(d) => {
+            let secs = u64::try_from(d.seconds).map_err(|_| invalid("ttl out of range", rid))?;
+            let nanos = u32::try_from(d.nanos).map_err(|_| invalid("ttl out of range", rid))?;
+            Ok(Some(Duration::new(secs, nanos)))
+        }
+    }
+}
+
+pub(crate) fn ciphertext<'a>(ct: &'a [u8], rid: &RequestId) -> Result<&'a [u8], Status> {
+    if ct.is_empty() {
+        return Err(invalid("ciphertext is empty", rid));
+    }
+    if ct.len() > MAX_CIPHERTEXT {
+        return Err(invalid(
+            format!("ciphertext larger than {MAX_CIPHERTEXT} bytes"),
+            rid,
+        ));
+    }
+    Ok(ct)
+}
+
+pub(crate) fn timestamp(unix: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: unix,
+        nanos: 0,
+    }
+}
+
+pub(crate) fn lease(l: &Lease) -> pb::Lease {
+    pb::Lease {
+        lease_id: l.id.clone(),
+        expires_at: Some(timestamp(l.expires_at)),
+        ttl_seconds: l.ttl_secs,
+    }
+}
+
+pub(crate) fn purpose_from_pb(p: i32, rid: &RequestId) -> Result<Purpose, Status> {
+    match pb::KeyPurpose::try_from(p) {
+        Ok(pb::KeyPurpose::DataKey) => Ok(Purpose::DataKey),
+        Ok(pb::KeyPurpose::Seal) => Ok(Purpose::Seal),
+        _ => Err(invalid(
+            "purpose must be KEY_PURPOSE_DATA_KEY or KEY_PURPOSE_SEAL",
+            rid,
+        )),
+    }
+}
+
+fn purpose_to_pb(p: Purpose) -> pb::KeyPurpose {
+    match p {
+        Purpose::DataKey => pb::KeyPurpose::DataKey,
+        Purpose::Seal => pb::KeyPurpose::Seal,
+    }
+}
+
+fn key_state_to_pb(s: KeyState) -> pb::KeyState {
+    match s {
+        KeyState::Enabled => pb::KeyState::Enabled,
+        KeyState::Disabled => pb::KeyState::Disabled,
+        KeyState::PendingDestruction => pb::KeyState::PendingDestruction,
+        KeyState::Destroyed => pb::KeyState::Destroyed,
+    }
+}
+
+fn version_state_to_pb(s: VersionState) -> pb::KeyState {
+    match s {
+        // A reserved version is not usable yet: report it as disabled rather than invent a state.
+        VersionState::PendingCreate | VersionState::Disabled => pb::KeyState::Disabled,
+        VersionState::Enabled => pb::KeyState::Enabled,
+        VersionState::Destroyed => pb::KeyState::Destroyed,
+    }
+}
+
+pub(crate) fn key(k: &KeyRecord, keys: &KeyService) -> pb::Key {
+    let hsm = keys.hsm_info(&k.hsm_id);
+    pb::Key {
+        name: k.name.clone(),
+        purpose: purpose_to_pb(k.purpose).into(),
+        state: key_state_to_pb(k.state).into(),
+        labels: k.labels.clone().into_iter().collect(),
+        hsm_id: k.hsm_id.clone(),
+        jurisdiction: hsm.map(|h| h.jurisdiction.clone()).unwrap_or_default(),
+        region: hsm.map(|h| h.region.clone()).unwrap_or_default(),
+        primary_version: k.primary_version().unwrap_or(0),
+        min_decryption_version: k.min_decryption_version,
+        versions: k
+            .versions
+            .iter()
+            .map(|v| pb::KeyVersion {
+                version: v.version,
+                state: version_state_to_pb(v.state).into(),
+                created_at: Some(timestamp(v.created_at)),
+            })
+            .collect(),
+        created_at: Some(timestamp(k.created_at)),
+        rotation_period: k.rotation_period_secs.map(|s| prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        }),
+    }
+}
+
+/// Label maps are validated like encryption contexts (same syntax and sizes), up to 32 pairs.
+pub(crate) fn labels(
+    map: HashMap<String, String>,
+    rid: &RequestId,
+) -> Result<std::collections::BTreeMap<String, String>, Status> {
+    if map.len() > MAX_LABELS {
+        return Err(invalid(format!("at most {MAX_LABELS} labels"), rid));
+    }
+    for (k, v) in &map {
+        let one = HashMap::from([(k.clone(), v.clone())]);
+        KeyService::context(one).map_err(|e| invalid(format!("labels: {e}"), rid))?;
+    }
+    Ok(map.into_iter().collect())
+}

@@ -1,0 +1,146 @@
+//! gRPC services: `DataKeys`, `KeyAdmin`, health and reflection, and the request context every
+//! call goes through (request id, authentication).
+
+mod convert;
+mod datakeys;
+mod keyadmin;
+mod status;
+
+use std::sync::Arc;
+
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Status};
+
+use crate::identity::{JwtVerifier, Principal};
+use crate::keys::{Caller, KeyService};
+
+pub(crate) use datakeys::DataKeysApi;
+pub(crate) use keyadmin::KeyAdminApi;
+
+/// Largest gRPC request the broker decodes: the largest SEAL envelope plus headroom.
+const MAX_MESSAGE: usize = 128 * 1024;
+
+/// Header carrying the request id, on every response and error.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Shared state of the gRPC services.
+#[derive(Debug)]
+pub(crate) struct ApiState {
+    pub(crate) keys: KeyService,
+    pub(crate) verifier: JwtVerifier,
+}
+
+/// A request id: the caller's (if well-formed) or a fresh UUID.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(String);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl RequestId {
+    fn from_request<T>(req: &Request<T>) -> Self {
+        let given = req
+            .metadata()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        Self(given.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned))
+    }
+
+    /// A status carrying this request id.
+    pub(crate) fn status(&self, code: Code, msg: String) -> Status {
+        let mut s = Status::new(code, msg);
+        if let Ok(v) = MetadataValue::try_from(self.0.as_str()) {
+            s.metadata_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        s
+    }
+
+    /// A response carrying this request id.
+    pub(crate) fn response<T>(&self, body: T) -> tonic::Response<T> {
+        let mut r = tonic::Response::new(body);
+        if let Ok(v) = MetadataValue::try_from(self.0.as_str()) {
+            r.metadata_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        r
+    }
+}
+
+/// An authenticated call.
+pub(crate) struct CallContext {
+    pub(crate) rid: RequestId,
+    pub(crate) principal: Principal,
+}
+
+impl CallContext {
+    pub(crate) fn caller(&self) -> Caller {
+        Caller {
+            issuer: self.principal.issuer.clone(),
+            subject: self.principal.subject.clone(),
+            job_id: self.principal.job_id.clone(),
+        }
+    }
+}
+
+impl ApiState {
+    /// Request id and authentication: every call, dev mode included, needs a valid JWT.
+    pub(crate) fn begin<T>(&self, req: &Request<T>) -> Result<CallContext, Status> {
+        let rid = RequestId::from_request(req);
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                status::identity_error(&crate::identity::IdentityError::Missing, &rid)
+            })?;
+        let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+        let principal = self
+            .verifier
+            .verify(token.trim(), now)
+            .map_err(|e| status::identity_error(&e, &rid))?;
+        Ok(CallContext { rid, principal })
+    }
+}
+
+/// Builds the tonic router with every service the broker serves.
+pub(crate) fn services<H>(
+    state: Arc<ApiState>,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+) -> Result<tonic::service::Routes, tonic_reflection::server::Error>
+where
+    H: tonic_health::pb::health_server::Health,
+{
+    use keybroker_proto::v1::data_keys_server::DataKeysServer;
+    use keybroker_proto::v1::key_admin_server::KeyAdminServer;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keybroker_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keybroker_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok(tonic::service::Routes::new(health)
+        .add_service(
+            DataKeysServer::new(DataKeysApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            KeyAdminServer::new(KeyAdminApi::new(state)).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(reflection)
+        .add_service(reflection_alpha))
+}

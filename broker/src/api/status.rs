@@ -1,0 +1,62 @@
+//! The one place where internal errors become gRPC statuses (DESIGN §4).
+//!
+//! The detail is logged server-side with the request id; the caller gets a code and a short,
+//! safe message. Unknown keys answer PERMISSION_DENIED like forbidden ones, so names do not leak.
+
+use tonic::{Code, Status};
+
+use crate::hsm::HsmErrorKind;
+use crate::identity::IdentityError;
+use crate::keys::KeyError;
+
+use super::RequestId;
+
+/// Maps a key-operation error to a status, logging what the caller does not see.
+pub(crate) fn key_error(err: &KeyError, rid: &RequestId) -> Status {
+    let (code, msg) = match err {
+        KeyError::Input(_) | KeyError::Envelope(_) | KeyError::Invalid(_) => {
+            (Code::InvalidArgument, err.to_string())
+        }
+        KeyError::DecryptFailed => (Code::InvalidArgument, err.to_string()),
+        KeyError::NotFound => (Code::PermissionDenied, "permission denied".to_owned()),
+        KeyError::Residency(_) => (Code::PermissionDenied, err.to_string()),
+        KeyError::Precondition(_) => (Code::FailedPrecondition, err.to_string()),
+        KeyError::AlreadyExists(_) => (Code::AlreadyExists, err.to_string()),
+        KeyError::Conflict(_) => (Code::Aborted, err.to_string()),
+        KeyError::Hsm(h) => match h.kind() {
+            HsmErrorKind::Caller => (
+                Code::InvalidArgument,
+                "the HSM refused the request".to_owned(),
+            ),
+            HsmErrorKind::BrokenSession | HsmErrorKind::DeviceGone => {
+                (Code::Unavailable, "HSM unavailable; retry later".to_owned())
+            }
+        },
+        KeyError::Store(_) => (
+            Code::Unavailable,
+            "key catalog unavailable; retry later".to_owned(),
+        ),
+    };
+    if matches!(code, Code::Unavailable | Code::Internal) {
+        tracing::error!(request_id = %rid, error = ?err, "key operation failed");
+    } else {
+        tracing::info!(request_id = %rid, code = ?code, error = %err, "key operation refused");
+    }
+    rid.status(code, msg)
+}
+
+/// Maps an identity error: the caller learns that, not why in detail beyond the safe reason.
+pub(crate) fn identity_error(err: &IdentityError, rid: &RequestId) -> Status {
+    tracing::info!(request_id = %rid, error = %err, "unauthenticated request");
+    let msg = match err {
+        IdentityError::Missing => "missing bearer token (authorization: Bearer <JWT>)".to_owned(),
+        IdentityError::Jwks { .. } => "token verification unavailable".to_owned(),
+        other => other.to_string(),
+    };
+    rid.status(Code::Unauthenticated, msg)
+}
+
+/// Maps a validation error found at the edge.
+pub(crate) fn invalid(msg: impl Into<String>, rid: &RequestId) -> Status {
+    rid.status(Code::InvalidArgument, msg.into())
+}

@@ -1,0 +1,292 @@
+//! Dev mode: everything a laptop needs, created under one state dir on first run and reused
+//! after: a SoftHSM2 token (own `softhsm2.conf`), the SQLite catalog, a dev JWT issuer, a dev CA
+//! and server certificate (TLS is on in dev mode too), the broker config, and `client.env`.
+//!
+//! Secrets (HSM PINs, the issuer's signing key, the TLS key) are files of mode 0600 in a 0700
+//! directory; none is printed.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Name of the demo key created on first run.
+pub const DEMO_KEY: &str = "datasets/demo";
+/// Token label of the dev SoftHSM token.
+pub const TOKEN_LABEL: &str = "keybroker-dev";
+/// Issuer of dev tokens.
+pub const DEV_ISSUER: &str = "https://dev.keybroker.invalid";
+/// Audience of dev tokens.
+pub const DEV_AUDIENCE: &str = "keybroker";
+/// Default listen address in dev mode.
+pub const DEV_LISTEN: &str = "127.0.0.1:7443";
+
+/// Where SoftHSM2's module usually is on Debian/Ubuntu.
+const SOFTHSM_MODULES: [&str; 3] = [
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+];
+
+/// Why dev mode could not prepare its state dir.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// File-system problem.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// SoftHSM2 is not installed.
+    #[error("SoftHSM2 not found (looked for {0}); run scripts/install-deps")]
+    NoSoftHsm(String),
+    /// `softhsm2-util` failed.
+    #[error("softhsm2-util --init-token failed: {0}")]
+    InitToken(String),
+    /// Certificate or key generation failed.
+    #[error("generating dev credentials: {0}")]
+    Credentials(#[from] rcgen::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
+    move |source| DevError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The state dir's files.
+#[derive(Debug, Clone)]
+pub struct DevPaths {
+    /// The state dir (absolute).
+    pub dir: PathBuf,
+}
+
+impl DevPaths {
+    /// `broker.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("broker.toml")
+    }
+    /// `softhsm2.conf`, to export as `SOFTHSM2_CONF` before the module loads.
+    pub fn softhsm_conf(&self) -> PathBuf {
+        self.dir.join("softhsm2.conf")
+    }
+    /// `client.env`.
+    pub fn client_env(&self) -> PathBuf {
+        self.dir.join("client.env")
+    }
+    /// The dev token file.
+    pub fn token(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+    /// The dev CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+}
+
+/// Creates what is missing under `dir` (first run) and returns its paths. Idempotent.
+///
+/// # Errors
+/// See [`DevError`].
+pub fn prepare(dir: &Path) -> Result<DevPaths, DevError> {
+    create_private_dir(dir)?;
+    let dir = fs::canonicalize(dir).map_err(io(dir))?;
+    let paths = DevPaths { dir: dir.clone() };
+    if !paths.config().exists() {
+        init_token(&dir)?;
+        init_issuer(&dir)?;
+        init_tls(&dir)?;
+        write_configs(&dir)?;
+    }
+    Ok(paths)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), DevError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    set_mode(dir, 0o700)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), DevError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+/// Writes a secret file with mode 0600 from the start (never briefly world-readable).
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), DevError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))
+}
+
+fn write_public(path: &Path, text: &str) -> Result<(), DevError> {
+    fs::write(path, text).map_err(io(path))
+}
+
+fn random_secret() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The SoftHSM2 module on this machine.
+///
+/// # Errors
+/// [`DevError::NoSoftHsm`] when none is installed.
+pub fn softhsm_module() -> Result<PathBuf, DevError> {
+    SOFTHSM_MODULES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| DevError::NoSoftHsm(SOFTHSM_MODULES.join(", ")))
+}
+
+fn init_token(dir: &Path) -> Result<(), DevError> {
+    softhsm_module()?;
+    let tokens = dir.join("tokens");
+    if tokens.exists() {
+        // A half-finished earlier first run: start the token over.
+        fs::remove_dir_all(&tokens).map_err(io(&tokens))?;
+    }
+    create_private_dir(&tokens)?;
+    let conf = dir.join("softhsm2.conf");
+    write_public(
+        &conf,
+        &format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        ),
+    )?;
+    let pin = random_secret();
+    let so_pin = random_secret();
+    write_secret(&dir.join("hsm-pin"), pin.as_bytes())?;
+    write_secret(&dir.join("hsm-so-pin"), so_pin.as_bytes())?;
+    // softhsm2-util takes PINs only as arguments; this runs once, on the developer's machine.
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN_LABEL,
+            "--so-pin",
+            &so_pin,
+            "--pin",
+            &pin,
+        ])
+        .output()
+        .map_err(|e| {
+            DevError::InitToken(format!(
+                "cannot run softhsm2-util ({e}); run scripts/install-deps"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(DevError::InitToken(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the dev JWT issuer under `dir/dev-issuer` (Ed25519 signing key, JWKS, issuer.json).
+///
+/// # Errors
+/// File-system or key-generation failures.
+pub fn init_issuer(dir: &Path) -> Result<(), DevError> {
+    let d = dir.join("dev-issuer");
+    create_private_dir(&d)?;
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+    write_secret(&d.join("signing-key.pem"), kp.serialize_pem().as_bytes())?;
+    let kid = format!("dev-{}", &random_secret()[..8]);
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
+        "x": URL_SAFE_NO_PAD.encode(kp.public_key_raw()),
+    }]});
+    write_public(&d.join("jwks.json"), &jwks.to_string())?;
+    let issuer = serde_json::json!({
+        "issuer": DEV_ISSUER, "audience": DEV_AUDIENCE, "kid": kid,
+        "subject": "system:serviceaccount:dev:trainer", "namespace": "dev", "service_account": "trainer",
+    });
+    write_public(&d.join("issuer.json"), &issuer.to_string())
+}
+
+/// Creates a dev CA and a server certificate for localhost/127.0.0.1 under `dir/tls`.
+///
+/// # Errors
+/// File-system or key-generation failures.
+pub fn init_tls(dir: &Path) -> Result<(), DevError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let d = dir.join("tls");
+    create_private_dir(&d)?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "keybroker dev CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate()?;
+    let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "keybroker dev server");
+    let server_cert = server.signed_by(&server_key, &issuer)?;
+    write_public(&d.join("ca.pem"), &ca_cert.pem())?;
+    write_public(&d.join("server.pem"), &server_cert.pem())?;
+    write_secret(
+        &d.join("server-key.pem"),
+        server_key.serialize_pem().as_bytes(),
+    )
+}
+
+fn write_configs(dir: &Path) -> Result<(), DevError> {
+    let module = softhsm_module()?;
+    write_public(
+        &dir.join("hsm.toml"),
+        &format!(
+            "# Dev inventory: one SoftHSM2 token, created by `keybrokerd dev`.\n\
+             [[hsm]]\nid = \"softhsm-dev\"\nmodule = \"{}\"\ntoken_label = \"{TOKEN_LABEL}\"\n\
+             pin = {{ file = \"{}\" }}\njurisdiction = \"EU\"\nregion = \"local-dev\"\n\
+             provider = \"SoftHSM2\"\ncertification = \"none (software token, development only)\"\n",
+            module.display(),
+            dir.join("hsm-pin").display()
+        ),
+    )?;
+    write_public(
+        &dir.join("broker.toml"),
+        &format!(
+            "# Dev broker config, created by `keybrokerd dev`. Not for production.\n\
+             hsm_inventory = \"hsm.toml\"\n\n[server]\nlisten = \"{DEV_LISTEN}\"\n\
+             tls_cert = \"tls/server.pem\"\ntls_key = \"tls/server-key.pem\"\n\n\
+             [store]\nsqlite_path = \"catalog.db\"\n\n[residency]\nallowed_jurisdictions = [\"EU\"]\n\n\
+             [[identity.jwt_issuers]]\nissuer = \"{DEV_ISSUER}\"\naudiences = [\"{DEV_AUDIENCE}\"]\n\
+             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\nmax_token_lifetime = \"24h\"\n"
+        ),
+    )
+}
+
+/// Writes `client.env` for `endpoint`, so `source DIR/client.env` is all a client needs.
+///
+/// # Errors
+/// File-system problems.
+pub fn write_client_env(paths: &DevPaths, endpoint: &str) -> Result<(), DevError> {
+    write_public(
+        &paths.client_env(),
+        &format!(
+            "# keybroker dev mode: `source` this file, then use the `keybroker` CLI.\n\
+             export KEYBROKER_ENDPOINT={endpoint}\nexport KEYBROKER_CA={}\nexport KEYBROKER_TOKEN_FILE={}\n",
+            paths.ca().display(),
+            paths.token().display()
+        ),
+    )
+}

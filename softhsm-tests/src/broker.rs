@@ -1,0 +1,174 @@
+//! A real broker for end-to-end tests: its own SoftHSM token, SQLite catalog, dev issuer and
+//! TLS credentials in a temp dir, serving on `127.0.0.1:0` through the same `run` as
+//! `keybrokerd`, driven with the real client.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use keybroker_broker::config::BrokerConfig;
+use keybroker_client::{Client, ClientConfig};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::SoftHsmToken;
+
+/// A broker running in this test process.
+pub struct TestBroker {
+    /// Config, catalog, issuer and TLS files.
+    pub dir: TempDir,
+    /// The broker's token.
+    pub token: SoftHsmToken,
+    /// `https://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), keybroker_broker::StartError>>>,
+}
+
+/// Writes the config files of a test broker under `dir` for `token`; returns `broker.toml`.
+///
+/// # Errors
+/// File-system or credential-generation failures.
+pub fn write_config(dir: &Path, token: &SoftHsmToken, pin: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    keybroker_broker::dev::init_issuer(dir)?;
+    keybroker_broker::dev::init_tls(dir)?;
+    let pin_file = dir.join("hsm-pin");
+    std::fs::write(&pin_file, pin)?;
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::write(
+        dir.join("hsm.toml"),
+        format!(
+            "[[hsm]]\nid = \"softhsm-test\"\nmodule = \"{}\"\ntoken_label = \"{}\"\n\
+             pin = {{ file = \"{}\" }}\njurisdiction = \"EU\"\nregion = \"test-1\"\n\
+             provider = \"SoftHSM2\"\ncertification = \"none\"\npool_size = 4\n",
+            token.module.display(),
+            token.label,
+            pin_file.display()
+        ),
+    )?;
+    let config = dir.join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hsm_inventory = \"hsm.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+             tls_cert = \"tls/server.pem\"\ntls_key = \"tls/server-key.pem\"\n\
+             [store]\nsqlite_path = \"catalog.db\"\n\
+             [[identity.jwt_issuers]]\nissuer = \"{}\"\naudiences = [\"{}\"]\n\
+             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\n",
+            keybroker_broker::dev::DEV_ISSUER,
+            keybroker_broker::dev::DEV_AUDIENCE,
+        ),
+    )?;
+    Ok(config)
+}
+
+impl TestBroker {
+    /// Starts a broker on a fresh token.
+    ///
+    /// # Errors
+    /// Token, config or start-up failures.
+    pub async fn start() -> anyhow::Result<Self> {
+        // Broker logs for a failing test: KEYBROKER_LOG=debug cargo nextest run --no-capture
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("KEYBROKER_LOG") {
+            let _already = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+        let token = SoftHsmToken::new("e2e")?;
+        let dir = tempfile::tempdir()?;
+        let pin = token.pin.clone();
+        let config_path = write_config(dir.path(), &token, &pin)?;
+        let config = BrokerConfig::load(&config_path)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let broker = keybroker_broker::Broker::start(&config).await?;
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(broker.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            dir,
+            token,
+            endpoint: format!("https://127.0.0.1:{}", addr.port()),
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// A fresh dev token for this broker's issuer.
+    ///
+    /// # Errors
+    /// Signing failures.
+    pub fn mint_token(&self, ttl: Duration) -> anyhow::Result<String> {
+        let t = keybroker_client::dev_token::mint(self.dir.path(), ttl)?;
+        Ok(t.as_str().to_owned())
+    }
+
+    /// Writes a fresh token to `<dir>/token` and returns its path.
+    ///
+    /// # Errors
+    /// File or signing failures.
+    pub fn token_file(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("token");
+        let t = keybroker_client::dev_token::mint(self.dir.path(), Duration::from_secs(600))?;
+        keybroker_client::dev_token::write_token_file(&path, &t)?;
+        Ok(path)
+    }
+
+    /// The dev CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("tls/ca.pem")
+    }
+
+    /// A connected client with a valid token.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let cfg = ClientConfig {
+            ca: Some(self.ca()),
+            token_file: Some(self.token_file()?),
+            ..ClientConfig::new(self.endpoint.clone())
+        };
+        Client::connect(cfg).await.context("connect")
+    }
+
+    /// A raw tonic channel (TLS, dev CA) for calls the client library does not make.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let ca = std::fs::read(self.ca())?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("localhost");
+        Ok(tonic::transport::Channel::from_shared(format!(
+            "https://localhost:{}",
+            self.addr.port()
+        ))?
+        .tls_config(tls)?
+        .connect()
+        .await?)
+    }
+
+    /// Stops the broker and waits for it.
+    ///
+    /// # Errors
+    /// The broker failed while serving.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! The README path: `keybrokerd dev` creates everything on first run, `source client.env` is
+//! all the `keybroker` CLI needs, and a second run reuses the token, catalog and keys.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failure is the test failing"
+)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use std::io::{BufRead as _, BufReader};
+
+fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+struct Dev {
+    child: Child,
+    endpoint: String,
+}
+
+fn start_dev(state: &Path) -> Dev {
+    let mut child = Command::new(bin("keybrokerd"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .env_remove("SOFTHSM2_CONF")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut endpoint = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(e) = line.trim().strip_prefix("endpoint:") {
+            endpoint = Some(e.trim().to_owned());
+        }
+        if line.trim().starts_with("try:") {
+            break;
+        }
+    }
+    let endpoint = endpoint.expect("dev mode printed no endpoint");
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+    Dev { child, endpoint }
+}
+
+fn stop(mut dev: Dev) {
+    let pid = dev.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = dev.child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+}
+
+fn client_env(state: &Path) -> HashMap<String, String> {
+    let text = std::fs::read_to_string(state.join("client.env")).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn cli(env: &HashMap<String, String>, args: &[&str]) -> Output {
+    Command::new(bin("keybroker"))
+        .args(args)
+        .env_remove("KEYBROKER_ENDPOINT")
+        .env_remove("KEYBROKER_CA")
+        .env_remove("KEYBROKER_TOKEN_FILE")
+        .envs(env)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn dev_mode_first_run_creates_everything_and_second_run_reuses_it() {
+    let state = tempfile::tempdir().unwrap();
+    let dev = start_dev(state.path());
+    let env = client_env(state.path());
+    assert_eq!(env["KEYBROKER_ENDPOINT"], dev.endpoint);
+    for f in [
+        "softhsm2.conf",
+        "catalog.db",
+        "tls/ca.pem",
+        "dev-issuer/jwks.json",
+        "token",
+        "broker.toml",
+    ] {
+        assert!(state.path().join(f).exists(), "{f} missing");
+    }
+    let generated = json(&cli(
+        &env,
+        &[
+            "datakey",
+            "generate",
+            "datasets/demo",
+            "--context",
+            "dataset=demo",
+        ],
+    ));
+    let ct = generated["ciphertext"].as_str().unwrap().to_owned();
+    assert_eq!(generated["key_version"], 1);
+    assert!(
+        generated["lease_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    assert!(generated["expires_at"].as_str().is_some());
+    let opened = json(&cli(
+        &env,
+        &["datakey", "decrypt", &ct, "--context", "dataset=demo"],
+    ));
+    assert_eq!(opened["plaintext"], generated["plaintext"]);
+    let wrong = cli(
+        &env,
+        &["datakey", "decrypt", &ct, "--context", "dataset=other"],
+    );
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("INVALID_ARGUMENT"));
+    let token_before = std::fs::read(state.path().join("token")).unwrap();
+    stop(dev);
+
+    // Second run: same token, catalog and key; a fresh dev token.
+    let dev = start_dev(state.path());
+    let env = client_env(state.path());
+    assert_ne!(
+        std::fs::read(state.path().join("token")).unwrap(),
+        token_before
+    );
+    let opened = json(&cli(
+        &env,
+        &["datakey", "decrypt", &ct, "--context", "dataset=demo"],
+    ));
+    assert_eq!(opened["plaintext"], generated["plaintext"]);
+    let keys = json(&cli(&env, &["keys", "list"]));
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
+    stop(dev);
+}
+
+#[test]
+fn cli_names_the_missing_setting() {
+    let out = cli(&HashMap::new(), &["datakey", "generate", "datasets/demo"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("KEYBROKER_ENDPOINT"), "{err}");
+}
