@@ -82,7 +82,7 @@ fn real_main() -> anyhow::Result<()> {
                         format!("server.listen: cannot bind {}", config.server.listen)
                     })?;
                 tracing::info!(addr = %listener.local_addr()?, "serving");
-                keybroker_broker::run(config, listener, shutdown_signal()).await?;
+                keybroker_broker::run(config, listener, shutdown_signal()?).await?;
                 Ok(())
             })
         }
@@ -90,6 +90,7 @@ fn real_main() -> anyhow::Result<()> {
 }
 
 async fn run_dev(paths: dev::DevPaths, listen: Option<String>) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let mut config = BrokerConfig::load(&paths.config())?;
     if let Some(l) = listen {
         config.server.listen = l
@@ -118,7 +119,7 @@ async fn run_dev(paths: dev::DevPaths, listen: Option<String>) -> anyhow::Result
         "  try:        keybroker datakey generate {} --context dataset=demo",
         dev::DEMO_KEY
     );
-    broker.serve(listener, shutdown_signal()).await?;
+    broker.serve(listener, shutdown).await?;
     Ok(())
 }
 
@@ -156,24 +157,17 @@ fn init_tracing() {
         .init();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// Installs the SIGTERM/SIGINT handlers now (so a signal that arrives before serving starts is
+/// not lost to the default action) and returns the future that resolves on the first one.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }

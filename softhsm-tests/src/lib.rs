@@ -237,3 +237,21 @@ fn list_dir(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .map(|e| e.map(|e| e.path()).map_err(anyhow::Error::from))
         .collect()
 }
+
+/// A binary of this workspace (`keybrokerd`, `keybroker`), next to the running test's
+/// directory: `target/<profile>/deps/<test>` → `target/<profile>/<name>`.
+///
+/// # Errors
+/// When the binary was not built (`cargo build --workspace` builds it).
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target/<profile> directory")?;
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        bail!("{} not built (cargo build --workspace)", path.display());
+    }
+    Ok(path)
+}

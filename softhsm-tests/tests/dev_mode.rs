@@ -165,6 +165,47 @@ fn dev_mode_first_run_creates_everything_and_second_run_reuses_it() {
 }
 
 #[test]
+fn check_config_accepts_the_dev_config_and_names_the_broken_field() {
+    let state = tempfile::tempdir().unwrap();
+    let dev = start_dev(state.path());
+    stop(dev);
+    let config = state.path().join("broker.toml");
+    let ok = Command::new(bin("keybrokerd"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let pin = std::fs::read_to_string(state.path().join("hsm-pin")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ok.stdout).contains(pin.trim()),
+        "report shows the PIN"
+    );
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "max_token_lifetime = \"24h\"",
+            "max_token_lifetime = \"90d\"",
+        ),
+    )
+    .unwrap();
+    let bad = Command::new(bin("keybrokerd"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("max_token_lifetime"), "{err}");
+}
+
+#[test]
 fn cli_names_the_missing_setting() {
     let out = cli(&HashMap::new(), &["datakey", "generate", "datasets/demo"]);
     assert!(!out.status.success());

@@ -55,6 +55,24 @@ async fn missing_module_at_start_names_the_module_field() {
     assert!(err.contains("/nonexistent/libpkcs11.so"), "{err}");
 }
 
+/// `keybrokerd --config` with a wrong PIN exits non-zero and names the field, not the PIN.
+#[test]
+fn keybrokerd_exits_non_zero_on_a_wrong_pin() {
+    let token = SoftHsmToken::new("binpin").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &token, "11112222").unwrap();
+    let out = std::process::Command::new(softhsm_tests::workspace_bin("keybrokerd").unwrap())
+        .arg("--config")
+        .arg(&cfg)
+        .env("SOFTHSM2_CONF", softhsm_tests::process_softhsm_conf())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(".pin"), "{err}");
+    assert!(!err.contains("11112222"), "{err}");
+}
+
 #[tokio::test]
 async fn vanished_token_is_unavailable_and_not_serving_then_recovers() {
     let b = TestBroker::start().await.unwrap();
