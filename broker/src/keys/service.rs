@@ -163,7 +163,12 @@ impl KeyService {
         }
     }
 
-    async fn usable_key(&self, name: &KeyName, purpose: Purpose) -> Result<KeyRecord, KeyError> {
+    /// The key, if it exists, is enabled and (when `purpose` is given) has that purpose.
+    async fn usable_key(
+        &self,
+        name: &KeyName,
+        purpose: Option<Purpose>,
+    ) -> Result<KeyRecord, KeyError> {
         let key = self
             .store
             .get_key(name.as_str())
@@ -177,7 +182,7 @@ impl KeyService {
             }
             KeyState::Destroyed => return Err(KeyError::Precondition("key is destroyed".into())),
         }
-        if key.purpose != purpose {
+        if let Some(purpose) = purpose.filter(|p| *p != key.purpose) {
             let want = match purpose {
                 Purpose::DataKey => "DATA_KEY",
                 Purpose::Seal => "SEAL",
@@ -307,7 +312,7 @@ impl KeyService {
         ctx: &EncryptionContext,
         ttl: Option<Duration>,
     ) -> Result<(Released, Sealed), KeyError> {
-        let key = self.usable_key(name, Purpose::DataKey).await?;
+        let key = self.usable_key(name, Some(Purpose::DataKey)).await?;
         let hsm = self.hsm_for(&key)?;
         let plaintext = hsm.pool.generate_random(DATA_KEY_LEN).await?;
         let (lease, issued) = self.lease(ttl)?;
@@ -343,7 +348,7 @@ impl KeyService {
         name: &KeyName,
         ctx: &EncryptionContext,
     ) -> Result<Sealed, KeyError> {
-        let key = self.usable_key(name, Purpose::DataKey).await?;
+        let key = self.usable_key(name, Some(Purpose::DataKey)).await?;
         let plaintext = self
             .hsm_for(&key)?
             .pool
@@ -368,7 +373,7 @@ impl KeyService {
                 plaintext.len()
             )));
         }
-        let key = self.usable_key(name, Purpose::Seal).await?;
+        let key = self.usable_key(name, Some(Purpose::Seal)).await?;
         self.seal(&key, name, ctx, plaintext, None).await
     }
 
@@ -378,12 +383,8 @@ impl KeyService {
         envelope: &Envelope,
         ctx: &EncryptionContext,
     ) -> Result<(KeyRecord, Zeroizing<Vec<u8>>), KeyError> {
-        let key = self
-            .store
-            .get_key(envelope.key.as_str())
-            .await?
-            .ok_or(KeyError::NotFound)?;
-        let key = self.usable_key(&envelope.key, key.purpose).await?;
+        // Either purpose: a SEAL payload and a wrapped data key open the same way.
+        let key = self.usable_key(&envelope.key, None).await?;
         let v = key.version(envelope.version).ok_or_else(|| {
             KeyError::Precondition(format!("key version {} does not exist", envelope.version))
         })?;
