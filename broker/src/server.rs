@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::api::{self, ApiState};
+use crate::audit::{AuditLog, FileAuditLog};
 use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
 use crate::identity::{IssuerSettings, JwtVerifier};
@@ -54,6 +55,9 @@ pub enum StartError {
     /// Reflection descriptor set broken (a build problem).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The audit log failed to open (fail closed: no audit, no broker).
+    #[error("audit.dir: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// Serving failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -149,11 +153,25 @@ impl Broker {
                 rotate_after_wraps: config.keys.rotate_after_wraps,
             },
         );
+        let audit_dir = config.audit.dir.clone();
+        let audit = tokio::task::spawn_blocking(move || FileAuditLog::open(&audit_dir, |_| {}))
+            .await
+            .map_err(|e| crate::audit::AuditError::Io {
+                what: "open",
+                path: config.audit.dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        let audit: Arc<dyn AuditLog> = Arc::new(audit);
         let cert = std::fs::read(&config.server.tls_cert).map_err(StartError::Tls)?;
         let key = std::fs::read(&config.server.tls_key).map_err(StartError::Tls)?;
         let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
         Ok(Self {
-            state: Arc::new(ApiState { keys, verifier }),
+            state: Arc::new(ApiState {
+                keys,
+                verifier,
+                audit,
+                replica_id: replica_id(),
+            }),
             tls,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
@@ -176,7 +194,11 @@ impl Broker {
     ) -> Result<(), StartError> {
         let (reporter, health) = tonic_health::server::health_reporter();
         let routes = api::services(self.state.clone(), health)?;
-        let monitor = crate::health::Monitor::new(self.state.keys.clone(), reporter);
+        let monitor = crate::health::Monitor::new(
+            self.state.keys.clone(),
+            self.state.audit.clone(),
+            reporter,
+        );
         self.tasks
             .spawn(monitor.run(self.cancel.clone(), HEALTH_PROBE_EVERY));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -209,6 +231,15 @@ impl Broker {
         self.tasks.wait().await;
         result.map_err(StartError::from)
     }
+}
+
+/// This replica's name in audit records: the host name (the pod name on Kubernetes).
+fn replica_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Starts the broker from `config` and serves on `listener` until `shutdown` resolves.
