@@ -7,6 +7,7 @@
 //! a PostgreSQL-sequenced log for several replicas later.
 
 mod log;
+pub mod merkle;
 pub mod record;
 mod segment;
 
