@@ -10,6 +10,7 @@ mod log;
 pub mod merkle;
 pub mod record;
 mod segment;
+pub mod tiles;
 
 use std::path::PathBuf;
 
