@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::merkle::Hash;
 use super::segment::{self, Tail};
+use super::tiles::Publisher;
 use super::{AuditError, AuditLog, AuditRecord};
 
 /// Most records one commit takes.
@@ -26,6 +28,8 @@ struct Shared {
     commits: AtomicU64,
     poisoned: AtomicBool,
     closed: AtomicBool,
+    /// Size and Merkle root of the durable log (what a checkpoint signs).
+    head: std::sync::Mutex<(u64, Hash)>,
 }
 
 /// The embedded audit log: segment files in `<dir>/log/`, group commit, fail closed.
@@ -42,17 +46,24 @@ impl FileAuditLog {
     ///
     /// # Errors
     /// I/O failures, [`AuditError::Corrupt`] for damage before the tail.
-    pub fn open(dir: &Path, visit: impl FnMut(&[u8])) -> Result<Self, AuditError> {
-        let tail = segment::open(dir, visit)?;
-        Self::start(tail, MAX_BATCH)
+    pub fn open(dir: &Path, mut visit: impl FnMut(&[u8])) -> Result<Self, AuditError> {
+        let mut records = Vec::new();
+        let tail = segment::open(dir, |r| {
+            visit(r);
+            records.push(r.to_vec());
+        })?;
+        let publisher = Publisher::rebuild(dir, records);
+        Self::start(tail, publisher, MAX_BATCH)
     }
 
-    fn start(tail: Tail, max_batch: usize) -> Result<Self, AuditError> {
+    fn start(tail: Tail, publisher: Publisher, max_batch: usize) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared::default());
         shared.size.store(tail.next_index, Ordering::SeqCst);
+        *lock(&shared.head) = publisher.head();
         let writer = Writer {
             tail,
+            publisher,
             rx,
             shared: shared.clone(),
             max_batch,
@@ -67,6 +78,12 @@ impl FileAuditLog {
                 source,
             })?;
         Ok(Self { tx, shared })
+    }
+
+    /// Size and RFC 6962 root of the durable log, as published in the tiles directory.
+    #[must_use]
+    pub fn head(&self) -> (u64, Hash) {
+        *lock(&self.shared.head)
     }
 
     /// How many commits (write + fdatasync) the writer has made.
@@ -99,8 +116,13 @@ impl AuditLog for FileAuditLog {
     }
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Writer {
     tail: Tail,
+    publisher: Publisher,
     rx: mpsc::Receiver<(AuditRecord, Reply)>,
     shared: Arc<Shared>,
     max_batch: usize,
@@ -130,6 +152,7 @@ impl Writer {
             return;
         }
         let mut frames = Vec::new();
+        let mut bodies = Vec::with_capacity(batch.len());
         let mut accepted = Vec::with_capacity(batch.len());
         let mut index = self.tail.next_index;
         for (mut record, reply) in batch.drain(..) {
@@ -137,6 +160,7 @@ impl Writer {
             match record.to_canonical_json() {
                 Ok(bytes) => {
                     segment::encode_frame(&bytes, &mut frames);
+                    bodies.push(bytes);
                     accepted.push((index, reply));
                     index += 1;
                 }
@@ -157,6 +181,9 @@ impl Writer {
                 for (index, reply) in accepted {
                     let _ = reply.send(Ok(index));
                 }
+                // After the replies: tiles are derived data, off the callers' latency.
+                self.publisher.extend(bodies);
+                *lock(&self.shared.head) = self.publisher.head();
             }
             Err(e) => {
                 tracing::error!(error = %e, lost = accepted.len(),
@@ -220,6 +247,40 @@ mod tests {
         assert_eq!(reopened.append(record(9999)).await.unwrap(), 500);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn durable_records_are_published_as_tiles_and_repaired_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileAuditLog::open(dir.path(), |_| {}).unwrap();
+        for n in 0..300 {
+            log.append(record(n)).await.unwrap();
+        }
+        // The head moves just after the replies (tiles stay off the callers' latency).
+        let mut head = log.head();
+        for _ in 0..200 {
+            if head.0 == 300 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            head = log.head();
+        }
+        let (size, root) = head;
+        assert_eq!(size, 300);
+        drop(log);
+        let mut tree = crate::audit::merkle::Tree::default();
+        let full = dir.path().join("tile/0/000");
+        assert!(full.exists());
+        assert!(dir.path().join("tile/entries/001.p/44").exists());
+        std::fs::remove_file(&full).unwrap();
+        let reopened = FileAuditLog::open(dir.path(), |r| tree.push_record(r)).unwrap();
+        assert_eq!(
+            tree.root(),
+            root,
+            "head is the RFC 6962 root of the records on disk"
+        );
+        assert_eq!(reopened.head(), (300, root));
+        assert_eq!(std::fs::read(&full).unwrap(), tree.level(0)[..256].concat());
+    }
+
     #[tokio::test]
     async fn a_write_error_poisons_the_log_until_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -229,7 +290,8 @@ mod tests {
             .write(true)
             .open("/dev/full")
             .unwrap();
-        let log = FileAuditLog::start(tail, MAX_BATCH).unwrap();
+        let publisher = Publisher::rebuild(dir.path(), Vec::new());
+        let log = FileAuditLog::start(tail, publisher, MAX_BATCH).unwrap();
         assert!(log.healthy());
         assert!(matches!(
             log.append(record(0)).await,
@@ -273,7 +335,8 @@ mod tests {
             )
             .unwrap();
             let tail = segment::open(dir.path(), |_| {}).unwrap();
-            let log = FileAuditLog::start(tail, max_batch).unwrap();
+            let publisher = Publisher::rebuild(dir.path(), Vec::new());
+            let log = FileAuditLog::start(tail, publisher, max_batch).unwrap();
             let per_client = 20_000 / clients / if max_batch == 1 { 10 } else { 1 };
             let started = std::time::Instant::now();
             let mut tasks = tokio::task::JoinSet::new();

@@ -101,6 +101,63 @@ pub fn write_new(
     Ok(())
 }
 
+/// Keeps the Merkle tree and the tiles directory in step with the log: the records of the open
+/// bundle in memory, everything else on disk.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    dir: PathBuf,
+    tree: Tree,
+    bundle_start: u64,
+    bundle: Vec<Vec<u8>>,
+}
+
+impl Publisher {
+    /// Rebuilds the tree from every record and repairs missing tiles (a crash between a commit
+    /// and its tiles). Tile errors are logged, not fatal: tiles are derived from the segments.
+    pub(crate) fn rebuild(dir: &Path, records: Vec<Vec<u8>>) -> Self {
+        let mut tree = Tree::default();
+        for r in &records {
+            tree.push_record(r);
+        }
+        if let Err(e) = write_new(dir, &tree, 0, &records, 0) {
+            tracing::warn!(error = %e, "audit tiles: repair failed");
+        }
+        let bundle_start = tree.size() / TILE_WIDTH * TILE_WIDTH;
+        let keep = usize::try_from(bundle_start).unwrap_or(usize::MAX);
+        let bundle = records.into_iter().skip(keep).collect();
+        Self {
+            dir: dir.to_path_buf(),
+            tree,
+            bundle_start,
+            bundle,
+        }
+    }
+
+    /// Appends durable records and writes the tiles that changed.
+    pub(crate) fn extend(&mut self, records: Vec<Vec<u8>>) {
+        let old = self.tree.size();
+        for r in records {
+            self.tree.push_record(&r);
+            self.bundle.push(r);
+        }
+        if let Err(e) = write_new(&self.dir, &self.tree, self.bundle_start, &self.bundle, old) {
+            tracing::warn!(error = %e, "audit tiles: write failed");
+        }
+        // Records of bundles that are now full are on disk; keep only the open bundle.
+        let new_start = self.tree.size() / TILE_WIDTH * TILE_WIDTH;
+        if new_start > self.bundle_start {
+            let done = usize::try_from(new_start - self.bundle_start).unwrap_or(usize::MAX);
+            self.bundle.drain(..done.min(self.bundle.len()));
+            self.bundle_start = new_start;
+        }
+    }
+
+    /// Size and root hash of the tree.
+    pub(crate) fn head(&self) -> (u64, super::merkle::Hash) {
+        (self.tree.size(), self.tree.root())
+    }
+}
+
 fn short(dir: &Path) -> AuditError {
     AuditError::Corrupt {
         path: dir.to_path_buf(),
