@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::api::{self, ApiState};
+use crate::audit::checkpoint::Signer;
 use crate::audit::{AuditLog, FileAuditLog};
 use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
@@ -70,6 +71,7 @@ pub struct Broker {
     tls: ServerTlsConfig,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    checkpoints: Option<(Signer, std::path::PathBuf)>,
 }
 
 impl Broker {
@@ -123,6 +125,24 @@ impl Broker {
                 },
             );
         }
+        // Checkpoints are signed in the first HSM of the inventory (fail closed: no signer, no
+        // broker).
+        let replica = replica_id();
+        let signer = match hsms.iter().next() {
+            Some((id, h)) => Some(
+                Signer::new(h.pool.clone(), format!("keybroker/{replica}/audit"))
+                    .await
+                    .map_err(|source| StartError::Hsm {
+                        field: format!(
+                            "{}: hsm {id}: audit checkpoint key {}",
+                            config.hsm_inventory.display(),
+                            crate::audit::checkpoint::KEY_LABEL
+                        ),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.sqlite_path).await?);
         let issuers = config
             .identity
@@ -170,8 +190,9 @@ impl Broker {
                 keys,
                 verifier,
                 audit,
-                replica_id: replica_id(),
+                replica_id: replica,
             }),
+            checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             tls,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
@@ -201,6 +222,14 @@ impl Broker {
         );
         self.tasks
             .spawn(monitor.run(self.cancel.clone(), HEALTH_PROBE_EVERY));
+        if let Some((signer, dir)) = self.checkpoints {
+            self.tasks.spawn(crate::audit::checkpoint::run(
+                signer,
+                self.state.audit.clone(),
+                dir,
+                self.cancel.clone(),
+            ));
+        }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()

@@ -80,12 +80,6 @@ impl FileAuditLog {
         Ok(Self { tx, shared })
     }
 
-    /// Size and RFC 6962 root of the durable log, as published in the tiles directory.
-    #[must_use]
-    pub fn head(&self) -> (u64, Hash) {
-        *lock(&self.shared.head)
-    }
-
     /// How many commits (write + fdatasync) the writer has made.
     #[must_use]
     pub fn commits(&self) -> u64 {
@@ -109,6 +103,10 @@ impl AuditLog for FileAuditLog {
 
     fn size(&self) -> u64 {
         self.shared.size.load(Ordering::SeqCst)
+    }
+
+    fn head(&self) -> (u64, Hash) {
+        *lock(&self.shared.head)
     }
 
     fn healthy(&self) -> bool {

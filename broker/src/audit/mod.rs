@@ -6,6 +6,7 @@
 //! [`AuditLog`] is the seam: the embedded [`FileAuditLog`] (segment files, group commit) today,
 //! a PostgreSQL-sequenced log for several replicas later.
 
+pub mod checkpoint;
 mod log;
 pub mod merkle;
 pub mod record;
@@ -69,4 +70,7 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
 
     /// False once the log cannot accept records (poisoned or closed).
     fn healthy(&self) -> bool;
+
+    /// Size and RFC 6962 root of the published tree (what a checkpoint signs).
+    fn head(&self) -> (u64, merkle::Hash);
 }
