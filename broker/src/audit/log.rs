@@ -61,9 +61,11 @@ impl FileAuditLog {
         let shared = Arc::new(Shared::default());
         shared.size.store(tail.next_index, Ordering::SeqCst);
         *lock(&shared.head) = publisher.head();
+        let (published, durable) = std::sync::mpsc::channel();
+        let tiles_shared = shared.clone();
         let writer = Writer {
             tail,
-            publisher,
+            published,
             rx,
             shared: shared.clone(),
             max_batch,
@@ -74,6 +76,14 @@ impl FileAuditLog {
             .spawn(move || writer.run())
             .map_err(|source| AuditError::Io {
                 what: "start the writer for",
+                path: dir.clone(),
+                source,
+            })?;
+        std::thread::Builder::new()
+            .name("audit-tiles".to_owned())
+            .spawn(move || publish(publisher, &durable, &tiles_shared))
+            .map_err(|source| AuditError::Io {
+                what: "start the tile writer for",
                 path: dir,
                 source,
             })?;
@@ -118,9 +128,25 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Tiles and the head follow the durable records on their own thread, coalescing whatever
+/// arrived meanwhile: tile files (renames) stay off the commit path.
+fn publish(
+    mut publisher: Publisher,
+    durable: &std::sync::mpsc::Receiver<Vec<Vec<u8>>>,
+    shared: &Shared,
+) {
+    while let Ok(mut records) = durable.recv() {
+        while let Ok(more) = durable.try_recv() {
+            records.extend(more);
+        }
+        publisher.extend(records);
+        *lock(&shared.head) = publisher.head();
+    }
+}
+
 struct Writer {
     tail: Tail,
-    publisher: Publisher,
+    published: std::sync::mpsc::Sender<Vec<Vec<u8>>>,
     rx: mpsc::Receiver<(AuditRecord, Reply)>,
     shared: Arc<Shared>,
     max_batch: usize,
@@ -179,9 +205,8 @@ impl Writer {
                 for (index, reply) in accepted {
                     let _ = reply.send(Ok(index));
                 }
-                // After the replies: tiles are derived data, off the callers' latency.
-                self.publisher.extend(bodies);
-                *lock(&self.shared.head) = self.publisher.head();
+                // Tiles are derived data: published after the replies, by their own thread.
+                let _ = self.published.send(bodies);
             }
             Err(e) => {
                 tracing::error!(error = %e, lost = accepted.len(),
