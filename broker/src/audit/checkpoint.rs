@@ -171,6 +171,13 @@ pub async fn run(signer: Signer, log: Arc<dyn AuditLog>, dir: PathBuf, cancel: C
             last = publish(&signer, log.as_ref(), &dir).await.or(last);
         }
     }
+    // The final checkpoint covers every durable record: wait (bounded) for the tiles to catch up.
+    for _ in 0..100 {
+        if log.head().0 >= log.size() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     publish(&signer, log.as_ref(), &dir).await;
 }
 

@@ -17,6 +17,8 @@ use super::{AuditError, AuditLog, AuditRecord};
 
 /// Most records one commit takes.
 const MAX_BATCH: usize = 4096;
+/// Least time between two tile publications.
+const PUBLISH_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Appends that may wait for the writer before callers are held back.
 const QUEUE: usize = 8192;
 
@@ -141,6 +143,9 @@ fn publish(
         }
         publisher.extend(records);
         *lock(&shared.head) = publisher.head();
+        // Rewriting partial tiles on every commit competes with fdatasync for the journal;
+        // a pause batches them (checkpoints are once a second anyway).
+        std::thread::sleep(PUBLISH_PAUSE);
     }
 }
 
