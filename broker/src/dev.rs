@@ -269,6 +269,7 @@ fn write_configs(dir: &Path) -> Result<(), DevError> {
              hsm_inventory = \"hsm.toml\"\n\n[server]\nlisten = \"{DEV_LISTEN}\"\n\
              tls_cert = \"tls/server.pem\"\ntls_key = \"tls/server-key.pem\"\n\n\
              [store]\nsqlite_path = \"catalog.db\"\n\n[residency]\nallowed_jurisdictions = [\"EU\"]\n\n\
+             [audit]\ndir = \"audit\"\n\n\
              [[identity.jwt_issuers]]\nissuer = \"{DEV_ISSUER}\"\naudiences = [\"{DEV_AUDIENCE}\"]\n\
              jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\nmax_token_lifetime = \"24h\"\n"
         ),

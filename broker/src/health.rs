@@ -1,14 +1,16 @@
 //! Readiness: a monitor probes every HSM and the catalog and drives `grpc.health.v1.Health`.
 //!
-//! NOT_SERVING while any HSM is unreachable or the catalog is down; the HSM probe also lets the
+//! NOT_SERVING while any HSM is unreachable, the catalog is down or the audit log is poisoned; the HSM probe also lets the
 //! pool re-initialize by itself, so serving resumes when the device returns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::audit::AuditLog;
 use crate::keys::KeyService;
 
 /// Service names whose health is reported (besides the server-wide "").
@@ -16,12 +18,21 @@ const SERVICES: [&str; 2] = ["keybroker.v1.DataKeys", "keybroker.v1.KeyAdmin"];
 
 pub(crate) struct Monitor {
     keys: KeyService,
+    audit: Arc<dyn AuditLog>,
     reporter: HealthReporter,
 }
 
 impl Monitor {
-    pub(crate) fn new(keys: KeyService, reporter: HealthReporter) -> Self {
-        Self { keys, reporter }
+    pub(crate) fn new(
+        keys: KeyService,
+        audit: Arc<dyn AuditLog>,
+        reporter: HealthReporter,
+    ) -> Self {
+        Self {
+            keys,
+            audit,
+            reporter,
+        }
     }
 
     async fn probe(&self) -> bool {
@@ -34,6 +45,10 @@ impl Monitor {
         }
         if let Err(e) = self.keys.store().ping().await {
             tracing::warn!(error = %e, "catalog health probe failed");
+            ok = false;
+        }
+        if !self.audit.healthy() {
+            tracing::warn!("audit log unhealthy: refusing key operations until restart");
             ok = false;
         }
         ok

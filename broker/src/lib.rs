@@ -3,6 +3,7 @@
 //! `keybrokerd` is a thin binary over [`run`]; tests call the same function on `127.0.0.1:0`.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod dev;
 mod health;

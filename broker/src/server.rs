@@ -12,6 +12,8 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::api::{self, ApiState};
+use crate::audit::checkpoint::Signer;
+use crate::audit::{AuditLog, FileAuditLog};
 use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
 use crate::identity::{IssuerSettings, JwtVerifier};
@@ -54,6 +56,9 @@ pub enum StartError {
     /// Reflection descriptor set broken (a build problem).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The audit log failed to open (fail closed: no audit, no broker).
+    #[error("audit.dir: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// Serving failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -66,6 +71,7 @@ pub struct Broker {
     tls: ServerTlsConfig,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    checkpoints: Option<(Signer, std::path::PathBuf)>,
 }
 
 impl Broker {
@@ -119,6 +125,24 @@ impl Broker {
                 },
             );
         }
+        // Checkpoints are signed in the first HSM of the inventory (fail closed: no signer, no
+        // broker).
+        let replica = replica_id();
+        let signer = match hsms.iter().next() {
+            Some((id, h)) => Some(
+                Signer::new(h.pool.clone(), format!("keybroker/{replica}/audit"))
+                    .await
+                    .map_err(|source| StartError::Hsm {
+                        field: format!(
+                            "{}: hsm {id}: audit checkpoint key {}",
+                            config.hsm_inventory.display(),
+                            crate::audit::checkpoint::KEY_LABEL
+                        ),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.sqlite_path).await?);
         let issuers = config
             .identity
@@ -149,11 +173,26 @@ impl Broker {
                 rotate_after_wraps: config.keys.rotate_after_wraps,
             },
         );
+        let audit_dir = config.audit.dir.clone();
+        let audit = tokio::task::spawn_blocking(move || FileAuditLog::open(&audit_dir, |_| {}))
+            .await
+            .map_err(|e| crate::audit::AuditError::Io {
+                what: "open",
+                path: config.audit.dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        let audit: Arc<dyn AuditLog> = Arc::new(audit);
         let cert = std::fs::read(&config.server.tls_cert).map_err(StartError::Tls)?;
         let key = std::fs::read(&config.server.tls_key).map_err(StartError::Tls)?;
         let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
         Ok(Self {
-            state: Arc::new(ApiState { keys, verifier }),
+            state: Arc::new(ApiState {
+                keys,
+                verifier,
+                audit,
+                replica_id: replica,
+            }),
+            checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             tls,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
@@ -176,9 +215,21 @@ impl Broker {
     ) -> Result<(), StartError> {
         let (reporter, health) = tonic_health::server::health_reporter();
         let routes = api::services(self.state.clone(), health)?;
-        let monitor = crate::health::Monitor::new(self.state.keys.clone(), reporter);
+        let monitor = crate::health::Monitor::new(
+            self.state.keys.clone(),
+            self.state.audit.clone(),
+            reporter,
+        );
         self.tasks
             .spawn(monitor.run(self.cancel.clone(), HEALTH_PROBE_EVERY));
+        if let Some((signer, dir)) = self.checkpoints {
+            self.tasks.spawn(crate::audit::checkpoint::run(
+                signer,
+                self.state.audit.clone(),
+                dir,
+                self.cancel.clone(),
+            ));
+        }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -209,6 +260,15 @@ impl Broker {
         self.tasks.wait().await;
         result.map_err(StartError::from)
     }
+}
+
+/// This replica's name in audit records: the host name (the pod name on Kubernetes).
+fn replica_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Starts the broker from `config` and serves on `listener` until `shutdown` resolves.

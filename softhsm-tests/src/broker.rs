@@ -25,6 +25,8 @@ pub struct TestBroker {
     pub endpoint: String,
     /// Bound address.
     pub addr: SocketAddr,
+    /// The config it runs with.
+    pub config: BrokerConfig,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), keybroker_broker::StartError>>>,
 }
@@ -73,6 +75,14 @@ impl TestBroker {
     /// # Errors
     /// Token, config or start-up failures.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a broker on a fresh token, after `edit` adjusted its loaded config.
+    ///
+    /// # Errors
+    /// Token, config or start-up failures.
+    pub async fn start_with(edit: impl FnOnce(&mut BrokerConfig)) -> anyhow::Result<Self> {
         // Broker logs for a failing test: KEYBROKER_LOG=debug cargo nextest run --no-capture
         if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("KEYBROKER_LOG") {
             let _already = tracing_subscriber::fmt()
@@ -84,7 +94,16 @@ impl TestBroker {
         let dir = tempfile::tempdir()?;
         let pin = token.pin.clone();
         let config_path = write_config(dir.path(), &token, &pin)?;
-        let config = BrokerConfig::load(&config_path)?;
+        let mut config = BrokerConfig::load(&config_path)?;
+        edit(&mut config);
+        Self::serve(dir, token, config).await
+    }
+
+    async fn serve(
+        dir: TempDir,
+        token: SoftHsmToken,
+        config: BrokerConfig,
+    ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let broker = keybroker_broker::Broker::start(&config).await?;
@@ -97,6 +116,7 @@ impl TestBroker {
             token,
             endpoint: format!("https://127.0.0.1:{}", addr.port()),
             addr,
+            config,
             shutdown: Some(tx),
             task: Some(task),
         })
@@ -158,11 +178,20 @@ impl TestBroker {
         .await?)
     }
 
-    /// Stops the broker and waits for it.
+    /// Stops the broker and starts it again on the same token, config and files (on a new
+    /// port).
     ///
     /// # Errors
-    /// The broker failed while serving.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    /// Stop or start-up failures.
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        self.shutdown_and_wait().await?;
+        let Self {
+            dir, token, config, ..
+        } = self;
+        Self::serve(dir, token, config).await
+    }
+
+    async fn shutdown_and_wait(&mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -170,5 +199,51 @@ impl TestBroker {
             task.await??;
         }
         Ok(())
+    }
+
+    /// Every intact record of the audit log, in index order, as JSON text (read from the
+    /// segment files: `len u32 BE | crc32c u32 BE | bytes` frames; a torn tail ends the scan).
+    ///
+    /// # Errors
+    /// Unreadable segment files or a record that is not JSON.
+    pub fn audit_records(&self) -> anyhow::Result<Vec<String>> {
+        let dir = self.config.audit.dir.join("log");
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        names.retain(|p| p.extension().is_some_and(|e| e == "seg"));
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let buf = std::fs::read(&name)?;
+            let mut at = 0;
+            while let Some(h) = buf.get(at..at + 8) {
+                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                let Some(body) = buf.get(at + 8..at + 8 + len) else {
+                    break;
+                };
+                let text = String::from_utf8(body.to_vec())?;
+                let _: serde_json::Value = serde_json::from_str(&text)?;
+                out.push(text);
+                at += 8 + len;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stops the broker (keeping its files) so its audit log can be read at rest.
+    ///
+    /// # Errors
+    /// The broker failed while serving.
+    pub async fn stop_ref(&mut self) -> anyhow::Result<()> {
+        self.shutdown_and_wait().await
+    }
+
+    /// Stops the broker and waits for it.
+    ///
+    /// # Errors
+    /// The broker failed while serving.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown_and_wait().await
     }
 }

@@ -7,8 +7,10 @@ use keybroker_proto::v1::data_keys_server::DataKeys;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
+use super::audit::Recorder;
 use super::status::{invalid, key_error};
 use super::{ApiState, convert};
+use crate::audit::Op;
 
 /// The DataKeys service.
 #[derive(Debug)]
@@ -22,18 +24,22 @@ impl DataKeysApi {
     }
 }
 
-#[tonic::async_trait]
-impl DataKeys for DataKeysApi {
+// The handlers proper, each with the call's audit recorder; the trait impl below wraps
+// every one so a record is appended, granted or refused, before the response leaves.
+impl DataKeysApi {
     #[tracing::instrument(skip_all, name = "GenerateDataKey")]
     async fn generate_data_key(
         &self,
         req: Request<pb::GenerateDataKeyRequest>,
+        rec: &mut Recorder,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let call = self.state.begin(&req)?;
+        let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let r = req.into_inner();
         let name = convert::key_name(&r.key, rid)?;
+        rec.key(name.as_str());
         let ctx = convert::context(r.context, rid)?;
+        rec.context(&ctx);
         let ttl = convert::ttl(r.ttl, rid)?;
         let (released, sealed) = self
             .state
@@ -41,6 +47,8 @@ impl DataKeys for DataKeysApi {
             .generate_data_key(&call.caller(), &name, &ctx, ttl)
             .await
             .map_err(|e| key_error(&e, rid))?;
+        rec.version(sealed.version);
+        rec.lease(&released.lease.id);
         tracing::info!(request_id = %rid, key = name.as_str(), version = sealed.version,
             subject = %call.principal.subject, lease = %released.lease.id, "data key issued");
         Ok(rid.response(pb::GenerateDataKeyResponse {
@@ -55,18 +63,22 @@ impl DataKeys for DataKeysApi {
     async fn generate_data_key_without_plaintext(
         &self,
         req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+        rec: &mut Recorder,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let call = self.state.begin(&req)?;
+        let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let r = req.into_inner();
         let name = convert::key_name(&r.key, rid)?;
+        rec.key(name.as_str());
         let ctx = convert::context(r.context, rid)?;
+        rec.context(&ctx);
         let sealed = self
             .state
             .keys
             .generate_data_key_without_plaintext(&name, &ctx)
             .await
             .map_err(|e| key_error(&e, rid))?;
+        rec.version(sealed.version);
         Ok(rid.response(pb::GenerateDataKeyWithoutPlaintextResponse {
             ciphertext: sealed.ciphertext,
             key_version: sealed.version,
@@ -77,12 +89,14 @@ impl DataKeys for DataKeysApi {
     async fn decrypt(
         &self,
         req: Request<pb::DecryptRequest>,
+        rec: &mut Recorder,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let call = self.state.begin(&req)?;
+        let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let r = req.into_inner();
         let ct = convert::ciphertext(&r.ciphertext, rid)?;
         let ctx = convert::context(r.context, rid)?;
+        rec.context(&ctx);
         let ttl = convert::ttl(r.ttl, rid)?;
         let released = self
             .state
@@ -90,6 +104,9 @@ impl DataKeys for DataKeysApi {
             .decrypt(&call.caller(), ct, &ctx, ttl)
             .await
             .map_err(|e| key_error(&e, rid))?;
+        rec.key(&released.key);
+        rec.version(released.version);
+        rec.lease(&released.lease.id);
         tracing::info!(request_id = %rid, key = %released.key, version = released.version,
             subject = %call.principal.subject, lease = %released.lease.id, "ciphertext opened");
         Ok(rid.response(pb::DecryptResponse {
@@ -104,8 +121,9 @@ impl DataKeys for DataKeysApi {
     async fn encrypt(
         &self,
         req: Request<pb::EncryptRequest>,
+        rec: &mut Recorder,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let call = self.state.begin(&req)?;
+        let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let r = req.into_inner();
         let plaintext = Zeroizing::new(r.plaintext);
@@ -113,13 +131,16 @@ impl DataKeys for DataKeysApi {
             return Err(invalid("plaintext is empty", rid));
         }
         let name = convert::key_name(&r.key, rid)?;
+        rec.key(name.as_str());
         let ctx = convert::context(r.context, rid)?;
+        rec.context(&ctx);
         let sealed = self
             .state
             .keys
             .encrypt(&name, &ctx, plaintext)
             .await
             .map_err(|e| key_error(&e, rid))?;
+        rec.version(sealed.version);
         Ok(rid.response(pb::EncryptResponse {
             ciphertext: sealed.ciphertext,
             key_version: sealed.version,
@@ -130,23 +151,75 @@ impl DataKeys for DataKeysApi {
     async fn re_encrypt(
         &self,
         req: Request<pb::ReEncryptRequest>,
+        rec: &mut Recorder,
     ) -> Result<Response<pb::ReEncryptResponse>, Status> {
-        let call = self.state.begin(&req)?;
+        let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let r = req.into_inner();
         let ct = convert::ciphertext(&r.ciphertext, rid)?;
         let ctx = convert::context(r.context, rid)?;
+        rec.context(&ctx);
         let (key, from, sealed) = self
             .state
             .keys
             .re_encrypt(ct, &ctx)
             .await
             .map_err(|e| key_error(&e, rid))?;
+        rec.key(&key);
+        rec.version(sealed.version);
         Ok(rid.response(pb::ReEncryptResponse {
             ciphertext: sealed.ciphertext,
             key,
             source_key_version: from,
             key_version: sealed.version,
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl DataKeys for DataKeysApi {
+    async fn generate_data_key(
+        &self,
+        req: Request<pb::GenerateDataKeyRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+        let mut rec = self.state.recorder(Op::GenerateDataKey);
+        let result = Self::generate_data_key(self, req, &mut rec).await;
+        rec.finish(result).await
+    }
+
+    async fn generate_data_key_without_plaintext(
+        &self,
+        req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
+        let mut rec = self.state.recorder(Op::GenerateDataKeyWithoutPlaintext);
+        let result = Self::generate_data_key_without_plaintext(self, req, &mut rec).await;
+        rec.finish(result).await
+    }
+
+    async fn decrypt(
+        &self,
+        req: Request<pb::DecryptRequest>,
+    ) -> Result<Response<pb::DecryptResponse>, Status> {
+        let mut rec = self.state.recorder(Op::Decrypt);
+        let result = Self::decrypt(self, req, &mut rec).await;
+        rec.finish(result).await
+    }
+
+    async fn encrypt(
+        &self,
+        req: Request<pb::EncryptRequest>,
+    ) -> Result<Response<pb::EncryptResponse>, Status> {
+        let mut rec = self.state.recorder(Op::Encrypt);
+        let result = Self::encrypt(self, req, &mut rec).await;
+        rec.finish(result).await
+    }
+
+    async fn re_encrypt(
+        &self,
+        req: Request<pb::ReEncryptRequest>,
+    ) -> Result<Response<pb::ReEncryptResponse>, Status> {
+        let mut rec = self.state.recorder(Op::ReEncrypt);
+        let result = Self::re_encrypt(self, req, &mut rec).await;
+        rec.finish(result).await
     }
 }

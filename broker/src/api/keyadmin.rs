@@ -6,8 +6,10 @@ use keybroker_proto::v1 as pb;
 use keybroker_proto::v1::key_admin_server::KeyAdmin;
 use tonic::{Request, Response, Status};
 
+use super::audit::Recorder;
 use super::status::{invalid, key_error};
 use super::{ApiState, convert};
+use crate::audit::Op;
 
 /// Largest ListKeys page.
 const MAX_PAGE: u32 = 1000;
@@ -28,17 +30,20 @@ impl KeyAdminApi {
     }
 }
 
-#[tonic::async_trait]
-impl KeyAdmin for KeyAdminApi {
+// The handlers proper, each with the call's audit recorder; the trait impl below wraps
+// every one so a record is appended, granted or refused, before the response leaves.
+impl KeyAdminApi {
     #[tracing::instrument(skip_all, name = "CreateKey")]
     async fn create_key(
         &self,
         req: Request<pb::CreateKeyRequest>,
+        rec: &mut Recorder,
     ) -> Result<Response<pb::Key>, Status> {
-        let call = self.state.begin(&req)?;
+        let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let r = req.into_inner();
         let name = convert::key_name(&r.name, rid)?;
+        rec.key(name.as_str());
         let purpose = convert::purpose_from_pb(r.purpose, rid)?;
         let labels = convert::labels(r.labels, rid)?;
         let rotation = match r.rotation_period {
@@ -60,22 +65,30 @@ impl KeyAdmin for KeyAdminApi {
             .create_key(&name, purpose, labels, hsm, rotation)
             .await
             .map_err(|e| key_error(&e, rid))?;
+        rec.hsm(&self.state.keys, &key.hsm_id);
+        rec.version(key.latest_version());
         tracing::info!(request_id = %rid, key = name.as_str(), hsm = %key.hsm_id,
             subject = %call.principal.subject, "key created");
         Ok(rid.response(convert::key(&key, &self.state.keys)))
     }
 
     #[tracing::instrument(skip_all, name = "GetKey")]
-    async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Result<Response<pb::Key>, Status> {
-        let call = self.state.begin(&req)?;
+    async fn get_key(
+        &self,
+        req: Request<pb::GetKeyRequest>,
+        rec: &mut Recorder,
+    ) -> Result<Response<pb::Key>, Status> {
+        let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let name = convert::key_name(&req.get_ref().name, rid)?;
+        rec.key(name.as_str());
         let key = self
             .state
             .keys
             .get_key(&name)
             .await
             .map_err(|e| key_error(&e, rid))?;
+        rec.hsm(&self.state.keys, &key.hsm_id);
         Ok(rid.response(convert::key(&key, &self.state.keys)))
     }
 
@@ -83,8 +96,9 @@ impl KeyAdmin for KeyAdminApi {
     async fn list_keys(
         &self,
         req: Request<pb::ListKeysRequest>,
+        rec: &mut Recorder,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let call = self.state.begin(&req)?;
+        let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let r = req.into_inner();
         if r.prefix.len() > 128
@@ -137,18 +151,58 @@ impl KeyAdmin for KeyAdminApi {
     async fn rotate_key(
         &self,
         req: Request<pb::RotateKeyRequest>,
+        rec: &mut Recorder,
     ) -> Result<Response<pb::Key>, Status> {
-        let call = self.state.begin(&req)?;
+        let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let name = convert::key_name(&req.get_ref().name, rid)?;
+        rec.key(name.as_str());
         let key = self
             .state
             .keys
             .rotate_key(&name)
             .await
             .map_err(|e| key_error(&e, rid))?;
+        rec.hsm(&self.state.keys, &key.hsm_id);
+        rec.version(key.latest_version());
         tracing::info!(request_id = %rid, key = name.as_str(), version = key.latest_version(),
             subject = %call.principal.subject, "key rotated");
         Ok(rid.response(convert::key(&key, &self.state.keys)))
+    }
+}
+
+#[tonic::async_trait]
+impl KeyAdmin for KeyAdminApi {
+    async fn create_key(
+        &self,
+        req: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        let mut rec = self.state.recorder(Op::CreateKey);
+        let result = Self::create_key(self, req, &mut rec).await;
+        rec.finish(result).await
+    }
+
+    async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Result<Response<pb::Key>, Status> {
+        let mut rec = self.state.recorder(Op::GetKey);
+        let result = Self::get_key(self, req, &mut rec).await;
+        rec.finish(result).await
+    }
+
+    async fn list_keys(
+        &self,
+        req: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let mut rec = self.state.recorder(Op::ListKeys);
+        let result = Self::list_keys(self, req, &mut rec).await;
+        rec.finish(result).await
+    }
+
+    async fn rotate_key(
+        &self,
+        req: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        let mut rec = self.state.recorder(Op::RotateKey);
+        let result = Self::rotate_key(self, req, &mut rec).await;
+        rec.finish(result).await
     }
 }

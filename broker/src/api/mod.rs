@@ -1,6 +1,7 @@
 //! gRPC services: `DataKeys`, `KeyAdmin`, health and reflection, and the request context every
 //! call goes through (request id, authentication).
 
+mod audit;
 mod convert;
 mod datakeys;
 mod keyadmin;
@@ -28,6 +29,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub(crate) struct ApiState {
     pub(crate) keys: KeyService,
     pub(crate) verifier: JwtVerifier,
+    pub(crate) audit: Arc<dyn crate::audit::AuditLog>,
+    pub(crate) replica_id: String,
 }
 
 /// A request id: the caller's (if well-formed) or a fresh UUID.

@@ -5,6 +5,7 @@
 
 use tonic::{Code, Status};
 
+use crate::audit::AuditError;
 use crate::hsm::HsmErrorKind;
 use crate::identity::IdentityError;
 use crate::keys::KeyError;
@@ -59,4 +60,10 @@ pub(crate) fn identity_error(err: &IdentityError, rid: &RequestId) -> Status {
 /// Maps a validation error found at the edge.
 pub(crate) fn invalid(msg: impl Into<String>, rid: &RequestId) -> Status {
     rid.status(Code::InvalidArgument, msg.into())
+}
+
+/// Maps an audit-log failure: the operation is refused, whatever it would have returned.
+pub(crate) fn audit_error(err: &AuditError, rid: &RequestId) -> Status {
+    tracing::error!(request_id = %rid, error = %err, "audit append failed: refusing the operation");
+    rid.status(Code::Unavailable, "audit log unavailable".to_owned())
 }

@@ -41,6 +41,16 @@ pub struct BrokerConfig {
     pub keys: KeysConfig,
     /// Who may call.
     pub identity: IdentityConfig,
+    /// Where the audit log lives.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Directory of the segment log (created on first start); default `audit` next to the
+    /// config file.
+    pub dir: PathBuf,
 }
 
 /// `[server]`.

@@ -12,8 +12,8 @@ use hsm_config::{Inventory, is_valid_jurisdiction};
 use serde::Deserialize;
 
 use super::{
-    BrokerConfig, ConfigError, IdentityConfig, JwtAlgorithm, JwtIssuerConfig, KeysConfig,
-    ResidencyConfig, ServerConfig, StoreConfig,
+    AuditConfig, BrokerConfig, ConfigError, IdentityConfig, JwtAlgorithm, JwtIssuerConfig,
+    KeysConfig, ResidencyConfig, ServerConfig, StoreConfig,
 };
 
 const MIN_TTL: Duration = Duration::from_secs(1);
@@ -33,6 +33,27 @@ struct RawConfig {
     keys: RawKeys,
     #[serde(default)]
     identity: RawIdentity,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_audit_dir")]
+    dir: PathBuf,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            dir: default_audit_dir(),
+        }
+    }
+}
+
+fn default_audit_dir() -> PathBuf {
+    PathBuf::from("audit")
 }
 
 #[derive(Deserialize)]
@@ -104,6 +125,7 @@ pub(super) struct Validated {
     residency: ResidencyConfig,
     keys: KeysConfig,
     identity: IdentityConfig,
+    audit: AuditConfig,
 }
 
 struct Ctx<'a> {
@@ -194,6 +216,9 @@ impl Validated {
             residency: residency(&cx, raw.residency)?,
             keys: keys(&cx, raw.keys)?,
             identity: identity(&cx, raw.identity)?,
+            audit: AuditConfig {
+                dir: cx.resolve("audit.dir", raw.audit.dir)?,
+            },
             display_path: path.to_path_buf(),
             config_path,
         })
@@ -231,6 +256,7 @@ impl Validated {
             residency: self.residency,
             keys: self.keys,
             identity: self.identity,
+            audit: self.audit,
         })
     }
 }

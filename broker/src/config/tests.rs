@@ -93,6 +93,7 @@ fn full_example_parses_and_resolves_paths_against_the_config_dir() {
     assert_eq!(c.server.tls_cert, dir.join("tls/server.pem"));
     assert_eq!(c.server.tls_key, dir.join("tls/server-key.pem"));
     assert_eq!(c.store.sqlite_path, dir.join("catalog.db"));
+    assert_eq!(c.audit.dir, dir.join("audit"));
     let iss = &c.identity.jwt_issuers[0];
     assert_eq!(iss.jwks_file, dir.join("jwks.json"));
     assert_eq!(

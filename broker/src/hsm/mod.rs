@@ -4,6 +4,7 @@
 //! object handle leaves this module. Keys are addressed by label. Key objects are always used
 //! in place on the token: no session copies, so a destroyed key is unusable at once.
 
+mod eddsa;
 mod error;
 mod module;
 mod ops;
@@ -225,6 +226,74 @@ impl HsmPool {
                 cx.with_key(&label, |key| {
                     ops::decrypt_gcm(cx.ctx, cx.slot, cx.session, key, (&iv, &aad), &ciphertext)
                 })
+            })
+            .await
+    }
+
+    /// Creates an Ed25519 key pair labelled `label` (private half sensitive, never
+    /// extractable, sign only), unless one exists. Returns whether it created it.
+    ///
+    /// # Errors
+    /// [`HsmError::Unavailable`] when the device is gone, [`HsmError::Pkcs11`] otherwise
+    /// (e.g. a module without CKM_EC_EDWARDS_KEY_PAIR_GEN).
+    #[instrument(skip_all, fields(hsm = %self.inner.id, label))]
+    pub async fn create_ed25519_key(&self, label: &str) -> Result<bool, HsmError> {
+        let label = non_empty(label)?;
+        self.inner
+            .run(move |cx| {
+                let _serialized = cx.create_lock();
+                let class = cryptoki::object::ObjectClass::PRIVATE_KEY;
+                if eddsa::find(cx.session, class, &label)?.is_some() {
+                    return Ok(false);
+                }
+                eddsa::generate(cx.session, &label).map(|()| true)
+            })
+            .await
+    }
+
+    /// Signs `msg` with the Ed25519 private key labelled `label` (CKM_EDDSA, pure Ed25519).
+    ///
+    /// # Errors
+    /// [`HsmError::KeyNotFound`], [`HsmError::Unavailable`] when the device is gone,
+    /// [`HsmError::Pkcs11`] otherwise.
+    #[instrument(skip_all, fields(hsm = %self.inner.id, label, len = msg.len()))]
+    pub async fn sign_eddsa(&self, label: &str, msg: Vec<u8>) -> Result<[u8; 64], HsmError> {
+        let label = non_empty(label)?;
+        self.inner
+            .run(move |cx| {
+                let class = cryptoki::object::ObjectClass::PRIVATE_KEY;
+                let Some(key) = eddsa::find(cx.session, class, &label)? else {
+                    ops::probe_token(cx.ctx, cx.slot)?;
+                    return Err(HsmError::KeyNotFound {
+                        label: label.clone(),
+                    });
+                };
+                let sig = eddsa::sign(cx.session, key, &msg)?;
+                sig.try_into().map_err(|_| HsmError::InvalidRequest {
+                    reason: "Ed25519 signature is not 64 bytes",
+                })
+            })
+            .await
+    }
+
+    /// The 32-byte Ed25519 public key labelled `label`.
+    ///
+    /// # Errors
+    /// [`HsmError::KeyNotFound`], [`HsmError::Unavailable`] when the device is gone,
+    /// [`HsmError::Pkcs11`] otherwise.
+    #[instrument(skip_all, fields(hsm = %self.inner.id, label))]
+    pub async fn ed25519_public_key(&self, label: &str) -> Result<[u8; 32], HsmError> {
+        let label = non_empty(label)?;
+        self.inner
+            .run(move |cx| {
+                let class = cryptoki::object::ObjectClass::PUBLIC_KEY;
+                let Some(key) = eddsa::find(cx.session, class, &label)? else {
+                    ops::probe_token(cx.ctx, cx.slot)?;
+                    return Err(HsmError::KeyNotFound {
+                        label: label.clone(),
+                    });
+                };
+                eddsa::public_key(cx.session, key)
             })
             .await
     }

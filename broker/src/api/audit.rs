@@ -1,0 +1,149 @@
+//! The audit hook of every handler: a [`Recorder`] collects the facts of one call (caller, key,
+//! context, version, lease) while the handler runs, then [`Recorder::finish`] appends one record
+//! — granted or refused — and releases the response only once that record is durable.
+//! An append failure replaces the response with UNAVAILABLE: fail closed.
+
+use std::sync::Arc;
+
+use tonic::{Code, Request, Response, Status};
+
+use crate::audit::{AuditLog, AuditPrincipal, AuditRecord, Decision, Op};
+use crate::keys::KeyService;
+use crate::keys::context::EncryptionContext;
+
+use super::{ApiState, CallContext, REQUEST_ID_HEADER, RequestId, status};
+
+/// Facts of one call, appended to the audit log when it ends.
+pub(crate) struct Recorder {
+    record: AuditRecord,
+    log: Arc<dyn AuditLog>,
+}
+
+impl ApiState {
+    /// A recorder for one call of `op`.
+    pub(crate) fn recorder(&self, op: Op) -> Recorder {
+        Recorder {
+            record: AuditRecord::new(op, String::new(), self.replica_id.clone()),
+            log: self.audit.clone(),
+        }
+    }
+}
+
+impl Recorder {
+    /// [`ApiState::begin`], remembering who called.
+    pub(crate) fn begin<T>(
+        &mut self,
+        state: &ApiState,
+        req: &Request<T>,
+    ) -> Result<CallContext, Status> {
+        let call = state.begin(req)?;
+        self.record.request_id = call.rid.to_string();
+        self.record.principal = Some(AuditPrincipal::from(&call.principal));
+        Ok(call)
+    }
+
+    /// The key the call is about.
+    pub(crate) fn key(&mut self, name: &str) {
+        self.record.key_name = Some(name.to_owned());
+    }
+
+    /// The key version used.
+    pub(crate) fn version(&mut self, version: u32) {
+        self.record.key_version = Some(version);
+    }
+
+    /// The HSM holding the key, with its jurisdiction.
+    pub(crate) fn hsm(&mut self, keys: &KeyService, hsm_id: &str) {
+        self.record.hsm_id = Some(hsm_id.to_owned());
+        self.record.hsm_jurisdiction = keys.hsm_info(hsm_id).map(|h| h.jurisdiction.clone());
+    }
+
+    /// The encryption context.
+    pub(crate) fn context(&mut self, ctx: &EncryptionContext) {
+        self.record.encryption_context = ctx
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    }
+
+    /// The lease of released key material.
+    pub(crate) fn lease(&mut self, id: &str) {
+        self.record.lease_id = Some(id.to_owned());
+    }
+
+    /// Appends the record of this call; returns `result` only if that worked.
+    pub(crate) async fn finish<T>(
+        mut self,
+        result: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        let metadata = match &result {
+            Ok(r) => r.metadata(),
+            Err(s) => s.metadata(),
+        };
+        let rid = metadata
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| self.record.request_id.clone(), str::to_owned);
+        self.record.request_id.clone_from(&rid);
+        match &result {
+            Ok(_) => {
+                self.record.decision = Decision::Allow;
+                "ok".clone_into(&mut self.record.outcome.code);
+            }
+            Err(s) => {
+                self.record.decision = decision(s.code());
+                self.record.outcome.code = code_name(s.code());
+                // Status messages are written to be safe for callers: no tokens, no key bytes.
+                self.record.reasons = vec![s.message().to_owned()];
+            }
+        }
+        match self.log.append(self.record).await {
+            Ok(_) => result,
+            Err(e) => Err(status::audit_error(&e, &RequestId(rid))),
+        }
+    }
+}
+
+/// Refusals of the request itself are denials; failures on our side (HSM, catalog) happened
+/// after the request was allowed.
+fn decision(code: Code) -> Decision {
+    match code {
+        Code::Unavailable
+        | Code::Internal
+        | Code::Unknown
+        | Code::Aborted
+        | Code::DeadlineExceeded
+        | Code::DataLoss
+        | Code::Cancelled => Decision::Allow,
+        _ => Decision::Deny,
+    }
+}
+
+/// `PermissionDenied` → `permission_denied`.
+fn code_name(code: Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_snake_case() {
+        assert_eq!(code_name(Code::PermissionDenied), "permission_denied");
+        assert_eq!(code_name(Code::Unauthenticated), "unauthenticated");
+        assert_eq!(decision(Code::InvalidArgument), Decision::Deny);
+        assert_eq!(decision(Code::Unavailable), Decision::Allow);
+    }
+}

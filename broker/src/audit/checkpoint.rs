@@ -1,0 +1,204 @@
+//! Checkpoints: a C2SP tlog-checkpoint body (origin, tree size, base64 root) signed as a C2SP
+//! signed-note by an Ed25519 key that lives in the HSM. Written to `<dir>/checkpoint` at least
+//! once per second while the log grows, and once more on shutdown; the verifier key (C2SP
+//! `vkey`) is written to `<dir>/checkpoint.vkey`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::merkle::Hash;
+use super::{AuditError, AuditLog};
+use crate::hsm::{HsmError, HsmPool};
+
+/// HSM label of the checkpoint signing key (created on first start).
+pub const KEY_LABEL: &str = "kb:audit:checkpoint";
+/// Signature type byte of Ed25519 in C2SP signed-note.
+const ED25519_TYPE: u8 = 0x01;
+/// How often a growing log is checkpointed.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The checkpoint body: `origin\nsize\nbase64(root)\n`.
+#[must_use]
+pub fn body(origin: &str, size: u64, root: &Hash) -> String {
+    format!("{origin}\n{size}\n{}\n", b64(root))
+}
+
+/// The signed-note key id: the first 4 bytes of SHA-256(name ‖ "\n" ‖ 0x01 ‖ public key).
+#[must_use]
+pub fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update([ED25519_TYPE]);
+    h.update(public);
+    let d = h.finalize();
+    [d[0], d[1], d[2], d[3]]
+}
+
+/// The verifier key: `name+hex(key id)+base64(0x01 ‖ public key)`.
+#[must_use]
+pub fn vkey(name: &str, public: &[u8; 32]) -> String {
+    let mut typed = vec![ED25519_TYPE];
+    typed.extend_from_slice(public);
+    format!(
+        "{name}+{}+{}",
+        hex::encode(key_id(name, public)),
+        b64(&typed)
+    )
+}
+
+/// A signed note: the body, an empty line, and one signature line.
+#[must_use]
+pub fn note(body: &str, name: &str, key_id: [u8; 4], signature: &[u8; 64]) -> String {
+    let mut sig = key_id.to_vec();
+    sig.extend_from_slice(signature);
+    format!("{body}\n\u{2014} {name} {}\n", b64(&sig))
+}
+
+/// Signs checkpoints of one log with the HSM key.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pool: HsmPool,
+    origin: String,
+    public: [u8; 32],
+}
+
+impl Signer {
+    /// Creates the signing key in `pool` if missing and reads its public half. `origin` names
+    /// the log and the key; it must not contain spaces or `+`.
+    ///
+    /// # Errors
+    /// HSM failures (e.g. a module without Ed25519).
+    pub async fn new(pool: HsmPool, origin: String) -> Result<Self, HsmError> {
+        if pool.create_ed25519_key(KEY_LABEL).await? {
+            tracing::info!(
+                hsm = pool.id(),
+                label = KEY_LABEL,
+                "created the audit checkpoint key"
+            );
+        }
+        let public = pool.ed25519_public_key(KEY_LABEL).await?;
+        Ok(Self {
+            pool,
+            origin,
+            public,
+        })
+    }
+
+    /// The C2SP verifier key of this signer.
+    #[must_use]
+    pub fn vkey(&self) -> String {
+        vkey(&self.origin, &self.public)
+    }
+
+    /// The signed checkpoint of a tree of `size` leaves with root `root`.
+    ///
+    /// # Errors
+    /// HSM failures.
+    pub async fn sign(&self, size: u64, root: &Hash) -> Result<String, HsmError> {
+        let text = body(&self.origin, size, root);
+        let sig = self
+            .pool
+            .sign_eddsa(KEY_LABEL, text.clone().into_bytes())
+            .await?;
+        Ok(note(
+            &text,
+            &self.origin,
+            key_id(&self.origin, &self.public),
+            &sig,
+        ))
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<(), AuditError> {
+    let tmp = path.with_extension("tmp");
+    let io = |what, p: &Path| {
+        let p: PathBuf = p.to_path_buf();
+        move |source| AuditError::Io {
+            what,
+            path: p,
+            source,
+        }
+    };
+    std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename", path))
+}
+
+async fn publish(signer: &Signer, log: &dyn AuditLog, dir: &Path) -> Option<u64> {
+    let (size, root) = log.head();
+    match signer.sign(size, &root).await {
+        Ok(text) => match write_atomic(&dir.join("checkpoint"), &text) {
+            Ok(()) => Some(size),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit checkpoint not written");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "audit checkpoint not signed");
+            None
+        }
+    }
+}
+
+/// Signs and writes a checkpoint whenever the log grew, at most every [`EVERY`], and once more
+/// when `cancel` fires (after the server stopped taking requests).
+pub async fn run(signer: Signer, log: Arc<dyn AuditLog>, dir: PathBuf, cancel: CancellationToken) {
+    if let Err(e) = write_atomic(
+        &dir.join("checkpoint.vkey"),
+        &format!("{}\n", signer.vkey()),
+    ) {
+        tracing::warn!(error = %e, "audit verifier key not written");
+    }
+    let mut last = publish(&signer, log.as_ref(), &dir).await;
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if last != Some(log.head().0) {
+            last = publish(&signer, log.as_ref(), &dir).await.or(last);
+        }
+    }
+    // The final checkpoint covers every durable record: wait (bounded) for the tiles to catch up.
+    for _ in 0..100 {
+        if log.head().0 >= log.size() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish(&signer, log.as_ref(), &dir).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn note_format_follows_c2sp() {
+        let root = [0u8; 32];
+        assert_eq!(
+            body("example.com/log", 5, &root),
+            "example.com/log\n5\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
+        );
+        let public = [7u8; 32];
+        let v = vkey("example.com/log", &public);
+        let parts: Vec<&str> = v.splitn(3, '+').collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1].len(), 8);
+        let n = note("b\n", "example.com/log", [1, 2, 3, 4], &[9; 64]);
+        assert!(n.starts_with("b\n\n\u{2014} example.com/log "));
+        assert!(n.ends_with('\n'));
+    }
+}

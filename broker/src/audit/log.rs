@@ -1,0 +1,389 @@
+//! [`FileAuditLog`]: the embedded audit log. One writer thread owns the tail segment and does
+//! group commit: every record waiting when it wakes shares one write and one `fdatasync`, and
+//! each caller awaits its own index through a oneshot. Any write or fsync error poisons the log
+//! until restart (after a failed fsync the page cache may have dropped pages: the file cannot be
+//! trusted again), and readiness goes false.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::merkle::Hash;
+use super::segment::{self, Tail};
+use super::tiles::Publisher;
+use super::{AuditError, AuditLog, AuditRecord};
+
+/// Most records one commit takes.
+const MAX_BATCH: usize = 4096;
+/// Least time between two tile publications.
+const PUBLISH_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+/// Appends that may wait for the writer before callers are held back.
+const QUEUE: usize = 8192;
+
+type Reply = oneshot::Sender<Result<u64, AuditError>>;
+
+#[derive(Debug, Default)]
+struct Shared {
+    size: AtomicU64,
+    commits: AtomicU64,
+    poisoned: AtomicBool,
+    closed: AtomicBool,
+    /// Size and Merkle root of the durable log (what a checkpoint signs).
+    head: std::sync::Mutex<(u64, Hash)>,
+}
+
+/// The embedded audit log: segment files in `<dir>/log/`, group commit, fail closed.
+#[derive(Debug, Clone)]
+pub struct FileAuditLog {
+    tx: mpsc::Sender<(AuditRecord, Reply)>,
+    shared: Arc<Shared>,
+}
+
+impl FileAuditLog {
+    /// Opens (or creates) the log in `dir`, truncating a torn tail, and starts the writer
+    /// thread. Blocking: call it from `spawn_blocking` or at start-up. `visit` sees every intact
+    /// record, in index order (to rebuild derived state such as the Merkle tree).
+    ///
+    /// # Errors
+    /// I/O failures, [`AuditError::Corrupt`] for damage before the tail.
+    pub fn open(dir: &Path, mut visit: impl FnMut(&[u8])) -> Result<Self, AuditError> {
+        let mut records = Vec::new();
+        let tail = segment::open(dir, |r| {
+            visit(r);
+            records.push(r.to_vec());
+        })?;
+        let publisher = Publisher::rebuild(dir, records);
+        Self::start(tail, publisher, MAX_BATCH)
+    }
+
+    fn start(tail: Tail, publisher: Publisher, max_batch: usize) -> Result<Self, AuditError> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let shared = Arc::new(Shared::default());
+        shared.size.store(tail.next_index, Ordering::SeqCst);
+        *lock(&shared.head) = publisher.head();
+        let (published, durable) = std::sync::mpsc::channel();
+        let tiles_shared = shared.clone();
+        let writer = Writer {
+            tail,
+            published,
+            rx,
+            shared: shared.clone(),
+            max_batch,
+        };
+        let dir = writer.tail.dir.clone();
+        std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(|source| AuditError::Io {
+                what: "start the writer for",
+                path: dir.clone(),
+                source,
+            })?;
+        std::thread::Builder::new()
+            .name("audit-tiles".to_owned())
+            .spawn(move || publish(publisher, &durable, &tiles_shared))
+            .map_err(|source| AuditError::Io {
+                what: "start the tile writer for",
+                path: dir,
+                source,
+            })?;
+        Ok(Self { tx, shared })
+    }
+
+    /// How many commits (write + fdatasync) the writer has made.
+    #[must_use]
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditLog for FileAuditLog {
+    async fn append(&self, record: AuditRecord) -> Result<u64, AuditError> {
+        if self.shared.poisoned.load(Ordering::SeqCst) {
+            return Err(AuditError::Poisoned);
+        }
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send((record, reply))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    fn size(&self) -> u64 {
+        self.shared.size.load(Ordering::SeqCst)
+    }
+
+    fn head(&self) -> (u64, Hash) {
+        *lock(&self.shared.head)
+    }
+
+    fn healthy(&self) -> bool {
+        !self.shared.poisoned.load(Ordering::SeqCst) && !self.shared.closed.load(Ordering::SeqCst)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Tiles and the head follow the durable records on their own thread, coalescing whatever
+/// arrived meanwhile: tile files (renames) stay off the commit path.
+fn publish(
+    mut publisher: Publisher,
+    durable: &std::sync::mpsc::Receiver<Vec<Vec<u8>>>,
+    shared: &Shared,
+) {
+    while let Ok(mut records) = durable.recv() {
+        while let Ok(more) = durable.try_recv() {
+            records.extend(more);
+        }
+        publisher.extend(records);
+        *lock(&shared.head) = publisher.head();
+        // Rewriting partial tiles on every commit competes with fdatasync for the journal;
+        // a pause batches them (checkpoints are once a second anyway).
+        std::thread::sleep(PUBLISH_PAUSE);
+    }
+}
+
+struct Writer {
+    tail: Tail,
+    published: std::sync::mpsc::Sender<Vec<Vec<u8>>>,
+    rx: mpsc::Receiver<(AuditRecord, Reply)>,
+    shared: Arc<Shared>,
+    max_batch: usize,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::new();
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch);
+        }
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn commit(&mut self, batch: &mut Vec<(AuditRecord, Reply)>) {
+        if self.shared.poisoned.load(Ordering::SeqCst) {
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(AuditError::Poisoned));
+            }
+            return;
+        }
+        let mut frames = Vec::new();
+        let mut bodies = Vec::with_capacity(batch.len());
+        let mut accepted = Vec::with_capacity(batch.len());
+        let mut index = self.tail.next_index;
+        for (mut record, reply) in batch.drain(..) {
+            record.index = index;
+            match record.to_canonical_json() {
+                Ok(bytes) => {
+                    segment::encode_frame(&bytes, &mut frames);
+                    bodies.push(bytes);
+                    accepted.push((index, reply));
+                    index += 1;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        match self.tail.write_durable(&frames, accepted.len() as u64) {
+            Ok(()) => {
+                self.shared
+                    .size
+                    .store(self.tail.next_index, Ordering::SeqCst);
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                for (index, reply) in accepted {
+                    let _ = reply.send(Ok(index));
+                }
+                // Tiles are derived data: published after the replies, by their own thread.
+                let _ = self.published.send(bodies);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, lost = accepted.len(),
+                    "audit log poisoned: refusing every record until restart");
+                self.shared.poisoned.store(true, Ordering::SeqCst);
+                for (_, reply) in accepted {
+                    let _ = reply.send(Err(AuditError::Poisoned));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+    use super::*;
+    use crate::audit::Op;
+
+    fn record(n: usize) -> AuditRecord {
+        AuditRecord::new(Op::GenerateDataKey, format!("req-{n}"), "test".into())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_get_distinct_gapless_indices_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileAuditLog::open(dir.path(), |_| {}).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..500 {
+            let log = log.clone();
+            tasks.spawn(async move { (n, log.append(record(n)).await.unwrap()) });
+        }
+        let mut by_index = std::collections::BTreeMap::new();
+        while let Some(r) = tasks.join_next().await {
+            let (n, index) = r.unwrap();
+            assert!(by_index.insert(index, n).is_none());
+        }
+        assert_eq!(
+            by_index.keys().copied().collect::<Vec<_>>(),
+            (0..500).collect::<Vec<u64>>()
+        );
+        assert_eq!(log.size(), 500);
+        assert!(
+            log.commits() < 500,
+            "group commit shares fsyncs: {} commits",
+            log.commits()
+        );
+        drop(log);
+        // Each record sits at the position its index names, carrying the caller's request id.
+        let mut seen = Vec::new();
+        let reopened = FileAuditLog::open(dir.path(), |b| {
+            seen.push(serde_json::from_slice::<serde_json::Value>(b).unwrap());
+        })
+        .unwrap();
+        for (pos, v) in seen.iter().enumerate() {
+            assert_eq!(v["index"], pos as u64);
+            let n = by_index[&(pos as u64)];
+            assert_eq!(v["request_id"], format!("req-{n}"));
+        }
+        assert_eq!(reopened.append(record(9999)).await.unwrap(), 500);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn durable_records_are_published_as_tiles_and_repaired_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileAuditLog::open(dir.path(), |_| {}).unwrap();
+        for n in 0..300 {
+            log.append(record(n)).await.unwrap();
+        }
+        // The head moves just after the replies (tiles stay off the callers' latency).
+        let mut head = log.head();
+        for _ in 0..200 {
+            if head.0 == 300 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            head = log.head();
+        }
+        let (size, root) = head;
+        assert_eq!(size, 300);
+        drop(log);
+        let mut tree = crate::audit::merkle::Tree::default();
+        let full = dir.path().join("tile/0/000");
+        assert!(full.exists());
+        assert!(dir.path().join("tile/entries/001.p/44").exists());
+        std::fs::remove_file(&full).unwrap();
+        let reopened = FileAuditLog::open(dir.path(), |r| tree.push_record(r)).unwrap();
+        assert_eq!(
+            tree.root(),
+            root,
+            "head is the RFC 6962 root of the records on disk"
+        );
+        assert_eq!(reopened.head(), (300, root));
+        assert_eq!(std::fs::read(&full).unwrap(), tree.level(0)[..256].concat());
+    }
+
+    #[tokio::test]
+    async fn a_write_error_poisons_the_log_until_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tail = segment::open(dir.path(), |_| {}).unwrap();
+        // /dev/full fails every write with ENOSPC, like a full disk.
+        tail.file = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let publisher = Publisher::rebuild(dir.path(), Vec::new());
+        let log = FileAuditLog::start(tail, publisher, MAX_BATCH).unwrap();
+        assert!(log.healthy());
+        assert!(matches!(
+            log.append(record(0)).await,
+            Err(AuditError::Poisoned)
+        ));
+        assert!(!log.healthy());
+        assert!(matches!(
+            log.append(record(1)).await,
+            Err(AuditError::Poisoned)
+        ));
+        assert_eq!(log.size(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_record_is_refused_without_taking_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileAuditLog::open(dir.path(), |_| {}).unwrap();
+        let mut big = record(0);
+        big.reasons = vec!["x".repeat(20_000)];
+        assert!(matches!(
+            log.append(big).await,
+            Err(AuditError::RecordTooLarge { .. })
+        ));
+        assert!(log.healthy());
+        assert_eq!(log.append(record(1)).await.unwrap(), 0);
+    }
+
+    /// Throughput: `cargo test -p keybroker-broker --release -- --ignored --nocapture
+    /// group_commit_throughput` (one fdatasync per record vs group commit).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+    #[ignore = "measurement, not a check"]
+    async fn group_commit_throughput() {
+        for (name, max_batch, clients) in [
+            ("one fsync per record", 1, 64),
+            ("group commit", MAX_BATCH, 1),
+            ("group commit", MAX_BATCH, 16),
+            ("group commit", MAX_BATCH, 64),
+        ] {
+            let dir = tempfile::tempdir_in(
+                std::env::var("AUDIT_BENCH_DIR").unwrap_or_else(|_| ".".into()),
+            )
+            .unwrap();
+            let tail = segment::open(dir.path(), |_| {}).unwrap();
+            let publisher = Publisher::rebuild(dir.path(), Vec::new());
+            let log = FileAuditLog::start(tail, publisher, max_batch).unwrap();
+            let per_client = 20_000 / clients / if max_batch == 1 { 10 } else { 1 };
+            let started = std::time::Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for c in 0..clients {
+                let log = log.clone();
+                tasks.spawn(async move {
+                    for n in 0..per_client {
+                        log.append(record(c * per_client + n)).await.unwrap();
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            let secs = started.elapsed().as_secs_f64();
+            let total = (clients * per_client) as f64;
+            println!(
+                "{name:>22}, {clients:>2} clients: {total} records in {secs:.2}s = {:.0} records/s, {} commits",
+                total / secs,
+                log.commits()
+            );
+        }
+    }
+}

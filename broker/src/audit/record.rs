@@ -1,0 +1,279 @@
+//! The typed audit record and its canonical JSON encoding (sorted keys, no whitespace).
+//!
+//! Every field is a name, an id, a code or a short reason: there is no field that could hold key
+//! bytes (plain or wrapped), a PIN or a token, so a record cannot leak them by construction.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::AuditError;
+
+/// Version of the record schema, written in every record.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest encoded record; larger ones are refused (and the operation with them).
+pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+
+/// The operation a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// `DataKeys.GenerateDataKey`.
+    GenerateDataKey,
+    /// `DataKeys.GenerateDataKeyWithoutPlaintext`.
+    GenerateDataKeyWithoutPlaintext,
+    /// `DataKeys.Decrypt`.
+    Decrypt,
+    /// `DataKeys.Encrypt`.
+    Encrypt,
+    /// `DataKeys.ReEncrypt`.
+    ReEncrypt,
+    /// `KeyAdmin.CreateKey`.
+    CreateKey,
+    /// `KeyAdmin.GetKey`.
+    GetKey,
+    /// `KeyAdmin.ListKeys`.
+    ListKeys,
+    /// `KeyAdmin.RotateKey`.
+    RotateKey,
+}
+
+/// Whether the request was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The operation was allowed (it may still have failed: see the outcome).
+    Allow,
+    /// The operation was refused.
+    Deny,
+}
+
+/// Who called, as far as the identity layer established it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AuditPrincipal {
+    /// Token issuer.
+    pub issuer: String,
+    /// Token subject.
+    pub subject: String,
+    /// SPIFFE ID, when the subject is one.
+    pub spiffe_id: Option<String>,
+    /// Kubernetes namespace.
+    pub namespace: Option<String>,
+    /// Kubernetes service account.
+    pub service_account: Option<String>,
+    /// Training job id.
+    pub job: Option<String>,
+    /// Caller's region, when known.
+    pub region: Option<String>,
+    /// SHA-256 fingerprint of the client certificate (mTLS), when there is one.
+    pub cert_fingerprint: Option<String>,
+}
+
+impl From<&crate::identity::Principal> for AuditPrincipal {
+    fn from(p: &crate::identity::Principal) -> Self {
+        Self {
+            issuer: p.issuer.clone(),
+            subject: p.subject.clone(),
+            spiffe_id: p.spiffe_id.clone(),
+            namespace: p.namespace.clone(),
+            service_account: p.service_account.clone(),
+            job: p.job_id.clone(),
+            region: None,
+            cert_fingerprint: None,
+        }
+    }
+}
+
+/// The result as the caller saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// `"ok"` or the gRPC code name (`"permission_denied"`, …).
+    pub code: String,
+}
+
+/// One audit record. The log assigns `index`; everything else is filled by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// Schema version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Position in the log (0-based), assigned on append.
+    pub index: u64,
+    /// RFC 3339 UTC time of the decision.
+    pub time: String,
+    /// Request id (also on the gRPC response).
+    pub request_id: String,
+    /// Broker replica that served the request.
+    pub replica_id: String,
+    /// Operation.
+    pub op: Op,
+    /// Caller, absent when authentication failed.
+    pub principal: Option<AuditPrincipal>,
+    /// Key name, when the request named (or the ciphertext identified) one.
+    pub key_name: Option<String>,
+    /// Key version used.
+    pub key_version: Option<u32>,
+    /// HSM inventory id.
+    pub hsm_id: Option<String>,
+    /// Jurisdiction of that HSM.
+    pub hsm_jurisdiction: Option<String>,
+    /// Encryption context, sorted.
+    pub encryption_context: BTreeMap<String, String>,
+    /// SHA-256 (hex) of the policy that decided; empty until the policy layer lands.
+    pub policy_sha256: String,
+    /// Allow or deny.
+    pub decision: Decision,
+    /// Why, in short safe words (the status message for refusals).
+    pub reasons: Vec<String>,
+    /// What the caller got.
+    pub outcome: Outcome,
+    /// Lease id of released key material.
+    pub lease_id: Option<String>,
+}
+
+impl AuditRecord {
+    /// A record for `op` now, with every optional field empty.
+    #[must_use]
+    pub fn new(op: Op, request_id: String, replica_id: String) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            index: 0,
+            time: now_rfc3339(),
+            request_id,
+            replica_id,
+            op,
+            principal: None,
+            key_name: None,
+            key_version: None,
+            hsm_id: None,
+            hsm_jurisdiction: None,
+            encryption_context: BTreeMap::new(),
+            policy_sha256: String::new(),
+            decision: Decision::Deny,
+            reasons: Vec::new(),
+            outcome: Outcome {
+                code: String::new(),
+            },
+            lease_id: None,
+        }
+    }
+
+    /// Canonical JSON (RFC 8785 style for this schema: object keys sorted by code point, no
+    /// insignificant whitespace, integers only), at most [`MAX_RECORD_BYTES`].
+    ///
+    /// # Errors
+    /// [`AuditError::RecordTooLarge`], or [`AuditError::Encode`] (not expected for this type).
+    pub fn to_canonical_json(&self) -> Result<Vec<u8>, AuditError> {
+        // Through `Value`: its map is a BTreeMap (serde_json without `preserve_order`), so
+        // keys come out sorted at every level; a unit test guards that assumption.
+        let value = serde_json::to_value(self).map_err(AuditError::Encode)?;
+        let bytes = serde_json::to_vec(&value).map_err(AuditError::Encode)?;
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(AuditError::RecordTooLarge { len: bytes.len() });
+        }
+        Ok(bytes)
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    fn sample() -> AuditRecord {
+        let mut r = AuditRecord::new(Op::GenerateDataKey, "rid-1".into(), "replica-a".into());
+        r.time = "2026-11-25T21:00:00Z".into();
+        r.index = 7;
+        r.principal = Some(AuditPrincipal {
+            issuer: "https://issuer".into(),
+            subject: "system:serviceaccount:ml:trainer".into(),
+            namespace: Some("ml".into()),
+            ..AuditPrincipal::default()
+        });
+        r.key_name = Some("datasets/a".into());
+        r.key_version = Some(2);
+        r.encryption_context.insert("zeta".into(), "1".into());
+        r.encryption_context
+            .insert("alpha".into(), "\u{e9}\"x".into());
+        r.decision = Decision::Allow;
+        r.outcome.code = "ok".into();
+        r
+    }
+
+    fn keys_sorted(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                let keys: Vec<&String> = m.keys().collect();
+                keys.windows(2).all(|w| w[0] < w[1]) && m.values().all(keys_sorted)
+            }
+            serde_json::Value::Array(a) => a.iter().all(keys_sorted),
+            _ => true,
+        }
+    }
+
+    #[test]
+    fn canonical_json_has_sorted_keys_and_no_whitespace() {
+        let bytes = sample().to_canonical_json().unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.starts_with("{\"decision\":\"allow\",\"encryption_context\":{\"alpha\""));
+        assert!(!text.contains(": ") && !text.contains('\n'));
+        // Key order is checked in the raw text, not through a re-parse that might reorder.
+        let mut last = 0;
+        for key in [
+            "\"decision\"",
+            "\"encryption_context\"",
+            "\"format_version\"",
+            "\"hsm_id\"",
+            "\"index\"",
+            "\"key_name\"",
+            "\"lease_id\"",
+            "\"op\"",
+            "\"outcome\"",
+            "\"policy_sha256\"",
+            "\"principal\"",
+            "\"reasons\"",
+            "\"replica_id\"",
+            "\"request_id\"",
+            "\"time\"",
+        ] {
+            let at = text.find(key).unwrap();
+            assert!(at > last || last == 0, "{key} out of order in {text}");
+            last = at;
+        }
+        let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(keys_sorted(&parsed));
+    }
+
+    #[test]
+    fn canonical_json_is_deterministic() {
+        let a = sample().to_canonical_json().unwrap();
+        let b = sample().to_canonical_json().unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn records_over_16_kib_are_refused() {
+        let mut r = sample();
+        r.reasons = vec!["x".repeat(MAX_RECORD_BYTES)];
+        assert!(matches!(
+            r.to_canonical_json(),
+            Err(AuditError::RecordTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn time_is_rfc3339_utc() {
+        let r = AuditRecord::new(Op::GetKey, String::new(), String::new());
+        assert!(
+            time::OffsetDateTime::parse(&r.time, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+        );
+        assert!(r.time.ends_with('Z'));
+    }
+}

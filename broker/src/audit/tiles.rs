@@ -1,0 +1,250 @@
+//! The C2SP tlog-tiles static layout (height 8): hash tiles `tile/<L>/<N>[.p/<W>]` and entry
+//! bundles `tile/entries/<N>[.p/<W>]`, written next to the segment log for auditors.
+//!
+//! Level `L` tile `N` holds the hashes of tree level `8·L`, indices `256·N ..`; a bundle holds
+//! the records themselves, each prefixed by its big-endian `u16` length. Full tiles are written
+//! once and never rewritten; partial ones are replaced as the log grows. Tiles are derived data
+//! (rebuilt from the segments), so they are written atomically (temp + rename) but not fsynced.
+
+use std::path::{Path, PathBuf};
+
+use super::AuditError;
+use super::merkle::Tree;
+
+/// Entries per full tile (2^8).
+pub const TILE_WIDTH: u64 = 256;
+
+/// `N` as C2SP path elements: groups of three digits, all but the last prefixed with `x`.
+#[must_use]
+pub fn index_path(mut n: u64) -> String {
+    let mut out = format!("{:03}", n % 1000);
+    while n >= 1000 {
+        n /= 1000;
+        out = format!("x{:03}/{out}", n % 1000);
+    }
+    out
+}
+
+fn with_width(base: String, width: u64) -> String {
+    if width == TILE_WIDTH {
+        base
+    } else {
+        format!("{base}.p/{width}")
+    }
+}
+
+/// Path of hash tile `n` at `level` with `width` hashes.
+#[must_use]
+pub fn tile_path(level: u32, n: u64, width: u64) -> String {
+    with_width(format!("tile/{level}/{}", index_path(n)), width)
+}
+
+/// Path of entry bundle `n` with `width` entries.
+#[must_use]
+pub fn bundle_path(n: u64, width: u64) -> String {
+    with_width(format!("tile/entries/{}", index_path(n)), width)
+}
+
+/// Encodes records as an entry bundle.
+#[must_use]
+pub fn bundle_bytes<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        // Records are at most 16 KiB, so the length fits.
+        out.extend_from_slice(&u16::try_from(e.len()).unwrap_or(u16::MAX).to_be_bytes());
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+/// Writes every tile and bundle that changed when the tree grew from `old_size` to its current
+/// size. `entries[i]` is the record at index `entries_start + i`; it must cover the records from
+/// the start of the bundle holding `old_size`.
+///
+/// # Errors
+/// I/O failures, or [`AuditError::Corrupt`] if `entries` does not cover what is needed.
+pub fn write_new(
+    dir: &Path,
+    tree: &Tree,
+    entries_start: u64,
+    entries: &[Vec<u8>],
+    old_size: u64,
+) -> Result<(), AuditError> {
+    let new_size = tree.size();
+    for level in 0u32.. {
+        let shift = 8 * level;
+        if shift >= 64 || new_size >> shift == 0 {
+            break;
+        }
+        let (count_old, count_new) = (old_size >> shift, new_size >> shift);
+        if count_new == count_old {
+            continue;
+        }
+        let hashes = tree.level(shift as usize);
+        for n in count_old / TILE_WIDTH..count_new.div_ceil(TILE_WIDTH) {
+            let start = n * TILE_WIDTH;
+            let width = (count_new - start).min(TILE_WIDTH);
+            let path = dir.join(tile_path(level, n, width));
+            if width == TILE_WIDTH && path.exists() {
+                continue;
+            }
+            let bytes: Vec<u8> = slice(hashes, start, width, dir)?.concat();
+            write_atomic(&path, &bytes)?;
+            if level == 0 {
+                let first = start.checked_sub(entries_start).ok_or_else(|| short(dir))?;
+                let records = slice(entries, first, width, dir)?;
+                let bundle = bundle_bytes(records.iter().map(Vec::as_slice));
+                write_atomic(&dir.join(bundle_path(n, width)), &bundle)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the Merkle tree and the tiles directory in step with the log: the records of the open
+/// bundle in memory, everything else on disk.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    dir: PathBuf,
+    tree: Tree,
+    bundle_start: u64,
+    bundle: Vec<Vec<u8>>,
+}
+
+impl Publisher {
+    /// Rebuilds the tree from every record and repairs missing tiles (a crash between a commit
+    /// and its tiles). Tile errors are logged, not fatal: tiles are derived from the segments.
+    pub(crate) fn rebuild(dir: &Path, records: Vec<Vec<u8>>) -> Self {
+        let mut tree = Tree::default();
+        for r in &records {
+            tree.push_record(r);
+        }
+        if let Err(e) = write_new(dir, &tree, 0, &records, 0) {
+            tracing::warn!(error = %e, "audit tiles: repair failed");
+        }
+        let bundle_start = tree.size() / TILE_WIDTH * TILE_WIDTH;
+        let keep = usize::try_from(bundle_start).unwrap_or(usize::MAX);
+        let bundle = records.into_iter().skip(keep).collect();
+        Self {
+            dir: dir.to_path_buf(),
+            tree,
+            bundle_start,
+            bundle,
+        }
+    }
+
+    /// Appends durable records and writes the tiles that changed.
+    pub(crate) fn extend(&mut self, records: Vec<Vec<u8>>) {
+        let old = self.tree.size();
+        for r in records {
+            self.tree.push_record(&r);
+            self.bundle.push(r);
+        }
+        if let Err(e) = write_new(&self.dir, &self.tree, self.bundle_start, &self.bundle, old) {
+            tracing::warn!(error = %e, "audit tiles: write failed");
+        }
+        // Records of bundles that are now full are on disk; keep only the open bundle.
+        let new_start = self.tree.size() / TILE_WIDTH * TILE_WIDTH;
+        if new_start > self.bundle_start {
+            let done = usize::try_from(new_start - self.bundle_start).unwrap_or(usize::MAX);
+            self.bundle.drain(..done.min(self.bundle.len()));
+            self.bundle_start = new_start;
+        }
+    }
+
+    /// Size and root hash of the tree.
+    pub(crate) fn head(&self) -> (u64, super::merkle::Hash) {
+        (self.tree.size(), self.tree.root())
+    }
+}
+
+fn short(dir: &Path) -> AuditError {
+    AuditError::Corrupt {
+        path: dir.to_path_buf(),
+        problem: "tile writer was not given the records it needs".to_owned(),
+    }
+}
+
+fn slice<'a, T>(items: &'a [T], start: u64, width: u64, dir: &Path) -> Result<&'a [T], AuditError> {
+    let s = usize::try_from(start).map_err(|_| short(dir))?;
+    let e = usize::try_from(start + width).map_err(|_| short(dir))?;
+    items.get(s..e).ok_or_else(|| short(dir))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
+    let io = |what, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| AuditError::Io {
+            what,
+            path: p,
+            source,
+        }
+    };
+    let parent = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+    std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename", path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    #[test]
+    fn paths_follow_c2sp_tlog_tiles() {
+        assert_eq!(index_path(0), "000");
+        assert_eq!(index_path(1_234_067), "x001/x234/067");
+        assert_eq!(tile_path(0, 1_234_067, 256), "tile/0/x001/x234/067");
+        assert_eq!(tile_path(1, 5, 7), "tile/1/005.p/7");
+        assert_eq!(bundle_path(0, 3), "tile/entries/000.p/3");
+        assert_eq!(
+            bundle_bytes([&b"ab"[..], b""]),
+            vec![0, 2, b'a', b'b', 0, 0]
+        );
+    }
+
+    #[test]
+    fn growth_writes_new_tiles_and_never_rewrites_full_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::default();
+        let records: Vec<Vec<u8>> = (0..600u32).map(|i| i.to_string().into_bytes()).collect();
+        for r in &records[..300] {
+            tree.push_record(r);
+        }
+        write_new(dir.path(), &tree, 0, &records[..300], 0).unwrap();
+        let full = dir.path().join("tile/0/000");
+        assert_eq!(std::fs::read(&full).unwrap(), tree.level(0)[..256].concat());
+        assert!(dir.path().join("tile/0/001.p/44").exists());
+        assert!(dir.path().join("tile/entries/001.p/44").exists());
+        assert_eq!(
+            std::fs::read(dir.path().join("tile/1/000.p/1")).unwrap(),
+            tree.level(8)[0].to_vec()
+        );
+        std::fs::write(&full, b"marker").unwrap();
+        for r in &records[300..] {
+            tree.push_record(r);
+        }
+        write_new(dir.path(), &tree, 256, &records[256..], 300).unwrap();
+        assert_eq!(
+            std::fs::read(&full).unwrap(),
+            b"marker",
+            "full tile rewritten"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("tile/0/001")).unwrap(),
+            tree.level(0)[256..512].concat()
+        );
+        assert!(dir.path().join("tile/0/002.p/88").exists());
+        let bundle = std::fs::read(dir.path().join("tile/entries/002.p/88")).unwrap();
+        assert_eq!(
+            bundle,
+            bundle_bytes(records[512..].iter().map(Vec::as_slice))
+        );
+        assert!(dir.path().join("tile/1/000.p/2").exists());
+        assert!(dir.path().join("tile/entries/001").exists());
+    }
+}
