@@ -131,6 +131,10 @@ impl Broker {
                 algorithms: i.algorithms.iter().map(|a| (*a).into()).collect(),
                 max_token_lifetime: i.max_token_lifetime,
                 leeway: i.leeway,
+                job_claim: i.job_claim.clone(),
+                cluster: i.cluster.clone(),
+                region: i.region.clone(),
+                jurisdiction: i.jurisdiction.clone(),
             })
             .collect();
         let verifier = JwtVerifier::new(issuers)?;

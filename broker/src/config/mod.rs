@@ -102,6 +102,14 @@ pub struct JwtIssuerConfig {
     pub max_token_lifetime: Duration,
     /// Clock skew tolerance; default 30 s, at most 30 s.
     pub leeway: Duration,
+    /// Top-level claim carrying the job id (verified identity only; never the request body).
+    pub job_claim: Option<String>,
+    /// Cluster whose workloads this issuer vouches for.
+    pub cluster: Option<String>,
+    /// Region of that cluster (`eu-west-1`, …), for the residency guard and policy.
+    pub region: Option<String>,
+    /// Jurisdiction of that cluster (`EU`, …).
+    pub jurisdiction: Option<String>,
 }
 
 /// The JWT signature algorithms keybroker accepts. `none` and HMAC are not representable.
