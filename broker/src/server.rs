@@ -16,6 +16,7 @@ use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
 use crate::identity::{IssuerSettings, JwtVerifier};
 use crate::keys::{HsmHandle, KeyService, KeySettings};
+use crate::policy::PolicyEngine;
 use crate::store::{SqliteStore, Store};
 
 /// How long shutdown waits for in-flight requests and open streams.
@@ -45,6 +46,9 @@ pub enum StartError {
     /// Catalog failed to open.
     #[error("store.sqlite_path: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The Cedar policy failed to load or validate.
+    #[error("policy.file: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
     /// JWKS failed to load.
     #[error("identity.jwt_issuers: {0}")]
     Identity(#[from] crate::identity::IdentityError),
@@ -138,6 +142,11 @@ impl Broker {
             })
             .collect();
         let verifier = JwtVerifier::new(issuers)?;
+        let policy = match &config.policy.file {
+            Some(path) => PolicyEngine::load(path)?,
+            None => PolicyEngine::builtin()?,
+        };
+        tracing::info!(policy_sha256 = policy.sha256(), "policy loaded");
         let keys = KeyService::new(
             store,
             hsms,
@@ -157,7 +166,12 @@ impl Broker {
         let key = std::fs::read(&config.server.tls_key).map_err(StartError::Tls)?;
         let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
         Ok(Self {
-            state: Arc::new(ApiState { keys, verifier }),
+            state: Arc::new(ApiState {
+                keys,
+                verifier,
+                policy,
+                residency: config.residency.clone(),
+            }),
             tls,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),

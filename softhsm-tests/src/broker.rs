@@ -37,6 +37,7 @@ pub fn write_config(dir: &Path, token: &SoftHsmToken, pin: &str) -> anyhow::Resu
     use std::os::unix::fs::PermissionsExt as _;
     keybroker_broker::dev::init_issuer(dir)?;
     keybroker_broker::dev::init_tls(dir)?;
+    keybroker_broker::dev::init_policy(dir)?;
     let pin_file = dir.join("hsm-pin");
     std::fs::write(&pin_file, pin)?;
     std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
@@ -59,9 +60,10 @@ pub fn write_config(dir: &Path, token: &SoftHsmToken, pin: &str) -> anyhow::Resu
              tls_cert = \"tls/server.pem\"\ntls_key = \"tls/server-key.pem\"\n\
              [store]\nsqlite_path = \"catalog.db\"\n\
              [[identity.jwt_issuers]]\nissuer = \"{}\"\naudiences = [\"{}\"]\n\
-             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\n",
+             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\n{}",
             keybroker_broker::dev::DEV_ISSUER,
             keybroker_broker::dev::DEV_AUDIENCE,
+            keybroker_broker::dev::POLICY_SECTION,
         ),
     )?;
     Ok(config)

@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::status::{invalid, key_error};
 use super::{ApiState, convert};
+use crate::policy::Action;
 
 /// The DataKeys service.
 #[derive(Debug)]
@@ -35,6 +36,9 @@ impl DataKeys for DataKeysApi {
         let name = convert::key_name(&r.key, rid)?;
         let ctx = convert::context(r.context, rid)?;
         let ttl = convert::ttl(r.ttl, rid)?;
+        (self.state)
+            .authorize_key(&call, Action::GenerateDataKey, &name, &ctx)
+            .await?;
         let (released, sealed) = self
             .state
             .keys
@@ -61,6 +65,9 @@ impl DataKeys for DataKeysApi {
         let r = req.into_inner();
         let name = convert::key_name(&r.key, rid)?;
         let ctx = convert::context(r.context, rid)?;
+        (self.state)
+            .authorize_key(&call, Action::GenerateDataKeyWithoutPlaintext, &name, &ctx)
+            .await?;
         let sealed = self
             .state
             .keys
@@ -84,6 +91,9 @@ impl DataKeys for DataKeysApi {
         let ct = convert::ciphertext(&r.ciphertext, rid)?;
         let ctx = convert::context(r.context, rid)?;
         let ttl = convert::ttl(r.ttl, rid)?;
+        (self.state)
+            .authorize_ciphertext(&call, Action::Decrypt, ct, &ctx)
+            .await?;
         let released = self
             .state
             .keys
@@ -114,6 +124,9 @@ impl DataKeys for DataKeysApi {
         }
         let name = convert::key_name(&r.key, rid)?;
         let ctx = convert::context(r.context, rid)?;
+        (self.state)
+            .authorize_key(&call, Action::Encrypt, &name, &ctx)
+            .await?;
         let sealed = self
             .state
             .keys
@@ -136,6 +149,9 @@ impl DataKeys for DataKeysApi {
         let r = req.into_inner();
         let ct = convert::ciphertext(&r.ciphertext, rid)?;
         let ctx = convert::context(r.context, rid)?;
+        (self.state)
+            .authorize_ciphertext(&call, Action::ReEncrypt, ct, &ctx)
+            .await?;
         let (key, from, sealed) = self
             .state
             .keys

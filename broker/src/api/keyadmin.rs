@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::{invalid, key_error};
 use super::{ApiState, convert};
+use crate::policy::Action;
 
 /// Largest ListKeys page.
 const MAX_PAGE: u32 = 1000;
@@ -54,6 +55,7 @@ impl KeyAdmin for KeyAdminApi {
             }
         };
         let hsm = (!r.hsm_id.is_empty()).then_some(r.hsm_id.as_str());
+        (self.state).authorize_new_key(&call, &name, purpose, &labels, hsm)?;
         let key = self
             .state
             .keys
@@ -70,6 +72,14 @@ impl KeyAdmin for KeyAdminApi {
         let call = self.state.begin(&req)?;
         let rid = &call.rid;
         let name = convert::key_name(&req.get_ref().name, rid)?;
+        (self.state)
+            .authorize_key(
+                &call,
+                Action::GetKey,
+                &name,
+                &crate::keys::context::EncryptionContext::empty(),
+            )
+            .await?;
         let key = self
             .state
             .keys
@@ -87,6 +97,7 @@ impl KeyAdmin for KeyAdminApi {
         let call = self.state.begin(&req)?;
         let rid = &call.rid;
         let r = req.into_inner();
+        self.state.authorize_listing(&call)?;
         if r.prefix.len() > 128
             || !r
                 .prefix
@@ -141,6 +152,14 @@ impl KeyAdmin for KeyAdminApi {
         let call = self.state.begin(&req)?;
         let rid = &call.rid;
         let name = convert::key_name(&req.get_ref().name, rid)?;
+        (self.state)
+            .authorize_key(
+                &call,
+                Action::RotateKey,
+                &name,
+                &crate::keys::context::EncryptionContext::empty(),
+            )
+            .await?;
         let key = self
             .state
             .keys

@@ -1,6 +1,7 @@
 //! gRPC services: `DataKeys`, `KeyAdmin`, health and reflection, and the request context every
 //! call goes through (request id, authentication).
 
+mod authz;
 mod convert;
 mod datakeys;
 mod keyadmin;
@@ -11,8 +12,10 @@ use std::sync::Arc;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
+use crate::config::ResidencyConfig;
 use crate::identity::{JwtVerifier, Principal};
 use crate::keys::{Caller, KeyService};
+use crate::policy::{Decision, PolicyEngine};
 
 pub(crate) use datakeys::DataKeysApi;
 pub(crate) use keyadmin::KeyAdminApi;
@@ -28,6 +31,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub(crate) struct ApiState {
     pub(crate) keys: KeyService,
     pub(crate) verifier: JwtVerifier,
+    pub(crate) policy: PolicyEngine,
+    pub(crate) residency: ResidencyConfig,
 }
 
 /// A request id: the caller's (if well-formed) or a fresh UUID.
@@ -78,6 +83,8 @@ impl RequestId {
 pub(crate) struct CallContext {
     pub(crate) rid: RequestId,
     pub(crate) principal: Principal,
+    /// The policy decision, once authorized (for the audit record).
+    pub(crate) decision: std::sync::OnceLock<Decision>,
 }
 
 impl CallContext {
@@ -110,7 +117,11 @@ impl ApiState {
             .verifier
             .verify(token.trim(), now)
             .map_err(|e| status::identity_error(&e, &rid))?;
-        Ok(CallContext { rid, principal })
+        Ok(CallContext {
+            rid,
+            principal,
+            decision: std::sync::OnceLock::new(),
+        })
     }
 }
 

@@ -41,6 +41,15 @@ pub struct BrokerConfig {
     pub keys: KeysConfig,
     /// Who may call.
     pub identity: IdentityConfig,
+    /// Which Cedar policy decides.
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyConfig {
+    /// Cedar policy file; the built-in default policy when absent.
+    pub file: Option<PathBuf>,
 }
 
 /// `[server]`.
@@ -66,6 +75,23 @@ pub struct StoreConfig {
 pub struct ResidencyConfig {
     /// Jurisdiction codes a key's HSM may be in; default `{"EU"}`.
     pub allowed_jurisdictions: BTreeSet<String>,
+    /// Refuse callers whose verified region does not match `allowed_regions`.
+    pub require_caller_region: bool,
+    /// Region patterns: exact (`eu-west-1`) or a prefix ending in `*` (`eu-*`).
+    pub allowed_regions: Vec<String>,
+}
+
+impl ResidencyConfig {
+    /// Whether `region` matches one of `allowed_regions`.
+    #[must_use]
+    pub fn region_allowed(&self, region: &str) -> bool {
+        self.allowed_regions
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => region.starts_with(prefix),
+                None => region == p,
+            })
+    }
 }
 
 /// `[keys]`.

@@ -16,8 +16,8 @@ mod identity;
 use identity::{RawIdentity, identity};
 
 use super::{
-    BrokerConfig, ConfigError, IdentityConfig, KeysConfig, ResidencyConfig, ServerConfig,
-    StoreConfig,
+    BrokerConfig, ConfigError, IdentityConfig, KeysConfig, PolicyConfig, ResidencyConfig,
+    ServerConfig, StoreConfig,
 };
 
 const MIN_TTL: Duration = Duration::from_secs(1);
@@ -36,6 +36,14 @@ struct RawConfig {
     keys: RawKeys,
     #[serde(default)]
     identity: RawIdentity,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -57,12 +65,18 @@ struct RawStore {
 struct RawResidency {
     #[serde(default = "default_jurisdictions")]
     allowed_jurisdictions: Vec<String>,
+    #[serde(default)]
+    require_caller_region: bool,
+    #[serde(default)]
+    allowed_regions: Vec<String>,
 }
 
 impl Default for RawResidency {
     fn default() -> Self {
         Self {
             allowed_jurisdictions: default_jurisdictions(),
+            require_caller_region: false,
+            allowed_regions: Vec::new(),
         }
     }
 }
@@ -89,6 +103,7 @@ pub(super) struct Validated {
     residency: ResidencyConfig,
     keys: KeysConfig,
     identity: IdentityConfig,
+    policy: PolicyConfig,
 }
 
 struct Ctx<'a> {
@@ -179,6 +194,13 @@ impl Validated {
             residency: residency(&cx, raw.residency)?,
             keys: keys(&cx, raw.keys)?,
             identity: identity(&cx, raw.identity)?,
+            policy: PolicyConfig {
+                file: raw
+                    .policy
+                    .file
+                    .map(|f| cx.resolve("policy.file", f))
+                    .transpose()?,
+            },
             display_path: path.to_path_buf(),
             config_path,
         })
@@ -216,6 +238,7 @@ impl Validated {
             residency: self.residency,
             keys: self.keys,
             identity: self.identity,
+            policy: self.policy,
         })
     }
 }
@@ -254,8 +277,30 @@ fn residency(cx: &Ctx<'_>, raw: RawResidency) -> Result<ResidencyConfig, ConfigE
             ));
         }
     }
+    const REGIONS: &str = "residency.allowed_regions";
+    for (i, p) in raw.allowed_regions.iter().enumerate() {
+        let stem = p.strip_suffix('*').unwrap_or(p);
+        if stem.is_empty()
+            || !stem
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(cx.invalid(
+                format!("{REGIONS}[{i}]"),
+                format!("{p:?} is not a region pattern: expected e.g. \"eu-west-1\" or \"eu-*\""),
+            ));
+        }
+    }
+    if raw.require_caller_region && raw.allowed_regions.is_empty() {
+        return Err(cx.invalid(
+            REGIONS,
+            "must list at least one pattern when require_caller_region = true",
+        ));
+    }
     Ok(ResidencyConfig {
         allowed_jurisdictions: raw.allowed_jurisdictions.into_iter().collect(),
+        require_caller_region: raw.require_caller_region,
+        allowed_regions: raw.allowed_regions,
     })
 }
 
