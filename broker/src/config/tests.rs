@@ -347,3 +347,33 @@ fn issuer_cluster_facts_and_job_claim_are_parsed_and_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn caller_region_rule_needs_valid_patterns() {
+    let strict = "allowed_jurisdictions = [\"EU\"]\nrequire_caller_region = true\n\
+                  allowed_regions = [\"eu-*\", \"ch-zurich-1\"]";
+    let c = parse(&replace(FULL, "allowed_jurisdictions = [\"EU\"]", strict)).unwrap();
+    let r = &c.residency;
+    assert!(r.require_caller_region);
+    assert!(r.region_allowed("eu-west-1") && r.region_allowed("ch-zurich-1"));
+    assert!(!r.region_allowed("us-east-1") && !r.region_allowed("ch-zurich-10"));
+    assert!(!r.region_allowed("") && !r.region_allowed("EU-west-1"));
+    let e = err(&replace(
+        FULL,
+        "allowed_jurisdictions = [\"EU\"]",
+        "require_caller_region = true",
+    ));
+    assert!(
+        e.contains("residency.allowed_regions: must list at least one pattern"),
+        "{e}"
+    );
+    let e = err(&replace(
+        FULL,
+        "allowed_jurisdictions = [\"EU\"]",
+        "allowed_regions = [\"*\"]",
+    ));
+    assert!(
+        e.contains("residency.allowed_regions[0]: \"*\" is not a region pattern"),
+        "{e}"
+    );
+}
