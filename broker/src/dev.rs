@@ -104,7 +104,35 @@ pub fn prepare(dir: &Path) -> Result<DevPaths, DevError> {
         init_tls(&dir)?;
         write_configs(&dir)?;
     }
+    upgrade_policy(&dir, &paths.config())?;
     Ok(paths)
+}
+
+/// Dev dirs created before policy existed: write the dev policy and point the config at it,
+/// so dev mode keeps working with zero extra setup.
+fn upgrade_policy(dir: &Path, config: &Path) -> Result<(), DevError> {
+    init_policy(dir)?;
+    let text = fs::read_to_string(config).map_err(io(config))?;
+    if !text.contains("[policy]") {
+        write_public(config, &format!("{text}\n{POLICY_SECTION}"))?;
+    }
+    Ok(())
+}
+
+/// The `[policy]` section of dev and test configs.
+pub const POLICY_SECTION: &str = "[policy]\nfile = \"dev-policy.cedar\"\n";
+
+/// Writes `dir/dev-policy.cedar` (namespace `dev` may use and administer every key) unless it
+/// exists.
+///
+/// # Errors
+/// File-system problems.
+pub fn init_policy(dir: &Path) -> Result<(), DevError> {
+    let path = dir.join("dev-policy.cedar");
+    if path.exists() {
+        return Ok(());
+    }
+    write_public(&path, crate::policy::DEV_POLICY)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), DevError> {
@@ -271,7 +299,8 @@ fn write_configs(dir: &Path) -> Result<(), DevError> {
              [store]\nsqlite_path = \"catalog.db\"\n\n[residency]\nallowed_jurisdictions = [\"EU\"]\n\n\
              [audit]\ndir = \"audit\"\n\n\
              [[identity.jwt_issuers]]\nissuer = \"{DEV_ISSUER}\"\naudiences = [\"{DEV_AUDIENCE}\"]\n\
-             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\nmax_token_lifetime = \"24h\"\n"
+             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\nmax_token_lifetime = \"24h\"\n\n\
+             {POLICY_SECTION}"
         ),
     )
 }

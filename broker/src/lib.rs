@@ -10,6 +10,7 @@ mod health;
 pub mod hsm;
 pub mod identity;
 pub mod keys;
+pub mod policy;
 mod server;
 pub mod store;
 

@@ -18,6 +18,7 @@ use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
 use crate::identity::{IssuerSettings, JwtVerifier};
 use crate::keys::{HsmHandle, KeyService, KeySettings};
+use crate::policy::PolicyEngine;
 use crate::store::{SqliteStore, Store};
 
 /// How long shutdown waits for in-flight requests and open streams.
@@ -47,6 +48,9 @@ pub enum StartError {
     /// Catalog failed to open.
     #[error("store.sqlite_path: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The Cedar policy failed to load or validate.
+    #[error("policy.file: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
     /// JWKS failed to load.
     #[error("identity.jwt_issuers: {0}")]
     Identity(#[from] crate::identity::IdentityError),
@@ -155,9 +159,18 @@ impl Broker {
                 algorithms: i.algorithms.iter().map(|a| (*a).into()).collect(),
                 max_token_lifetime: i.max_token_lifetime,
                 leeway: i.leeway,
+                job_claim: i.job_claim.clone(),
+                cluster: i.cluster.clone(),
+                region: i.region.clone(),
+                jurisdiction: i.jurisdiction.clone(),
             })
             .collect();
         let verifier = JwtVerifier::new(issuers)?;
+        let policy = match &config.policy.file {
+            Some(path) => PolicyEngine::load(path)?,
+            None => PolicyEngine::builtin()?,
+        };
+        tracing::info!(policy_sha256 = policy.sha256(), "policy loaded");
         let keys = KeyService::new(
             store,
             hsms,
@@ -191,6 +204,8 @@ impl Broker {
                 verifier,
                 audit,
                 replica_id: replica,
+                policy,
+                residency: config.residency.clone(),
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             tls,

@@ -21,6 +21,8 @@ pub struct TestBroker {
     pub dir: TempDir,
     /// The broker's token.
     pub token: SoftHsmToken,
+    /// Further tokens of the inventory (kept alive with the broker).
+    pub extra_tokens: Vec<SoftHsmToken>,
     /// `https://127.0.0.1:PORT`.
     pub endpoint: String,
     /// Bound address.
@@ -36,34 +38,52 @@ pub struct TestBroker {
 /// # Errors
 /// File-system or credential-generation failures.
 pub fn write_config(dir: &Path, token: &SoftHsmToken, pin: &str) -> anyhow::Result<PathBuf> {
+    write_config_with(dir, &[(token, pin, "softhsm-test", "EU")], "")
+}
+
+/// Like [`write_config`] for several HSMs `(token, pin, id, jurisdiction)` and a `[residency]`
+/// body (empty for the defaults).
+///
+/// # Errors
+/// File-system or credential-generation failures.
+pub fn write_config_with(
+    dir: &Path,
+    hsms: &[(&SoftHsmToken, &str, &str, &str)],
+    residency: &str,
+) -> anyhow::Result<PathBuf> {
+    use std::fmt::Write as _;
     use std::os::unix::fs::PermissionsExt as _;
     keybroker_broker::dev::init_issuer(dir)?;
     keybroker_broker::dev::init_tls(dir)?;
-    let pin_file = dir.join("hsm-pin");
-    std::fs::write(&pin_file, pin)?;
-    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::write(
-        dir.join("hsm.toml"),
-        format!(
-            "[[hsm]]\nid = \"softhsm-test\"\nmodule = \"{}\"\ntoken_label = \"{}\"\n\
-             pin = {{ file = \"{}\" }}\njurisdiction = \"EU\"\nregion = \"test-1\"\n\
+    keybroker_broker::dev::init_policy(dir)?;
+    let mut inventory = String::new();
+    for (token, pin, id, jurisdiction) in hsms {
+        let pin_file = dir.join(format!("hsm-pin-{id}"));
+        std::fs::write(&pin_file, pin)?;
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600))?;
+        write!(
+            inventory,
+            "[[hsm]]\nid = \"{id}\"\nmodule = \"{}\"\ntoken_label = \"{}\"\n\
+             pin = {{ file = \"{}\" }}\njurisdiction = \"{jurisdiction}\"\nregion = \"test-1\"\n\
              provider = \"SoftHSM2\"\ncertification = \"none\"\npool_size = 4\n",
             token.module.display(),
             token.label,
             pin_file.display()
-        ),
-    )?;
+        )?;
+    }
+    std::fs::write(dir.join("hsm.toml"), inventory)?;
     let config = dir.join("broker.toml");
     std::fs::write(
         &config,
         format!(
             "hsm_inventory = \"hsm.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
              tls_cert = \"tls/server.pem\"\ntls_key = \"tls/server-key.pem\"\n\
-             [store]\nsqlite_path = \"catalog.db\"\n\
+             [store]\nsqlite_path = \"catalog.db\"\n[residency]\n{residency}\n\
              [[identity.jwt_issuers]]\nissuer = \"{}\"\naudiences = [\"{}\"]\n\
-             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\n",
+             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\n{}",
             keybroker_broker::dev::DEV_ISSUER,
             keybroker_broker::dev::DEV_AUDIENCE,
+            keybroker_broker::dev::POLICY_SECTION,
         ),
     )?;
     Ok(config)
@@ -96,12 +116,56 @@ impl TestBroker {
         let config_path = write_config(dir.path(), &token, &pin)?;
         let mut config = BrokerConfig::load(&config_path)?;
         edit(&mut config);
-        Self::serve(dir, token, config).await
+        Self::serve(dir, token, Vec::new(), config).await
+    }
+
+    /// Starts a broker with the usual EU token plus a second token `softhsm-us` in
+    /// jurisdiction `US`, under the `[residency]` body `residency`.
+    ///
+    /// # Errors
+    /// Token, config or start-up failures.
+    pub async fn start_with_us_hsm(residency: &str) -> anyhow::Result<Self> {
+        let token = SoftHsmToken::new("e2e")?;
+        let us = SoftHsmToken::new("e2e-us")?;
+        let dir = tempfile::tempdir()?;
+        let config_path = write_config_with(
+            dir.path(),
+            &[
+                (&token, &token.pin, "softhsm-test", "EU"),
+                (&us, &us.pin, "softhsm-us", "US"),
+            ],
+            residency,
+        )?;
+        let config = BrokerConfig::load(&config_path)?;
+        Self::serve(dir, token, vec![us], config).await
+    }
+
+    /// Stops this broker and starts a new one on the same files and tokens, with the
+    /// `[residency]` body `residency` (the operator tightened or loosened the rules).
+    ///
+    /// # Errors
+    /// Shutdown, config or start-up failures.
+    pub async fn restart_with_residency(mut self, residency: &str) -> anyhow::Result<Self> {
+        self.halt().await?;
+        let mut hsms = vec![(&self.token, self.token.pin.as_str(), "softhsm-test", "EU")];
+        if let Some(us) = self.extra_tokens.first() {
+            hsms.push((us, us.pin.as_str(), "softhsm-us", "US"));
+        }
+        let config_path = write_config_with(self.dir.path(), &hsms, residency)?;
+        let Self {
+            dir,
+            token,
+            extra_tokens,
+            ..
+        } = self;
+        let config = BrokerConfig::load(&config_path)?;
+        Self::serve(dir, token, extra_tokens, config).await
     }
 
     async fn serve(
         dir: TempDir,
         token: SoftHsmToken,
+        extra_tokens: Vec<SoftHsmToken>,
         config: BrokerConfig,
     ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -114,6 +178,7 @@ impl TestBroker {
         Ok(Self {
             dir,
             token,
+            extra_tokens,
             endpoint: format!("https://127.0.0.1:{}", addr.port()),
             addr,
             config,
@@ -184,14 +249,26 @@ impl TestBroker {
     /// # Errors
     /// Stop or start-up failures.
     pub async fn restart(mut self) -> anyhow::Result<Self> {
-        self.shutdown_and_wait().await?;
+        self.halt().await?;
         let Self {
-            dir, token, config, ..
+            dir,
+            token,
+            extra_tokens,
+            config,
+            ..
         } = self;
-        Self::serve(dir, token, config).await
+        Self::serve(dir, token, extra_tokens, config).await
     }
 
-    async fn shutdown_and_wait(&mut self) -> anyhow::Result<()> {
+    /// Stops the broker and waits for it.
+    ///
+    /// # Errors
+    /// The broker failed while serving.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.halt().await
+    }
+
+    async fn halt(&mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -236,14 +313,6 @@ impl TestBroker {
     /// # Errors
     /// The broker failed while serving.
     pub async fn stop_ref(&mut self) -> anyhow::Result<()> {
-        self.shutdown_and_wait().await
-    }
-
-    /// Stops the broker and waits for it.
-    ///
-    /// # Errors
-    /// The broker failed while serving.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown_and_wait().await
+        self.halt().await
     }
 }

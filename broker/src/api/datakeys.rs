@@ -11,6 +11,7 @@ use super::audit::Recorder;
 use super::status::{invalid, key_error};
 use super::{ApiState, convert};
 use crate::audit::Op;
+use crate::policy::Action;
 
 /// The DataKeys service.
 #[derive(Debug)]
@@ -41,6 +42,9 @@ impl DataKeysApi {
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
         let ttl = convert::ttl(r.ttl, rid)?;
+        (self.state)
+            .authorize_key(&call, Action::GenerateDataKey, &name, &ctx)
+            .await?;
         let (released, sealed) = self
             .state
             .keys
@@ -72,6 +76,9 @@ impl DataKeysApi {
         rec.key(name.as_str());
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
+        (self.state)
+            .authorize_key(&call, Action::GenerateDataKeyWithoutPlaintext, &name, &ctx)
+            .await?;
         let sealed = self
             .state
             .keys
@@ -98,6 +105,9 @@ impl DataKeysApi {
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
         let ttl = convert::ttl(r.ttl, rid)?;
+        (self.state)
+            .authorize_ciphertext(&call, Action::Decrypt, ct, &ctx)
+            .await?;
         let released = self
             .state
             .keys
@@ -134,6 +144,9 @@ impl DataKeysApi {
         rec.key(name.as_str());
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
+        (self.state)
+            .authorize_key(&call, Action::Encrypt, &name, &ctx)
+            .await?;
         let sealed = self
             .state
             .keys
@@ -159,6 +172,9 @@ impl DataKeysApi {
         let ct = convert::ciphertext(&r.ciphertext, rid)?;
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
+        (self.state)
+            .authorize_ciphertext(&call, Action::ReEncrypt, ct, &ctx)
+            .await?;
         let (key, from, sealed) = self
             .state
             .keys

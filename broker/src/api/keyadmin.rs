@@ -10,6 +10,7 @@ use super::audit::Recorder;
 use super::status::{invalid, key_error};
 use super::{ApiState, convert};
 use crate::audit::Op;
+use crate::policy::Action;
 
 /// Largest ListKeys page.
 const MAX_PAGE: u32 = 1000;
@@ -59,6 +60,7 @@ impl KeyAdminApi {
             }
         };
         let hsm = (!r.hsm_id.is_empty()).then_some(r.hsm_id.as_str());
+        (self.state).authorize_new_key(&call, &name, purpose, &labels, hsm)?;
         let key = self
             .state
             .keys
@@ -82,6 +84,14 @@ impl KeyAdminApi {
         let rid = &call.rid;
         let name = convert::key_name(&req.get_ref().name, rid)?;
         rec.key(name.as_str());
+        (self.state)
+            .authorize_key(
+                &call,
+                Action::GetKey,
+                &name,
+                &crate::keys::context::EncryptionContext::empty(),
+            )
+            .await?;
         let key = self
             .state
             .keys
@@ -101,6 +111,7 @@ impl KeyAdminApi {
         let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let r = req.into_inner();
+        self.state.authorize_listing(&call)?;
         if r.prefix.len() > 128
             || !r
                 .prefix
@@ -157,6 +168,14 @@ impl KeyAdminApi {
         let rid = &call.rid;
         let name = convert::key_name(&req.get_ref().name, rid)?;
         rec.key(name.as_str());
+        (self.state)
+            .authorize_key(
+                &call,
+                Action::RotateKey,
+                &name,
+                &crate::keys::context::EncryptionContext::empty(),
+            )
+            .await?;
         let key = self
             .state
             .keys

@@ -2,6 +2,7 @@
 //! call goes through (request id, authentication).
 
 mod audit;
+mod authz;
 mod convert;
 mod datakeys;
 mod keyadmin;
@@ -12,8 +13,10 @@ use std::sync::Arc;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
+use crate::config::ResidencyConfig;
 use crate::identity::{JwtVerifier, Principal};
 use crate::keys::{Caller, KeyService};
+use crate::policy::{Decision, PolicyEngine};
 
 pub(crate) use datakeys::DataKeysApi;
 pub(crate) use keyadmin::KeyAdminApi;
@@ -31,6 +34,8 @@ pub(crate) struct ApiState {
     pub(crate) verifier: JwtVerifier,
     pub(crate) audit: Arc<dyn crate::audit::AuditLog>,
     pub(crate) replica_id: String,
+    pub(crate) policy: PolicyEngine,
+    pub(crate) residency: ResidencyConfig,
 }
 
 /// A request id: the caller's (if well-formed) or a fresh UUID.
@@ -81,6 +86,8 @@ impl RequestId {
 pub(crate) struct CallContext {
     pub(crate) rid: RequestId,
     pub(crate) principal: Principal,
+    /// The policy decision, once authorized (for the audit record).
+    pub(crate) decision: std::sync::OnceLock<Decision>,
 }
 
 impl CallContext {
@@ -113,7 +120,11 @@ impl ApiState {
             .verifier
             .verify(token.trim(), now)
             .map_err(|e| status::identity_error(&e, &rid))?;
-        Ok(CallContext { rid, principal })
+        Ok(CallContext {
+            rid,
+            principal,
+            decision: std::sync::OnceLock::new(),
+        })
     }
 }
 

@@ -46,15 +46,19 @@ pub(crate) fn key_error(err: &KeyError, rid: &RequestId) -> Status {
     rid.status(code, msg)
 }
 
-/// Maps an identity error: the caller learns that, not why in detail beyond the safe reason.
+/// Maps an identity error. The reason goes to the server log only: telling a forger which
+/// check failed would help the next attempt, so the caller learns just "invalid token".
 pub(crate) fn identity_error(err: &IdentityError, rid: &RequestId) -> Status {
     tracing::info!(request_id = %rid, error = %err, "unauthenticated request");
-    let msg = match err {
-        IdentityError::Missing => "missing bearer token (authorization: Bearer <JWT>)".to_owned(),
-        IdentityError::Jwks { .. } => "token verification unavailable".to_owned(),
-        other => other.to_string(),
-    };
-    rid.status(Code::Unauthenticated, msg)
+    rid.status(Code::Unauthenticated, identity_message(err).to_owned())
+}
+
+fn identity_message(err: &IdentityError) -> &'static str {
+    match err {
+        IdentityError::Missing => "missing bearer token (authorization: Bearer <JWT>)",
+        IdentityError::Jwks { .. } => "token verification unavailable",
+        IdentityError::Invalid(_) => "invalid token",
+    }
 }
 
 /// Maps a validation error found at the edge.
@@ -66,4 +70,20 @@ pub(crate) fn invalid(msg: impl Into<String>, rid: &RequestId) -> Status {
 pub(crate) fn audit_error(err: &AuditError, rid: &RequestId) -> Status {
     tracing::error!(request_id = %rid, error = %err, "audit append failed: refusing the operation");
     rid.status(Code::Unavailable, "audit log unavailable".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Reason;
+
+    #[test]
+    fn identity_rejections_tell_the_caller_only_invalid_token() {
+        let rid = RequestId("r-1".to_owned());
+        for reason in [Reason::BadSignature, Reason::Expired, Reason::UnknownKid] {
+            let s = identity_error(&IdentityError::Invalid(reason), &rid);
+            assert_eq!(s.code(), Code::Unauthenticated);
+            assert_eq!(s.message(), "invalid token");
+        }
+    }
 }

@@ -163,9 +163,10 @@ impl AuditRecord {
     /// # Errors
     /// [`AuditError::RecordTooLarge`], or [`AuditError::Encode`] (not expected for this type).
     pub fn to_canonical_json(&self) -> Result<Vec<u8>, AuditError> {
-        // Through `Value`: its map is a BTreeMap (serde_json without `preserve_order`), so
-        // keys come out sorted at every level; a unit test guards that assumption.
-        let value = serde_json::to_value(self).map_err(AuditError::Encode)?;
+        // Through `Value`, sorted explicitly at every level: another crate in the build (Cedar)
+        // turns on serde_json's `preserve_order`, which makes `Map` keep insertion order.
+        let mut value = serde_json::to_value(self).map_err(AuditError::Encode)?;
+        value.sort_all_objects();
         let bytes = serde_json::to_vec(&value).map_err(AuditError::Encode)?;
         if bytes.len() > MAX_RECORD_BYTES {
             return Err(AuditError::RecordTooLarge { len: bytes.len() });

@@ -43,6 +43,8 @@ pub struct BrokerConfig {
     pub identity: IdentityConfig,
     /// Where the audit log lives.
     pub audit: AuditConfig,
+    /// Which Cedar policy decides.
+    pub policy: PolicyConfig,
 }
 
 /// `[audit]`.
@@ -51,6 +53,13 @@ pub struct AuditConfig {
     /// Directory of the segment log (created on first start); default `audit` next to the
     /// config file.
     pub dir: PathBuf,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyConfig {
+    /// Cedar policy file; the built-in default policy when absent.
+    pub file: Option<PathBuf>,
 }
 
 /// `[server]`.
@@ -76,6 +85,23 @@ pub struct StoreConfig {
 pub struct ResidencyConfig {
     /// Jurisdiction codes a key's HSM may be in; default `{"EU"}`.
     pub allowed_jurisdictions: BTreeSet<String>,
+    /// Refuse callers whose verified region does not match `allowed_regions`.
+    pub require_caller_region: bool,
+    /// Region patterns: exact (`eu-west-1`) or a prefix ending in `*` (`eu-*`).
+    pub allowed_regions: Vec<String>,
+}
+
+impl ResidencyConfig {
+    /// Whether `region` matches one of `allowed_regions`.
+    #[must_use]
+    pub fn region_allowed(&self, region: &str) -> bool {
+        self.allowed_regions
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => region.starts_with(prefix),
+                None => region == p,
+            })
+    }
 }
 
 /// `[keys]`.
@@ -112,6 +138,14 @@ pub struct JwtIssuerConfig {
     pub max_token_lifetime: Duration,
     /// Clock skew tolerance; default 30 s, at most 30 s.
     pub leeway: Duration,
+    /// Top-level claim carrying the job id (verified identity only; never the request body).
+    pub job_claim: Option<String>,
+    /// Cluster whose workloads this issuer vouches for.
+    pub cluster: Option<String>,
+    /// Region of that cluster (`eu-west-1`, …), for the residency guard and policy.
+    pub region: Option<String>,
+    /// Jurisdiction of that cluster (`EU`, …).
+    pub jurisdiction: Option<String>,
 }
 
 /// The JWT signature algorithms keybroker accepts. `none` and HMAC are not representable.

@@ -11,14 +11,17 @@ use std::time::Duration;
 use hsm_config::{Inventory, is_valid_jurisdiction};
 use serde::Deserialize;
 
+mod identity;
+
+use identity::{RawIdentity, identity};
+
 use super::{
-    AuditConfig, BrokerConfig, ConfigError, IdentityConfig, JwtAlgorithm, JwtIssuerConfig,
-    KeysConfig, ResidencyConfig, ServerConfig, StoreConfig,
+    AuditConfig, BrokerConfig, ConfigError, IdentityConfig, KeysConfig, PolicyConfig,
+    ResidencyConfig, ServerConfig, StoreConfig,
 };
 
 const MIN_TTL: Duration = Duration::from_secs(1);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-const MAX_LEEWAY: Duration = Duration::from_secs(30);
 const MAX_ROTATE_AFTER_WRAPS: u64 = 1 << 32;
 
 #[derive(Deserialize)]
@@ -35,6 +38,14 @@ struct RawConfig {
     identity: RawIdentity,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -75,12 +86,18 @@ struct RawStore {
 struct RawResidency {
     #[serde(default = "default_jurisdictions")]
     allowed_jurisdictions: Vec<String>,
+    #[serde(default)]
+    require_caller_region: bool,
+    #[serde(default)]
+    allowed_regions: Vec<String>,
 }
 
 impl Default for RawResidency {
     fn default() -> Self {
         Self {
             allowed_jurisdictions: default_jurisdictions(),
+            require_caller_region: false,
+            allowed_regions: Vec::new(),
         }
     }
 }
@@ -97,24 +114,6 @@ struct RawKeys {
     rotate_after_wraps: Option<i64>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawIdentity {
-    #[serde(default)]
-    jwt_issuers: Vec<RawIssuer>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIssuer {
-    issuer: String,
-    audiences: Vec<String>,
-    jwks_file: PathBuf,
-    algorithms: Vec<String>,
-    max_token_lifetime: Option<String>,
-    leeway: Option<String>,
-}
-
 /// Everything but the inventory, validated.
 pub(super) struct Validated {
     config_path: PathBuf,
@@ -126,6 +125,7 @@ pub(super) struct Validated {
     keys: KeysConfig,
     identity: IdentityConfig,
     audit: AuditConfig,
+    policy: PolicyConfig,
 }
 
 struct Ctx<'a> {
@@ -219,6 +219,13 @@ impl Validated {
             audit: AuditConfig {
                 dir: cx.resolve("audit.dir", raw.audit.dir)?,
             },
+            policy: PolicyConfig {
+                file: raw
+                    .policy
+                    .file
+                    .map(|f| cx.resolve("policy.file", f))
+                    .transpose()?,
+            },
             display_path: path.to_path_buf(),
             config_path,
         })
@@ -257,6 +264,7 @@ impl Validated {
             keys: self.keys,
             identity: self.identity,
             audit: self.audit,
+            policy: self.policy,
         })
     }
 }
@@ -295,8 +303,30 @@ fn residency(cx: &Ctx<'_>, raw: RawResidency) -> Result<ResidencyConfig, ConfigE
             ));
         }
     }
+    const REGIONS: &str = "residency.allowed_regions";
+    for (i, p) in raw.allowed_regions.iter().enumerate() {
+        let stem = p.strip_suffix('*').unwrap_or(p);
+        if stem.is_empty()
+            || !stem
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(cx.invalid(
+                format!("{REGIONS}[{i}]"),
+                format!("{p:?} is not a region pattern: expected e.g. \"eu-west-1\" or \"eu-*\""),
+            ));
+        }
+    }
+    if raw.require_caller_region && raw.allowed_regions.is_empty() {
+        return Err(cx.invalid(
+            REGIONS,
+            "must list at least one pattern when require_caller_region = true",
+        ));
+    }
     Ok(ResidencyConfig {
         allowed_jurisdictions: raw.allowed_jurisdictions.into_iter().collect(),
+        require_caller_region: raw.require_caller_region,
+        allowed_regions: raw.allowed_regions,
     })
 }
 
@@ -341,82 +371,6 @@ fn keys(cx: &Ctx<'_>, raw: RawKeys) -> Result<KeysConfig, ConfigError> {
         max_lease_ttl,
         rotate_after_wraps,
     })
-}
-
-fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig, ConfigError> {
-    if raw.jwt_issuers.is_empty() {
-        return Err(cx.invalid(
-            "identity.jwt_issuers",
-            "at least one [[identity.jwt_issuers]] is required: keybroker has no anonymous mode",
-        ));
-    }
-    let mut jwt_issuers: Vec<JwtIssuerConfig> = Vec::with_capacity(raw.jwt_issuers.len());
-    for (i, r) in raw.jwt_issuers.into_iter().enumerate() {
-        let field = |name: &str| format!("identity.jwt_issuers[{i}].{name}");
-        if r.issuer.trim().is_empty() {
-            return Err(cx.invalid(field("issuer"), "must not be empty"));
-        }
-        if let Some(j) = jwt_issuers.iter().position(|x| x.issuer == r.issuer) {
-            return Err(cx.invalid(
-                field("issuer"),
-                format!(
-                    "{:?} is already configured by identity.jwt_issuers[{j}]",
-                    r.issuer
-                ),
-            ));
-        }
-        if r.audiences.is_empty() {
-            return Err(cx.invalid(field("audiences"), "must list at least one audience"));
-        }
-        if let Some(k) = r.audiences.iter().position(|a| a.trim().is_empty()) {
-            return Err(cx.invalid(format!("{}[{k}]", field("audiences")), "must not be empty"));
-        }
-        if r.algorithms.is_empty() {
-            return Err(cx.invalid(
-                field("algorithms"),
-                "must list at least one of RS256, PS256, ES256, EdDSA",
-            ));
-        }
-        let mut algorithms = Vec::with_capacity(r.algorithms.len());
-        for (k, name) in r.algorithms.iter().enumerate() {
-            let alg = JwtAlgorithm::from_jose(name).ok_or_else(|| {
-                cx.invalid(format!("{}[{k}]", field("algorithms")), why_not(name))
-            })?;
-            if !algorithms.contains(&alg) {
-                algorithms.push(alg);
-            }
-        }
-        jwt_issuers.push(JwtIssuerConfig {
-            issuer: r.issuer,
-            audiences: r.audiences,
-            jwks_file: cx.resolve(&field("jwks_file"), r.jwks_file)?,
-            algorithms,
-            max_token_lifetime: cx.duration(
-                &field("max_token_lifetime"),
-                r.max_token_lifetime,
-                Duration::from_secs(3600),
-                (MIN_TTL, MAX_TTL),
-            )?,
-            leeway: cx.duration(
-                &field("leeway"),
-                r.leeway,
-                MAX_LEEWAY,
-                (Duration::ZERO, MAX_LEEWAY),
-            )?,
-        });
-    }
-    Ok(IdentityConfig { jwt_issuers })
-}
-
-fn why_not(alg: &str) -> String {
-    let reason = if alg.eq_ignore_ascii_case("none") {
-        "unsigned tokens are never accepted"
-    } else if alg.to_ascii_uppercase().starts_with("HS") {
-        "HMAC algorithms are not accepted: a verifier holding the key could forge tokens"
-    } else {
-        "not supported"
-    };
-    format!("{alg:?}: {reason}; allowed: RS256, PS256, ES256, EdDSA")
 }
 
 /// 1-based line and column (in characters) of byte offset `at`.

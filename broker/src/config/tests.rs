@@ -313,3 +313,68 @@ fn syntax_errors_name_the_line() {
     let e = err("[server]\nlisten = \"127.0.0.1:1\"\n");
     assert!(e.contains("missing field"), "{e}");
 }
+
+#[test]
+fn issuer_cluster_facts_and_job_claim_are_parsed_and_checked() {
+    let facts = "leeway = \"30s\"\njob_claim = \"job\"\ncluster = \"train-a\"\n\
+                 region = \"eu-west-1\"\njurisdiction = \"EU\"\n";
+    let c = parse(&replace(FULL, "leeway = \"30s\"\n", facts)).unwrap();
+    let i = &c.identity.jwt_issuers[0];
+    assert_eq!(i.job_claim.as_deref(), Some("job"));
+    assert_eq!(i.cluster.as_deref(), Some("train-a"));
+    assert_eq!(i.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(i.jurisdiction.as_deref(), Some("EU"));
+    let e = err(&replace(
+        FULL,
+        "leeway = \"30s\"\n",
+        "job_claim = \"sub\"\n",
+    ));
+    assert!(
+        e.contains("identity.jwt_issuers[0].job_claim: \"sub\" is a registered claim"),
+        "{e}"
+    );
+    let e = err(&replace(
+        FULL,
+        "leeway = \"30s\"\n",
+        "jurisdiction = \"eu\"\n",
+    ));
+    assert!(
+        e.contains("identity.jwt_issuers[0].jurisdiction: \"eu\" is not a jurisdiction code"),
+        "{e}"
+    );
+    let e = err(&replace(FULL, "leeway = \"30s\"\n", "region = \" \"\n"));
+    assert!(
+        e.contains("identity.jwt_issuers[0].region: must be 1 to 128 printable"),
+        "{e}"
+    );
+}
+
+#[test]
+fn caller_region_rule_needs_valid_patterns() {
+    let strict = "allowed_jurisdictions = [\"EU\"]\nrequire_caller_region = true\n\
+                  allowed_regions = [\"eu-*\", \"ch-zurich-1\"]";
+    let c = parse(&replace(FULL, "allowed_jurisdictions = [\"EU\"]", strict)).unwrap();
+    let r = &c.residency;
+    assert!(r.require_caller_region);
+    assert!(r.region_allowed("eu-west-1") && r.region_allowed("ch-zurich-1"));
+    assert!(!r.region_allowed("us-east-1") && !r.region_allowed("ch-zurich-10"));
+    assert!(!r.region_allowed("") && !r.region_allowed("EU-west-1"));
+    let e = err(&replace(
+        FULL,
+        "allowed_jurisdictions = [\"EU\"]",
+        "require_caller_region = true",
+    ));
+    assert!(
+        e.contains("residency.allowed_regions: must list at least one pattern"),
+        "{e}"
+    );
+    let e = err(&replace(
+        FULL,
+        "allowed_jurisdictions = [\"EU\"]",
+        "allowed_regions = [\"*\"]",
+    ));
+    assert!(
+        e.contains("residency.allowed_regions[0]: \"*\" is not a region pattern"),
+        "{e}"
+    );
+}

@@ -1,8 +1,9 @@
 //! JWT verification with issuer-pinned JWKS files.
 //!
-//! Cheap structural checks come before any signature work: size, shape, header fields, known
-//! issuer, `kid`, algorithm. Then jsonwebtoken verifies the signature and registered claims,
-//! and we check what it does not: `iat` not in the future and the token's total lifetime.
+//! Cheap structural checks come before any signature work: size, shape, header fields (only
+//! `alg`, `kid`, `typ`), duplicate JSON keys, known issuer, `kid`, algorithm. Then the signature
+//! (jsonwebtoken's primitive, nothing else of its validation), then our own typed claim rules
+//! in [`super::claims`], so every edge is ours and tested.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,10 +12,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::{Map, Value};
 
-use super::{IdentityError, Principal};
+use super::claims::{self, IssuerFacts, Rules};
+use super::strict_json::{StrictError, parse_object};
+use super::{IdentityError, Principal, Reason};
 
 /// Largest token accepted, before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -24,7 +27,7 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 pub struct IssuerSettings {
     /// `iss` value.
     pub issuer: String,
-    /// Accepted `aud` values.
+    /// Accepted `aud` values (a token must carry exactly one of them).
     pub audiences: Vec<String>,
     /// JWKS file.
     pub jwks_file: PathBuf,
@@ -34,10 +37,19 @@ pub struct IssuerSettings {
     pub max_token_lifetime: Duration,
     /// Clock skew tolerance (at most 30 s).
     pub leeway: Duration,
+    /// Claim carrying the job id, if this issuer has one.
+    pub job_claim: Option<String>,
+    /// Cluster whose workloads this issuer vouches for.
+    pub cluster: Option<String>,
+    /// Region of that cluster.
+    pub region: Option<String>,
+    /// Jurisdiction of that cluster.
+    pub jurisdiction: Option<String>,
 }
 
 struct Issuer {
     settings: IssuerSettings,
+    facts: IssuerFacts,
     keys: HashMap<String, (Algorithm, DecodingKey)>,
 }
 
@@ -54,41 +66,8 @@ impl std::fmt::Debug for JwtVerifier {
     }
 }
 
-#[derive(Deserialize)]
-struct UnverifiedClaims {
-    iss: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeaderFields {
-    alg: String,
-    kid: Option<String>,
-    #[allow(dead_code)]
-    typ: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    iss: String,
-    sub: String,
-    iat: u64,
-    exp: u64,
-    #[serde(rename = "kubernetes.io")]
-    kubernetes: Option<K8sClaims>,
-}
-
-#[derive(Deserialize)]
-struct K8sClaims {
-    namespace: Option<String>,
-    serviceaccount: Option<K8sRef>,
-    pod: Option<K8sRef>,
-}
-
-#[derive(Deserialize)]
-struct K8sRef {
-    name: String,
-}
+/// Header fields a token may carry; anything else (`crit`, `jku`, `x5u`, `jwk`, …) is refused.
+const HEADER_FIELDS: [&str; 3] = ["alg", "kid", "typ"];
 
 impl JwtVerifier {
     /// Loads every issuer's JWKS file.
@@ -99,7 +78,19 @@ impl JwtVerifier {
         let mut issuers = HashMap::new();
         for s in settings {
             let keys = load_jwks(&s)?;
-            issuers.insert(s.issuer.clone(), Issuer { settings: s, keys });
+            let facts = IssuerFacts {
+                cluster: s.cluster.clone(),
+                region: s.region.clone(),
+                jurisdiction: s.jurisdiction.clone(),
+            };
+            issuers.insert(
+                s.issuer.clone(),
+                Issuer {
+                    settings: s,
+                    facts,
+                    keys,
+                },
+            );
         }
         Ok(Self { issuers })
     }
@@ -107,85 +98,92 @@ impl JwtVerifier {
     /// Verifies `token` at unix time `now` and maps it to a [`Principal`].
     ///
     /// # Errors
-    /// [`IdentityError::Invalid`] or [`IdentityError::Rejected`] for any token that is not
-    /// exactly right.
+    /// [`IdentityError::Invalid`] with the [`Reason`] for any token that is not exactly right.
     pub fn verify(&self, token: &str, now: u64) -> Result<Principal, IdentityError> {
+        self.check(token, now).map_err(IdentityError::Invalid)
+    }
+
+    fn check(&self, token: &str, now: u64) -> Result<Principal, Reason> {
         if token.len() > MAX_TOKEN_LEN {
-            return Err(IdentityError::Invalid("token larger than 8 KiB"));
+            return Err(Reason::TooLarge);
         }
         let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(_sig), None) =
+        let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(IdentityError::Invalid("not a compact JWS (three parts)"));
+            return Err(Reason::NotCompactJws);
         };
-        let header: HeaderFields =
-            decode_part(header).ok_or(IdentityError::Invalid("header is not alg/kid/typ JSON"))?;
-        let unverified: UnverifiedClaims =
-            decode_part(payload).ok_or(IdentityError::Invalid("payload has no iss"))?;
+        let header = decode_object(header_b64, "header")?;
+        if header.keys().any(|k| !HEADER_FIELDS.contains(&k.as_str())) {
+            return Err(Reason::HeaderField);
+        }
+        if header
+            .get("typ")
+            .is_some_and(|t| !t.as_str().is_some_and(|t| t == "JWT" || t == "JOSE"))
+        {
+            return Err(Reason::HeaderField);
+        }
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .and_then(asymmetric_alg)
+            .ok_or(Reason::AlgNotAllowed)?;
+        let kid = match header.get("kid") {
+            None => return Err(Reason::MissingKid),
+            Some(Value::String(k)) => k.as_str(),
+            Some(_) => return Err(Reason::HeaderField),
+        };
+        let payload = decode_object(payload_b64, "payload")?;
         let issuer = self
             .issuers
-            .get(&unverified.iss)
-            .ok_or(IdentityError::Invalid("unknown issuer"))?;
-        let kid = header
-            .kid
-            .ok_or(IdentityError::Invalid("header has no kid"))?;
-        let (alg, key) = issuer
-            .keys
-            .get(&kid)
-            .ok_or(IdentityError::Invalid("unknown kid"))?;
-        let header_alg: Algorithm = header
-            .alg
-            .parse()
-            .map_err(|_| IdentityError::Invalid("unsupported alg"))?;
-        if header_alg != *alg || !issuer.settings.algorithms.contains(alg) {
-            return Err(IdentityError::Invalid("alg not allowed for this key"));
+            .get(claims::issuer(&payload)?)
+            .ok_or(Reason::UnknownIssuer)?;
+        if !issuer.settings.algorithms.contains(&alg) {
+            return Err(Reason::AlgNotAllowed);
         }
-        let mut validation = Validation::new(*alg);
-        validation.set_issuer(&[&issuer.settings.issuer]);
-        validation.set_audience(&issuer.settings.audiences);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = issuer.settings.leeway.as_secs();
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map_err(IdentityError::Rejected)?;
-        let claims = data.claims;
-        if claims.iat > now + issuer.settings.leeway.as_secs() {
-            return Err(IdentityError::Invalid("iat is in the future"));
+        let (key_alg, key) = issuer.keys.get(kid).ok_or(Reason::UnknownKid)?;
+        if *key_alg != alg {
+            return Err(Reason::AlgKeyMismatch);
         }
-        if claims.exp.saturating_sub(claims.iat) > issuer.settings.max_token_lifetime.as_secs() {
-            return Err(IdentityError::Invalid(
-                "token lifetime exceeds the issuer's maximum",
-            ));
+        if sig_b64.is_empty() || URL_SAFE_NO_PAD.decode(sig_b64).is_err() {
+            return Err(Reason::BadSignature);
         }
-        Ok(principal(claims))
+        let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
+        match jsonwebtoken::crypto::verify(sig_b64, signed.as_bytes(), key, alg) {
+            Ok(true) => {}
+            _ => return Err(Reason::BadSignature),
+        }
+        let s = &issuer.settings;
+        let c = claims::parse(&payload, s.job_claim.as_deref())?;
+        let rules = Rules {
+            audiences: &s.audiences,
+            leeway: s.leeway.as_secs(),
+            max_lifetime: s.max_token_lifetime.as_secs(),
+        };
+        claims::check(&c, rules, now)?;
+        claims::principal(c, &issuer.facts)
     }
 }
 
-fn principal(claims: Claims) -> Principal {
-    let k8s = claims.kubernetes;
-    let spiffe_id = claims
-        .sub
-        .starts_with("spiffe://")
-        .then(|| claims.sub.clone());
-    Principal {
-        issuer: claims.iss,
-        subject: claims.sub,
-        namespace: k8s.as_ref().and_then(|k| k.namespace.clone()),
-        service_account: k8s
-            .as_ref()
-            .and_then(|k| k.serviceaccount.as_ref().map(|r| r.name.clone())),
-        pod: k8s
-            .as_ref()
-            .and_then(|k| k.pod.as_ref().map(|r| r.name.clone())),
-        spiffe_id,
-        job_id: None,
+/// The algorithms keybroker can ever accept, by exact JOSE name (`NoNe`, `HS256` are not).
+fn asymmetric_alg(name: &str) -> Option<Algorithm> {
+    match name {
+        "RS256" => Some(Algorithm::RS256),
+        "PS256" => Some(Algorithm::PS256),
+        "ES256" => Some(Algorithm::ES256),
+        "EdDSA" => Some(Algorithm::EdDSA),
+        _ => None,
     }
 }
 
-fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-    serde_json::from_slice(&bytes).ok()
+fn decode_object(part: &str, what: &'static str) -> Result<Map<String, Value>, Reason> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| Reason::Base64(what))?;
+    parse_object(&bytes).map_err(|e| match e {
+        StrictError::DuplicateKey => Reason::DuplicateKey(what),
+        StrictError::NotObject => Reason::NotJsonObject(what),
+    })
 }
 
 fn load_jwks(
@@ -208,141 +206,12 @@ fn load_jwks(
         let alg = jwk
             .common
             .key_algorithm
-            .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+            .and_then(|a| asymmetric_alg(&a.to_string()))
             .ok_or_else(|| err(format!("key {kid} has no usable alg")))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {kid}: {e}")))?;
-        keys.insert(kid, (alg, key));
+        if keys.insert(kid.clone(), (alg, key)).is_some() {
+            return Err(err(format!("kid {kid} appears twice")));
+        }
     }
     Ok(keys)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use jsonwebtoken::{EncodingKey, Header};
-    use serde_json::json;
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        verifier: JwtVerifier,
-        key: EncodingKey,
-    }
-
-    const ISS: &str = "https://issuer.test";
-
-    fn fixture() -> Fixture {
-        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let x = URL_SAFE_NO_PAD.encode(kp.public_key_raw());
-        let dir = tempfile::tempdir().unwrap();
-        let jwks = dir.path().join("jwks.json");
-        let set = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA", "use": "sig"}]});
-        std::fs::write(&jwks, set.to_string()).unwrap();
-        let verifier = JwtVerifier::new(vec![IssuerSettings {
-            issuer: ISS.into(),
-            audiences: vec!["keybroker".into()],
-            jwks_file: jwks,
-            algorithms: vec![Algorithm::EdDSA],
-            max_token_lifetime: Duration::from_secs(3600),
-            leeway: Duration::from_secs(30),
-        }])
-        .unwrap();
-        let key = EncodingKey::from_ed_pem(kp.serialize_pem().as_bytes()).unwrap();
-        Fixture {
-            _dir: dir,
-            verifier,
-            key,
-        }
-    }
-
-    fn now() -> u64 {
-        jsonwebtoken::get_current_timestamp()
-    }
-
-    fn claims() -> serde_json::Value {
-        let now = now();
-        json!({"iss": ISS, "sub": "system:serviceaccount:ml:trainer", "aud": "keybroker",
-               "iat": now, "nbf": now, "exp": now + 600,
-               "kubernetes.io": {"namespace": "ml", "serviceaccount": {"name": "trainer"}, "pod": {"name": "p-1"}}})
-    }
-
-    fn sign(f: &Fixture, claims: &serde_json::Value) -> String {
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some("k1".into());
-        jsonwebtoken::encode(&h, claims, &f.key).unwrap()
-    }
-
-    #[test]
-    fn kubernetes_token_maps_to_principal() {
-        let f = fixture();
-        let p = f.verifier.verify(&sign(&f, &claims()), now()).unwrap();
-        assert_eq!(p.subject, "system:serviceaccount:ml:trainer");
-        assert_eq!(p.namespace.as_deref(), Some("ml"));
-        assert_eq!(p.service_account.as_deref(), Some("trainer"));
-        assert_eq!(p.pod.as_deref(), Some("p-1"));
-        assert_eq!(p.spiffe_id, None);
-    }
-
-    #[test]
-    fn forged_expired_and_foreign_tokens_are_rejected() {
-        let f = fixture();
-        let good = sign(&f, &claims());
-        // Flip one signature character.
-        let mut forged = good.clone().into_bytes();
-        let last = forged.len() - 2;
-        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-        let forged = String::from_utf8(forged).unwrap();
-        assert!(f.verifier.verify(&forged, now()).is_err());
-        let mut c = claims();
-        c["iat"] = json!(now() - 700);
-        c["nbf"] = json!(now() - 700);
-        c["exp"] = json!(now() - 100);
-        assert!(f.verifier.verify(&sign(&f, &c), now()).is_err(), "expired");
-        let mut c = claims();
-        c["aud"] = json!("someone-else");
-        assert!(f.verifier.verify(&sign(&f, &c), now()).is_err(), "audience");
-        let mut c = claims();
-        c["iss"] = json!("https://evil.test");
-        assert!(f.verifier.verify(&sign(&f, &c), now()).is_err(), "issuer");
-        let mut c = claims();
-        c["iat"] = json!(now() + 120);
-        assert!(
-            f.verifier.verify(&sign(&f, &c), now()).is_err(),
-            "iat in future"
-        );
-        let mut c = claims();
-        c["exp"] = json!(now() + 7200);
-        assert!(f.verifier.verify(&sign(&f, &c), now()).is_err(), "lifetime");
-    }
-
-    #[test]
-    fn malformed_tokens_are_rejected_before_signature_work() {
-        let f = fixture();
-        for bad in [
-            "",
-            "a.b",
-            "a.b.c.d",
-            "!!.??.**",
-            &"x".repeat(MAX_TOKEN_LEN + 1),
-        ] {
-            assert!(matches!(
-                f.verifier.verify(bad, now()),
-                Err(IdentityError::Invalid(_))
-            ));
-        }
-        // `alg: none` and extra header fields (`jku`) are refused.
-        let body = URL_SAFE_NO_PAD.encode(claims().to_string());
-        let none = format!(
-            "{}.{body}.",
-            URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"k1"}"#)
-        );
-        assert!(f.verifier.verify(&none, now()).is_err());
-        let jku = format!(
-            "{}.{body}.sig",
-            URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","kid":"k1","jku":"https://x"}"#)
-        );
-        assert!(matches!(
-            f.verifier.verify(&jku, now()),
-            Err(IdentityError::Invalid(_))
-        ));
-    }
 }

@@ -2,13 +2,20 @@
 //!
 //! Today: JWTs from configured issuers whose keys come from a JWKS file (Kubernetes projected
 //! service-account tokens, SPIFFE JWT-SVIDs, the dev issuer). There is no anonymous mode.
+//! Every rejection carries a [`Reason`] for the server log; the caller only learns
+//! "invalid token".
 
+mod claims;
 mod jwt;
+mod strict_json;
+
+#[cfg(test)]
+mod hostile_tests;
 
 pub use jwt::{IssuerSettings, JwtVerifier};
 
-/// Errors of identity verification. Messages are safe to return to the caller: they never
-/// contain the token.
+/// Errors of identity verification. The `Display` text is for the server log; the API layer
+/// answers the caller with a fixed message.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// No `authorization: Bearer …` metadata.
@@ -16,10 +23,7 @@ pub enum IdentityError {
     Missing,
     /// The token is malformed, forged, expired, or from an unknown issuer.
     #[error("invalid token: {0}")]
-    Invalid(&'static str),
-    /// The signature or a registered claim did not verify.
-    #[error("invalid token: {0}")]
-    Rejected(#[source] jsonwebtoken::errors::Error),
+    Invalid(Reason),
     /// An issuer's JWKS could not be loaded.
     #[error("issuer {issuer}: cannot load JWKS {path}: {problem}")]
     Jwks {
@@ -30,6 +34,82 @@ pub enum IdentityError {
         /// What went wrong.
         problem: String,
     },
+}
+
+impl IdentityError {
+    /// Why a token was refused, when it was.
+    #[must_use]
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Self::Invalid(r) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
+/// Why a token was refused: one variant per rule, so tests and logs can tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    /// Larger than [`jwt::MAX_TOKEN_LEN`].
+    #[error("token larger than 8 KiB")]
+    TooLarge,
+    /// Not exactly three dot-separated parts.
+    #[error("not a compact JWS (three parts)")]
+    NotCompactJws,
+    /// A part is not unpadded base64url.
+    #[error("{0} is not base64url")]
+    Base64(&'static str),
+    /// A part is not a JSON object (or has trailing data).
+    #[error("{0} is not a JSON object")]
+    NotJsonObject(&'static str),
+    /// A JSON object has the same key twice.
+    #[error("{0} has a duplicate JSON key")]
+    DuplicateKey(&'static str),
+    /// A header field other than `alg`, `kid`, `typ`.
+    #[error("header has a field other than alg/kid/typ")]
+    HeaderField,
+    /// `alg` is not one of the issuer's asymmetric algorithms (`none`, HMAC, unknown).
+    #[error("alg not allowed")]
+    AlgNotAllowed,
+    /// No `kid` in the header.
+    #[error("header has no kid")]
+    MissingKid,
+    /// The issuer has no key with this `kid`.
+    #[error("unknown kid for this issuer")]
+    UnknownKid,
+    /// The header `alg` differs from the JWK's.
+    #[error("header alg differs from the key's alg")]
+    AlgKeyMismatch,
+    /// `iss` names no configured issuer.
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// A required claim is absent.
+    #[error("missing claim {0}")]
+    MissingClaim(&'static str),
+    /// A claim has the wrong JSON type or an out-of-range value.
+    #[error("claim {0} has the wrong type or range")]
+    ClaimType(&'static str),
+    /// `aud` is not exactly one configured audience.
+    #[error("audience is not exactly a configured audience")]
+    Audience,
+    /// `exp` has passed (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid (nbf)")]
+    NotYetValid,
+    /// `iat` is in the future (beyond the leeway).
+    #[error("iat is in the future")]
+    IssuedInFuture,
+    /// `exp` is not after `iat`/`nbf`, or `exp - iat` exceeds the issuer's maximum.
+    #[error("token lifetime exceeds the issuer's maximum")]
+    Lifetime,
+    /// `sub` disagrees with the `kubernetes.io` namespace/service account.
+    #[error("sub disagrees with kubernetes.io claims")]
+    SubjectMismatch,
 }
 
 /// The normalized identity of a caller, handed to policy and audit.
@@ -47,6 +127,12 @@ pub struct Principal {
     pub pod: Option<String>,
     /// SPIFFE ID, when the subject is one.
     pub spiffe_id: Option<String>,
-    /// Training job id, from verified identity only.
+    /// Training job id, from verified identity only (the issuer's `job_claim`).
     pub job_id: Option<String>,
+    /// Cluster of the issuer (config, not the token).
+    pub cluster: Option<String>,
+    /// Region of the issuer's cluster (config, not the token).
+    pub region: Option<String>,
+    /// Jurisdiction of the issuer's cluster (config, not the token).
+    pub jurisdiction: Option<String>,
 }

@@ -1,0 +1,184 @@
+//! Authorization of an authenticated call, before the key service runs: first the residency
+//! guard (built in, not a policy option), then the Cedar policy.
+//!
+//! An unknown key is refused exactly like a forbidden one (PERMISSION_DENIED, same message), so
+//! key names do not leak. The decision is kept on the [`CallContext`] for the audit record.
+
+use std::collections::BTreeMap;
+
+use tonic::{Code, Status};
+
+use crate::keys::KeyError;
+use crate::keys::context::EncryptionContext;
+use crate::keys::envelope::Envelope;
+use crate::keys::name::KeyName;
+use crate::policy::{Action, KeyFacts};
+use crate::store::{KeyRecord, Purpose};
+
+use super::status::key_error;
+use super::{ApiState, CallContext};
+
+const DENIED: &str = "permission denied";
+
+fn purpose_name(p: Purpose) -> &'static str {
+    match p {
+        Purpose::DataKey => "datakey",
+        Purpose::Seal => "seal",
+    }
+}
+
+fn context_map(ctx: &EncryptionContext) -> BTreeMap<String, String> {
+    ctx.iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+impl ApiState {
+    /// Authorizes `action` on the existing key `name`.
+    pub(crate) async fn authorize_key(
+        &self,
+        call: &CallContext,
+        action: Action,
+        name: &KeyName,
+        ctx: &EncryptionContext,
+    ) -> Result<(), Status> {
+        let record = self
+            .keys
+            .get_key(name)
+            .await
+            .map_err(|e| key_error(&e, &call.rid))?;
+        self.authorize_record(call, action, &record, &context_map(ctx))
+    }
+
+    /// Authorizes `action` on the key a ciphertext names.
+    pub(crate) async fn authorize_ciphertext(
+        &self,
+        call: &CallContext,
+        action: Action,
+        ciphertext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<(), Status> {
+        let env = Envelope::parse(ciphertext)
+            .map_err(|e| key_error(&KeyError::Envelope(e), &call.rid))?;
+        self.authorize_key(call, action, &env.key, ctx).await
+    }
+
+    /// Authorizes creating `name` on `hsm` (or the HSM the service would pick).
+    pub(crate) fn authorize_new_key(
+        &self,
+        call: &CallContext,
+        name: &KeyName,
+        purpose: Purpose,
+        labels: &BTreeMap<String, String>,
+        hsm: Option<&str>,
+    ) -> Result<(), Status> {
+        let jurisdiction = match hsm {
+            Some(id) => self.keys.hsm_info(id).map(|h| h.jurisdiction.clone()),
+            None => self
+                .keys
+                .hsms()
+                .find(|h| {
+                    self.residency
+                        .allowed_jurisdictions
+                        .contains(&h.jurisdiction)
+                })
+                .map(|h| h.jurisdiction.clone()),
+        }
+        .unwrap_or_default();
+        let facts = KeyFacts {
+            name: name.as_str(),
+            purpose: purpose_name(purpose),
+            labels,
+            hsm_jurisdiction: &jurisdiction,
+        };
+        self.decide(call, Action::CreateKey, &facts, &BTreeMap::new())
+    }
+
+    /// Authorizes listing the catalog (resource `*`, no labels).
+    pub(crate) fn authorize_listing(&self, call: &CallContext) -> Result<(), Status> {
+        let none = BTreeMap::new();
+        let jurisdiction = self
+            .residency
+            .allowed_jurisdictions
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        let facts = KeyFacts {
+            name: "*",
+            purpose: "",
+            labels: &none,
+            hsm_jurisdiction: &jurisdiction,
+        };
+        self.decide(call, Action::ListKeys, &facts, &none)
+    }
+
+    fn authorize_record(
+        &self,
+        call: &CallContext,
+        action: Action,
+        record: &KeyRecord,
+        ctx: &BTreeMap<String, String>,
+    ) -> Result<(), Status> {
+        let jurisdiction = self
+            .keys
+            .hsm_info(&record.hsm_id)
+            .map(|h| h.jurisdiction.clone())
+            .unwrap_or_default();
+        let facts = KeyFacts {
+            name: &record.name,
+            purpose: purpose_name(record.purpose),
+            labels: &record.labels,
+            hsm_jurisdiction: &jurisdiction,
+        };
+        self.decide(call, action, &facts, ctx)
+    }
+
+    fn decide(
+        &self,
+        call: &CallContext,
+        action: Action,
+        key: &KeyFacts<'_>,
+        ctx: &BTreeMap<String, String>,
+    ) -> Result<(), Status> {
+        let rid = &call.rid;
+        if let Some(rule) = self.residency_violation(call, key) {
+            tracing::info!(request_id = %rid, action = action.as_str(), rule, "residency guard denied");
+            return Err(rid.status(Code::PermissionDenied, format!("residency: {rule}")));
+        }
+        let decision = self
+            .policy
+            .decide(&call.principal, action, key, ctx)
+            .map_err(|e| {
+                tracing::error!(request_id = %rid, error = %e, "policy input error");
+                rid.status(Code::PermissionDenied, DENIED.to_owned())
+            })?;
+        let allowed = decision.allowed;
+        tracing::info!(request_id = %rid, action = action.as_str(), allowed,
+            reasons = ?decision.reasons, policy_sha256 = %decision.policy_sha256, "policy decision");
+        // Set once per call; a second authorization of the same call keeps the first.
+        let _first = call.decision.set(decision);
+        if allowed {
+            Ok(())
+        } else {
+            Err(call.rid.status(Code::PermissionDenied, DENIED.to_owned()))
+        }
+    }
+
+    /// The residency rule a call breaks, if any. Not configurable away: it runs before policy.
+    fn residency_violation(&self, call: &CallContext, key: &KeyFacts<'_>) -> Option<&'static str> {
+        let r = &self.residency;
+        if !r.allowed_jurisdictions.contains(key.hsm_jurisdiction) {
+            return Some("the key's HSM jurisdiction is not in allowed_jurisdictions");
+        }
+        if r.require_caller_region
+            && !call
+                .principal
+                .region
+                .as_deref()
+                .is_some_and(|region| r.region_allowed(region))
+        {
+            return Some("the caller's region is not in allowed_regions");
+        }
+        None
+    }
+}

@@ -1,0 +1,150 @@
+//! `[identity]`: trusted JWT issuers, with the cluster facts a token cannot carry itself
+//! (cluster, region, jurisdiction) and the claim that names the job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hsm_config::is_valid_jurisdiction;
+use serde::Deserialize;
+
+use super::{Ctx, MAX_TTL, MIN_TTL};
+use crate::config::{ConfigError, IdentityConfig, JwtAlgorithm, JwtIssuerConfig};
+
+const MAX_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Claims with a fixed meaning that cannot double as the job id.
+const REGISTERED: [&str; 8] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "kubernetes.io",
+];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentity {
+    #[serde(default)]
+    jwt_issuers: Vec<RawIssuer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audiences: Vec<String>,
+    jwks_file: PathBuf,
+    algorithms: Vec<String>,
+    max_token_lifetime: Option<String>,
+    leeway: Option<String>,
+    job_claim: Option<String>,
+    cluster: Option<String>,
+    region: Option<String>,
+    jurisdiction: Option<String>,
+}
+
+pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig, ConfigError> {
+    if raw.jwt_issuers.is_empty() {
+        return Err(cx.invalid(
+            "identity.jwt_issuers",
+            "at least one [[identity.jwt_issuers]] is required: keybroker has no anonymous mode",
+        ));
+    }
+    let mut jwt_issuers: Vec<JwtIssuerConfig> = Vec::with_capacity(raw.jwt_issuers.len());
+    for (i, r) in raw.jwt_issuers.into_iter().enumerate() {
+        let field = |name: &str| format!("identity.jwt_issuers[{i}].{name}");
+        if r.issuer.trim().is_empty() {
+            return Err(cx.invalid(field("issuer"), "must not be empty"));
+        }
+        if let Some(j) = jwt_issuers.iter().position(|x| x.issuer == r.issuer) {
+            return Err(cx.invalid(
+                field("issuer"),
+                format!(
+                    "{:?} is already configured by identity.jwt_issuers[{j}]",
+                    r.issuer
+                ),
+            ));
+        }
+        if r.audiences.is_empty() {
+            return Err(cx.invalid(field("audiences"), "must list at least one audience"));
+        }
+        if let Some(k) = r.audiences.iter().position(|a| a.trim().is_empty()) {
+            return Err(cx.invalid(format!("{}[{k}]", field("audiences")), "must not be empty"));
+        }
+        if r.algorithms.is_empty() {
+            return Err(cx.invalid(
+                field("algorithms"),
+                "must list at least one of RS256, PS256, ES256, EdDSA",
+            ));
+        }
+        let mut algorithms = Vec::with_capacity(r.algorithms.len());
+        for (k, name) in r.algorithms.iter().enumerate() {
+            let alg = JwtAlgorithm::from_jose(name).ok_or_else(|| {
+                cx.invalid(format!("{}[{k}]", field("algorithms")), why_not(name))
+            })?;
+            if !algorithms.contains(&alg) {
+                algorithms.push(alg);
+            }
+        }
+        let label = |name: &str, v: Option<String>| match v {
+            Some(s) if s.trim().is_empty() || s.len() > 128 || s.chars().any(char::is_control) => {
+                Err(cx.invalid(field(name), "must be 1 to 128 printable characters"))
+            }
+            other => Ok(other),
+        };
+        let job_claim = label("job_claim", r.job_claim)?;
+        if let Some(c) = job_claim.as_deref().filter(|c| REGISTERED.contains(c)) {
+            return Err(cx.invalid(
+                field("job_claim"),
+                format!("{c:?} is a registered claim; name the claim that carries the job id"),
+            ));
+        }
+        if let Some(j) = r
+            .jurisdiction
+            .as_deref()
+            .filter(|j| !is_valid_jurisdiction(j))
+        {
+            return Err(cx.invalid(
+                field("jurisdiction"),
+                format!("{j:?} is not a jurisdiction code: expected upper case like EU, CH, US"),
+            ));
+        }
+        jwt_issuers.push(JwtIssuerConfig {
+            job_claim,
+            cluster: label("cluster", r.cluster)?,
+            region: label("region", r.region)?,
+            jurisdiction: r.jurisdiction,
+            issuer: r.issuer,
+            audiences: r.audiences,
+            jwks_file: cx.resolve(&field("jwks_file"), r.jwks_file)?,
+            algorithms,
+            max_token_lifetime: cx.duration(
+                &field("max_token_lifetime"),
+                r.max_token_lifetime,
+                Duration::from_secs(3600),
+                (MIN_TTL, MAX_TTL),
+            )?,
+            leeway: cx.duration(
+                &field("leeway"),
+                r.leeway,
+                MAX_LEEWAY,
+                (Duration::ZERO, MAX_LEEWAY),
+            )?,
+        });
+    }
+    Ok(IdentityConfig { jwt_issuers })
+}
+
+fn why_not(alg: &str) -> String {
+    let reason = if alg.eq_ignore_ascii_case("none") {
+        "unsigned tokens are never accepted"
+    } else if alg.to_ascii_uppercase().starts_with("HS") {
+        "HMAC algorithms are not accepted: a verifier holding the key could forge tokens"
+    } else {
+        "not supported"
+    };
+    format!("{alg:?}: {reason}; allowed: RS256, PS256, ES256, EdDSA")
+}

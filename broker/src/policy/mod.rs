@@ -1,0 +1,251 @@
+//! Policy as code: Cedar policies validated against our schema, evaluated in-process.
+//!
+//! Default deny; a `forbid` wins over any `permit`; every policy carries an `@id` that is the
+//! reason reported for a decision. The policy text's sha256 travels with every decision so the
+//! audit record can name exactly which policy decided. Loading is the only I/O here.
+
+mod input;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use cedar_policy::{Authorizer, PolicySet, Schema, ValidationMode, Validator};
+use sha2::{Digest as _, Sha256};
+
+use crate::identity::Principal;
+
+pub use input::KeyFacts;
+
+/// The schema every policy is validated against.
+pub const SCHEMA: &str = include_str!("../../policy/schema.cedarschema");
+/// The built-in default policy (used when the config names no policy file).
+pub const DEFAULT_POLICY: &str = include_str!("../../policy/default.cedar");
+/// The dev policy: namespace `dev` may do anything. Written by `keybrokerd dev`.
+pub const DEV_POLICY: &str = include_str!("../../policy/dev.cedar");
+
+/// Errors of loading or evaluating a policy. Load errors name the origin and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy file cannot be read.
+    #[error("policy {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The built-in schema does not parse (a build defect, caught by tests).
+    #[error("policy schema: {0}")]
+    Schema(#[source] Box<cedar_policy::CedarSchemaError>),
+    /// The policy text is not Cedar.
+    #[error("policy {origin}: {source}")]
+    Parse {
+        /// File name or `built-in`.
+        origin: String,
+        /// Cedar's parse errors.
+        #[source]
+        source: Box<cedar_policy::ParseErrors>,
+    },
+    /// The policy does not validate against the schema, or breaks our rules (`@id`).
+    #[error("policy {origin}: {problem}")]
+    Invalid {
+        /// File name or `built-in`.
+        origin: String,
+        /// Every problem found, `;`-separated.
+        problem: String,
+    },
+    /// A request could not be expressed in the schema (a defect in input building).
+    #[error("policy request: {0}")]
+    Request(String),
+}
+
+/// One operation of the API, as a Cedar action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `DataKeys.GenerateDataKey`.
+    GenerateDataKey,
+    /// `DataKeys.GenerateDataKeyWithoutPlaintext`.
+    GenerateDataKeyWithoutPlaintext,
+    /// `DataKeys.Decrypt`.
+    Decrypt,
+    /// `DataKeys.Encrypt`.
+    Encrypt,
+    /// `DataKeys.ReEncrypt`.
+    ReEncrypt,
+    /// `KeyAdmin.CreateKey`.
+    CreateKey,
+    /// `KeyAdmin.GetKey`.
+    GetKey,
+    /// `KeyAdmin.ListKeys`.
+    ListKeys,
+    /// `KeyAdmin.RotateKey`.
+    RotateKey,
+}
+
+impl Action {
+    /// Every action, for tests and `policy check`.
+    pub const ALL: [Self; 9] = [
+        Self::GenerateDataKey,
+        Self::GenerateDataKeyWithoutPlaintext,
+        Self::Decrypt,
+        Self::Encrypt,
+        Self::ReEncrypt,
+        Self::CreateKey,
+        Self::GetKey,
+        Self::ListKeys,
+        Self::RotateKey,
+    ];
+
+    /// The Cedar action id.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GenerateDataKey => "GenerateDataKey",
+            Self::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+            Self::Decrypt => "Decrypt",
+            Self::Encrypt => "Encrypt",
+            Self::ReEncrypt => "ReEncrypt",
+            Self::CreateKey => "CreateKey",
+            Self::GetKey => "GetKey",
+            Self::ListKeys => "ListKeys",
+            Self::RotateKey => "RotateKey",
+        }
+    }
+}
+
+/// The outcome of one evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// `@id`s of the policies that decided (the permits for an allow, the forbids for an
+    /// explicit deny; empty for a default deny).
+    pub reasons: Vec<String>,
+    /// sha256 (hex) of the policy text that decided.
+    pub policy_sha256: String,
+}
+
+/// A loaded, schema-validated policy.
+pub struct PolicyEngine {
+    schema: Schema,
+    policies: PolicySet,
+    sha256: String,
+    authorizer: Authorizer,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyEngine {
+    /// Reads and validates the policy file at `path`.
+    ///
+    /// # Errors
+    /// [`PolicyError::Read`], or as [`PolicyEngine::from_text`].
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_text(&text, &path.display().to_string())
+    }
+
+    /// Parses `text` (named `origin` in messages) and validates it against [`SCHEMA`].
+    ///
+    /// # Errors
+    /// [`PolicyError::Parse`] for syntax, [`PolicyError::Invalid`] for schema violations
+    /// (a misspelt attribute, a wrong type, an unknown action) and missing or duplicate `@id`s.
+    pub fn from_text(text: &str, origin: &str) -> Result<Self, PolicyError> {
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(Box::new(e)))?;
+        let policies: PolicySet = text.parse().map_err(|source| PolicyError::Parse {
+            origin: origin.to_owned(),
+            source: Box::new(source),
+        })?;
+        let invalid = |problem: String| PolicyError::Invalid {
+            origin: origin.to_owned(),
+            problem,
+        };
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let problems: Vec<String> = result
+                .validation_errors()
+                .map(ToString::to_string)
+                .collect();
+            return Err(invalid(problems.join("; ")));
+        }
+        let mut ids = BTreeSet::new();
+        for p in policies.policies() {
+            let id = p
+                .annotation("id")
+                .ok_or_else(|| invalid(format!("policy {} has no @id(\"...\")", p.id())))?;
+            if !ids.insert(id.to_owned()) {
+                return Err(invalid(format!("@id({id:?}) is used twice")));
+            }
+        }
+        Ok(Self {
+            schema,
+            policies,
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// The built-in default policy.
+    ///
+    /// # Errors
+    /// Only if the shipped policy is broken (tests load it).
+    pub fn builtin() -> Result<Self, PolicyError> {
+        Self::from_text(DEFAULT_POLICY, "built-in default")
+    }
+
+    /// sha256 (hex) of the policy text.
+    #[must_use]
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Decides whether `principal` may perform `action` on `key` with encryption `context`.
+    ///
+    /// # Errors
+    /// [`PolicyError::Request`] when the input cannot be expressed in the schema; callers
+    /// treat that as a deny.
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        key: &KeyFacts<'_>,
+        context: &BTreeMap<String, String>,
+    ) -> Result<Decision, PolicyError> {
+        let (request, entities) = input::build(&self.schema, principal, action, key, context)?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &entities);
+        let diagnostics = response.diagnostics();
+        if let Some(e) = diagnostics.errors().next() {
+            // An evaluation error skips that policy; log it, the decision still stands.
+            tracing::warn!(error = %e, "policy evaluation error");
+        }
+        let mut reasons: Vec<String> = diagnostics
+            .reason()
+            .map(|id| {
+                self.policies
+                    .annotation(id, "id")
+                    .map_or_else(|| id.to_string(), str::to_owned)
+            })
+            .collect();
+        reasons.sort();
+        Ok(Decision {
+            allowed: response.decision() == cedar_policy::Decision::Allow,
+            reasons,
+            policy_sha256: self.sha256.clone(),
+        })
+    }
+}
