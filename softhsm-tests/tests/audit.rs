@@ -127,6 +127,11 @@ async fn every_operation_is_recorded_allowed_or_denied_without_keys_or_tokens() 
     assert_eq!(records.len(), granted + 5, "{texts:#?}");
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r["index"], i as u64, "gapless indices");
+        let policy = r["policy_sha256"].as_str().unwrap_or_default();
+        assert!(
+            policy.len() == 64 && policy.bytes().all(|b| b.is_ascii_hexdigit()),
+            "every record names the policy in force: {r}"
+        );
         assert_eq!(r["format_version"], 1);
         assert!(!r["request_id"].as_str().unwrap().is_empty(), "{r}");
     }

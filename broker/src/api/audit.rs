@@ -22,8 +22,11 @@ pub(crate) struct Recorder {
 impl ApiState {
     /// A recorder for one call of `op`.
     pub(crate) fn recorder(&self, op: Op) -> Recorder {
+        let mut record = AuditRecord::new(op, String::new(), self.replica_id.clone());
+        // The policy in force when the call arrived, on every record (allowed or not).
+        self.policy.sha256().clone_into(&mut record.policy_sha256);
         Recorder {
-            record: AuditRecord::new(op, String::new(), self.replica_id.clone()),
+            record,
             log: self.audit.clone(),
         }
     }
