@@ -17,7 +17,8 @@ use crate::audit::{AuditLog, FileAuditLog};
 use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
 use crate::identity::{IssuerSettings, JwtVerifier};
-use crate::keys::{HsmHandle, KeyService, KeySettings};
+use crate::keys::clock::{Clock, SystemClock};
+use crate::keys::{HsmHandle, KeyService, KeySettings, Scheduler};
 use crate::policy::PolicyEngine;
 use crate::store::{SqliteStore, Store};
 
@@ -63,6 +64,9 @@ pub enum StartError {
     /// The audit log failed to open (fail closed: no audit, no broker).
     #[error("audit.dir: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// Completing a key version interrupted by a crash failed.
+    #[error("key recovery: {0}")]
+    Recovery(crate::keys::KeyError),
     /// Serving failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -85,6 +89,18 @@ impl Broker {
     /// # Errors
     /// See [`StartError`].
     pub async fn start(config: &BrokerConfig) -> Result<Self, StartError> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Broker::start`], with the clock lifecycle deadlines run on (tests pass a
+    /// [`crate::keys::clock::ManualClock`] to cross deadlines without waiting).
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub async fn start_with_clock(
+        config: &BrokerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
         let mut hsms = BTreeMap::new();
         for (i, entry) in config.inventory.hsms.iter().enumerate() {
             let field = |f: &str| {
@@ -184,8 +200,14 @@ impl Broker {
                 default_lease_ttl: config.keys.default_lease_ttl,
                 max_lease_ttl: config.keys.max_lease_ttl,
                 rotate_after_wraps: config.keys.rotate_after_wraps,
+                default_destruction_wait: config.keys.default_destruction_wait,
+                min_destruction_wait: config.keys.min_destruction_wait,
             },
+            clock,
         );
+        keys.recover_pending_versions()
+            .await
+            .map_err(StartError::Recovery)?;
         let audit_dir = config.audit.dir.clone();
         let audit = tokio::task::spawn_blocking(move || FileAuditLog::open(&audit_dir, |_| {}))
             .await
@@ -237,6 +259,12 @@ impl Broker {
         );
         self.tasks
             .spawn(monitor.run(self.cancel.clone(), HEALTH_PROBE_EVERY));
+        let scheduler = Scheduler::new(
+            self.state.keys.clone(),
+            self.state.audit.clone(),
+            self.state.replica_id.clone(),
+        );
+        self.tasks.spawn(scheduler.run(self.cancel.clone()));
         if let Some((signer, dir)) = self.checkpoints {
             self.tasks.spawn(crate::audit::checkpoint::run(
                 signer,

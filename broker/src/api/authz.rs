@@ -34,33 +34,37 @@ fn context_map(ctx: &EncryptionContext) -> BTreeMap<String, String> {
 }
 
 impl ApiState {
-    /// Authorizes `action` on the existing key `name`.
+    /// Authorizes `action` on the existing key `name`; returns the record policy saw, for the
+    /// key service to use (one catalog read per request before the release gate).
     pub(crate) async fn authorize_key(
         &self,
         call: &CallContext,
         action: Action,
         name: &KeyName,
         ctx: &EncryptionContext,
-    ) -> Result<(), Status> {
+    ) -> Result<KeyRecord, Status> {
         let record = self
             .keys
             .get_key(name)
             .await
             .map_err(|e| key_error(&e, &call.rid))?;
-        self.authorize_record(call, action, &record, &context_map(ctx))
+        self.authorize_record(call, action, &record, &context_map(ctx))?;
+        Ok(record)
     }
 
-    /// Authorizes `action` on the key a ciphertext names.
+    /// Authorizes `action` on the key a ciphertext names; returns the parsed envelope and the
+    /// key record.
     pub(crate) async fn authorize_ciphertext(
         &self,
         call: &CallContext,
         action: Action,
         ciphertext: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<(), Status> {
+    ) -> Result<(Envelope, KeyRecord), Status> {
         let env = Envelope::parse(ciphertext)
             .map_err(|e| key_error(&KeyError::Envelope(e), &call.rid))?;
-        self.authorize_key(call, action, &env.key, ctx).await
+        let record = self.authorize_key(call, action, &env.key, ctx).await?;
+        Ok((env, record))
     }
 
     /// Authorizes creating `name` on `hsm` (or the HSM the service would pick).
@@ -94,8 +98,13 @@ impl ApiState {
         self.decide(call, Action::CreateKey, &facts, &BTreeMap::new())
     }
 
-    /// Authorizes listing the catalog (resource `*`, no labels).
-    pub(crate) fn authorize_listing(&self, call: &CallContext) -> Result<(), Status> {
+    /// Authorizes an operation that names no key (ListKeys, RevokeLeases): resource `*`, no
+    /// labels.
+    pub(crate) fn authorize_unkeyed(
+        &self,
+        call: &CallContext,
+        action: Action,
+    ) -> Result<(), Status> {
         let none = BTreeMap::new();
         let jurisdiction = self
             .residency
@@ -109,7 +118,7 @@ impl ApiState {
             labels: &none,
             hsm_jurisdiction: &jurisdiction,
         };
-        self.decide(call, Action::ListKeys, &facts, &none)
+        self.decide(call, action, &facts, &none)
     }
 
     fn authorize_record(

@@ -47,6 +47,25 @@ pub(crate) fn ttl(
     }
 }
 
+/// A rotation period from the wire: unset → unchanged (`None`), zero → off (`Some(None)`).
+/// Range checks are the key service's.
+pub(crate) fn rotation_period(
+    d: Option<prost_types::Duration>,
+    rid: &RequestId,
+) -> Result<Option<Option<Duration>>, Status> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(Some(None)),
+        Some(d) => {
+            let secs = u64::try_from(d.seconds)
+                .map_err(|_| invalid("rotation_period must be positive", rid))?;
+            let nanos = u32::try_from(d.nanos)
+                .map_err(|_| invalid("rotation_period must be positive", rid))?;
+            Ok(Some(Some(Duration::new(secs, nanos))))
+        }
+    }
+}
+
 pub(crate) fn ciphertext<'a>(ct: &'a [u8], rid: &RequestId) -> Result<&'a [u8], Status> {
     if ct.is_empty() {
         return Err(invalid("ciphertext is empty", rid));
@@ -137,6 +156,8 @@ pub(crate) fn key(k: &KeyRecord, keys: &KeyService) -> pb::Key {
             seconds: s,
             nanos: 0,
         }),
+        next_rotation_time: k.next_rotation_at.map(timestamp),
+        destruction_time: k.destroy_after.map(timestamp),
     }
 }
 

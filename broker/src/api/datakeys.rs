@@ -9,8 +9,8 @@ use zeroize::Zeroizing;
 
 use super::audit::Recorder;
 use super::status::{invalid, key_error};
+use super::wrap::audited_service;
 use super::{ApiState, convert};
-use crate::audit::Op;
 use crate::policy::Action;
 
 /// The DataKeys service.
@@ -42,13 +42,14 @@ impl DataKeysApi {
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
         let ttl = convert::ttl(r.ttl, rid)?;
-        (self.state)
+        let key = (self.state)
             .authorize_key(&call, Action::GenerateDataKey, &name, &ctx)
             .await?;
+        rec.hsm(&self.state.keys, &key.hsm_id);
         let (released, sealed) = self
             .state
             .keys
-            .generate_data_key(&call.caller(), &name, &ctx, ttl)
+            .generate_data_key(&call.caller(), (&name, &key), &ctx, ttl)
             .await
             .map_err(|e| key_error(&e, rid))?;
         rec.version(sealed.version);
@@ -76,13 +77,14 @@ impl DataKeysApi {
         rec.key(name.as_str());
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
-        (self.state)
+        let key = (self.state)
             .authorize_key(&call, Action::GenerateDataKeyWithoutPlaintext, &name, &ctx)
             .await?;
+        rec.hsm(&self.state.keys, &key.hsm_id);
         let sealed = self
             .state
             .keys
-            .generate_data_key_without_plaintext(&name, &ctx)
+            .generate_data_key_without_plaintext(&call.caller(), (&name, &key), &ctx)
             .await
             .map_err(|e| key_error(&e, rid))?;
         rec.version(sealed.version);
@@ -105,13 +107,16 @@ impl DataKeysApi {
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
         let ttl = convert::ttl(r.ttl, rid)?;
-        (self.state)
+        let (env, key) = (self.state)
             .authorize_ciphertext(&call, Action::Decrypt, ct, &ctx)
             .await?;
+        rec.key(&key.name);
+        rec.version(env.version);
+        rec.hsm(&self.state.keys, &key.hsm_id);
         let released = self
             .state
             .keys
-            .decrypt(&call.caller(), ct, &ctx, ttl)
+            .decrypt(&call.caller(), &key, &env, &ctx, ttl)
             .await
             .map_err(|e| key_error(&e, rid))?;
         rec.key(&released.key);
@@ -144,13 +149,14 @@ impl DataKeysApi {
         rec.key(name.as_str());
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
-        (self.state)
+        let key = (self.state)
             .authorize_key(&call, Action::Encrypt, &name, &ctx)
             .await?;
+        rec.hsm(&self.state.keys, &key.hsm_id);
         let sealed = self
             .state
             .keys
-            .encrypt(&name, &ctx, plaintext)
+            .encrypt(&call.caller(), (&name, &key), &ctx, plaintext)
             .await
             .map_err(|e| key_error(&e, rid))?;
         rec.version(sealed.version);
@@ -172,13 +178,15 @@ impl DataKeysApi {
         let ct = convert::ciphertext(&r.ciphertext, rid)?;
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
-        (self.state)
+        let (env, record) = (self.state)
             .authorize_ciphertext(&call, Action::ReEncrypt, ct, &ctx)
             .await?;
+        rec.key(&record.name);
+        rec.hsm(&self.state.keys, &record.hsm_id);
         let (key, from, sealed) = self
             .state
             .keys
-            .re_encrypt(ct, &ctx)
+            .re_encrypt(&call.caller(), &record, &env, &ctx)
             .await
             .map_err(|e| key_error(&e, rid))?;
         rec.key(&key);
@@ -192,50 +200,12 @@ impl DataKeysApi {
     }
 }
 
-#[tonic::async_trait]
-impl DataKeys for DataKeysApi {
-    async fn generate_data_key(
-        &self,
-        req: Request<pb::GenerateDataKeyRequest>,
-    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let mut rec = self.state.recorder(Op::GenerateDataKey);
-        let result = Self::generate_data_key(self, req, &mut rec).await;
-        rec.finish(result).await
-    }
-
-    async fn generate_data_key_without_plaintext(
-        &self,
-        req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
-    ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let mut rec = self.state.recorder(Op::GenerateDataKeyWithoutPlaintext);
-        let result = Self::generate_data_key_without_plaintext(self, req, &mut rec).await;
-        rec.finish(result).await
-    }
-
-    async fn decrypt(
-        &self,
-        req: Request<pb::DecryptRequest>,
-    ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let mut rec = self.state.recorder(Op::Decrypt);
-        let result = Self::decrypt(self, req, &mut rec).await;
-        rec.finish(result).await
-    }
-
-    async fn encrypt(
-        &self,
-        req: Request<pb::EncryptRequest>,
-    ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let mut rec = self.state.recorder(Op::Encrypt);
-        let result = Self::encrypt(self, req, &mut rec).await;
-        rec.finish(result).await
-    }
-
-    async fn re_encrypt(
-        &self,
-        req: Request<pb::ReEncryptRequest>,
-    ) -> Result<Response<pb::ReEncryptResponse>, Status> {
-        let mut rec = self.state.recorder(Op::ReEncrypt);
-        let result = Self::re_encrypt(self, req, &mut rec).await;
-        rec.finish(result).await
-    }
-}
+audited_service!(DataKeys for DataKeysApi {
+    generate_data_key(pb::GenerateDataKeyRequest) -> pb::GenerateDataKeyResponse
+        = GenerateDataKey;
+    generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest)
+        -> pb::GenerateDataKeyWithoutPlaintextResponse = GenerateDataKeyWithoutPlaintext;
+    decrypt(pb::DecryptRequest) -> pb::DecryptResponse = Decrypt;
+    encrypt(pb::EncryptRequest) -> pb::EncryptResponse = Encrypt;
+    re_encrypt(pb::ReEncryptRequest) -> pb::ReEncryptResponse = ReEncrypt;
+});

@@ -1,4 +1,9 @@
-//! `keybroker.v1.KeyAdmin`: catalog operations for operators.
+//! `keybroker.v1.KeyAdmin`: catalog operations for operators. Every one goes through identity,
+//! the residency guard and Cedar (one action per operation; no bypass, dev mode included) and
+//! is audited by the wrapper at the bottom. The lifecycle operations are in
+//! `keyadmin/lifecycle.rs`.
+
+mod lifecycle;
 
 use std::sync::Arc;
 
@@ -8,16 +13,16 @@ use tonic::{Request, Response, Status};
 
 use super::audit::Recorder;
 use super::status::{invalid, key_error};
-use super::{ApiState, convert};
-use crate::audit::Op;
+use super::wrap::audited_service;
+use super::{ApiState, CallContext, convert};
+use crate::keys::context::EncryptionContext;
 use crate::policy::Action;
+use crate::store::KeyRecord;
 
 /// Largest ListKeys page.
 const MAX_PAGE: u32 = 1000;
 /// ListKeys page when the caller gives none.
 const DEFAULT_PAGE: u32 = 100;
-/// Shortest automatic rotation period.
-const MIN_ROTATION_SECS: i64 = 3600;
 
 /// The KeyAdmin service.
 #[derive(Debug)]
@@ -29,10 +34,32 @@ impl KeyAdminApi {
     pub(crate) fn new(state: Arc<ApiState>) -> Self {
         Self { state }
     }
+
+    /// Authenticates, validates `name`, authorizes `action` on it and returns the record.
+    async fn begin_on_key<T>(
+        &self,
+        req: &Request<T>,
+        name: &str,
+        action: Action,
+        rec: &mut Recorder,
+    ) -> Result<(CallContext, KeyRecord), Status> {
+        let call = rec.begin(&self.state, req)?;
+        let name = convert::key_name(name, &call.rid)?;
+        rec.key(name.as_str());
+        let key = (self.state)
+            .authorize_key(&call, action, &name, &EncryptionContext::empty())
+            .await?;
+        rec.hsm(&self.state.keys, &key.hsm_id);
+        Ok((call, key))
+    }
+
+    /// The answer of an operation that changed or read `key`.
+    fn key_response(&self, call: &CallContext, key: &KeyRecord) -> Response<pb::Key> {
+        call.rid.response(convert::key(key, &self.state.keys))
+    }
 }
 
-// The handlers proper, each with the call's audit recorder; the trait impl below wraps
-// every one so a record is appended, granted or refused, before the response leaves.
+// The handlers proper, each with the call's audit recorder.
 impl KeyAdminApi {
     #[tracing::instrument(skip_all, name = "CreateKey")]
     async fn create_key(
@@ -47,18 +74,7 @@ impl KeyAdminApi {
         rec.key(name.as_str());
         let purpose = convert::purpose_from_pb(r.purpose, rid)?;
         let labels = convert::labels(r.labels, rid)?;
-        let rotation = match r.rotation_period {
-            None => None,
-            Some(d) if d.seconds >= MIN_ROTATION_SECS && d.nanos == 0 => {
-                Some(std::time::Duration::from_secs(d.seconds.unsigned_abs()))
-            }
-            Some(_) => {
-                return Err(invalid(
-                    format!("rotation_period must be whole seconds, at least {MIN_ROTATION_SECS}"),
-                    rid,
-                ));
-            }
-        };
+        let rotation = convert::rotation_period(r.rotation_period, rid)?.flatten();
         let hsm = (!r.hsm_id.is_empty()).then_some(r.hsm_id.as_str());
         (self.state).authorize_new_key(&call, &name, purpose, &labels, hsm)?;
         let key = self
@@ -71,7 +87,7 @@ impl KeyAdminApi {
         rec.version(key.latest_version());
         tracing::info!(request_id = %rid, key = name.as_str(), hsm = %key.hsm_id,
             subject = %call.principal.subject, "key created");
-        Ok(rid.response(convert::key(&key, &self.state.keys)))
+        Ok(self.key_response(&call, &key))
     }
 
     #[tracing::instrument(skip_all, name = "GetKey")]
@@ -80,26 +96,9 @@ impl KeyAdminApi {
         req: Request<pb::GetKeyRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::Key>, Status> {
-        let call = rec.begin(&self.state, &req)?;
-        let rid = &call.rid;
-        let name = convert::key_name(&req.get_ref().name, rid)?;
-        rec.key(name.as_str());
-        (self.state)
-            .authorize_key(
-                &call,
-                Action::GetKey,
-                &name,
-                &crate::keys::context::EncryptionContext::empty(),
-            )
-            .await?;
-        let key = self
-            .state
-            .keys
-            .get_key(&name)
-            .await
-            .map_err(|e| key_error(&e, rid))?;
-        rec.hsm(&self.state.keys, &key.hsm_id);
-        Ok(rid.response(convert::key(&key, &self.state.keys)))
+        let name = req.get_ref().name.clone();
+        let (call, key) = self.begin_on_key(&req, &name, Action::GetKey, rec).await?;
+        Ok(self.key_response(&call, &key))
     }
 
     #[tracing::instrument(skip_all, name = "ListKeys")]
@@ -111,7 +110,7 @@ impl KeyAdminApi {
         let call = rec.begin(&self.state, &req)?;
         let rid = &call.rid;
         let r = req.into_inner();
-        self.state.authorize_listing(&call)?;
+        self.state.authorize_unkeyed(&call, Action::ListKeys)?;
         if r.prefix.len() > 128
             || !r
                 .prefix
@@ -164,64 +163,26 @@ impl KeyAdminApi {
         req: Request<pb::RotateKeyRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::Key>, Status> {
-        let call = rec.begin(&self.state, &req)?;
-        let rid = &call.rid;
-        let name = convert::key_name(&req.get_ref().name, rid)?;
-        rec.key(name.as_str());
-        (self.state)
-            .authorize_key(
-                &call,
-                Action::RotateKey,
-                &name,
-                &crate::keys::context::EncryptionContext::empty(),
-            )
-            .await?;
-        let key = self
-            .state
-            .keys
-            .rotate_key(&name)
-            .await
-            .map_err(|e| key_error(&e, rid))?;
-        rec.hsm(&self.state.keys, &key.hsm_id);
+        let name = req.get_ref().name.clone();
+        let (call, key) = (self.begin_on_key(&req, &name, Action::RotateKey, rec)).await?;
+        let key = (self.state.keys.rotate_key(&key).await).map_err(|e| key_error(&e, &call.rid))?;
         rec.version(key.latest_version());
-        tracing::info!(request_id = %rid, key = name.as_str(), version = key.latest_version(),
+        tracing::info!(request_id = %call.rid, key = %key.name, version = key.latest_version(),
             subject = %call.principal.subject, "key rotated");
-        Ok(rid.response(convert::key(&key, &self.state.keys)))
+        Ok(self.key_response(&call, &key))
     }
 }
 
-#[tonic::async_trait]
-impl KeyAdmin for KeyAdminApi {
-    async fn create_key(
-        &self,
-        req: Request<pb::CreateKeyRequest>,
-    ) -> Result<Response<pb::Key>, Status> {
-        let mut rec = self.state.recorder(Op::CreateKey);
-        let result = Self::create_key(self, req, &mut rec).await;
-        rec.finish(result).await
-    }
-
-    async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> Result<Response<pb::Key>, Status> {
-        let mut rec = self.state.recorder(Op::GetKey);
-        let result = Self::get_key(self, req, &mut rec).await;
-        rec.finish(result).await
-    }
-
-    async fn list_keys(
-        &self,
-        req: Request<pb::ListKeysRequest>,
-    ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let mut rec = self.state.recorder(Op::ListKeys);
-        let result = Self::list_keys(self, req, &mut rec).await;
-        rec.finish(result).await
-    }
-
-    async fn rotate_key(
-        &self,
-        req: Request<pb::RotateKeyRequest>,
-    ) -> Result<Response<pb::Key>, Status> {
-        let mut rec = self.state.recorder(Op::RotateKey);
-        let result = Self::rotate_key(self, req, &mut rec).await;
-        rec.finish(result).await
-    }
-}
+audited_service!(KeyAdmin for KeyAdminApi {
+    create_key(pb::CreateKeyRequest) -> pb::Key = CreateKey;
+    get_key(pb::GetKeyRequest) -> pb::Key = GetKey;
+    list_keys(pb::ListKeysRequest) -> pb::ListKeysResponse = ListKeys;
+    rotate_key(pb::RotateKeyRequest) -> pb::Key = RotateKey;
+    update_key(pb::UpdateKeyRequest) -> pb::Key = UpdateKey;
+    disable_key(pb::DisableKeyRequest) -> pb::Key = DisableKey;
+    enable_key(pb::EnableKeyRequest) -> pb::Key = EnableKey;
+    schedule_key_destruction(pb::ScheduleKeyDestructionRequest) -> pb::Key
+        = ScheduleKeyDestruction;
+    cancel_key_destruction(pb::CancelKeyDestructionRequest) -> pb::Key = CancelKeyDestruction;
+    revoke_leases(pb::RevokeLeasesRequest) -> pb::RevokeLeasesResponse = RevokeLeases;
+});

@@ -7,6 +7,7 @@ mod convert;
 mod datakeys;
 mod keyadmin;
 mod status;
+mod wrap;
 
 use std::sync::Arc;
 

@@ -21,6 +21,9 @@ pub(crate) fn key_error(err: &KeyError, rid: &RequestId) -> Status {
         KeyError::DecryptFailed => (Code::InvalidArgument, err.to_string()),
         KeyError::NotFound => (Code::PermissionDenied, "permission denied".to_owned()),
         KeyError::Residency(_) => (Code::PermissionDenied, err.to_string()),
+        // The caller, not the key, is refused: a policy-like denial (DESIGN §4), so a job can
+        // tell "my job was torn down" from "the key was disabled" (FAILED_PRECONDITION).
+        KeyError::Revoked => (Code::PermissionDenied, err.to_string()),
         KeyError::Precondition(_) => (Code::FailedPrecondition, err.to_string()),
         KeyError::AlreadyExists(_) => (Code::AlreadyExists, err.to_string()),
         KeyError::Conflict(_) => (Code::Aborted, err.to_string()),

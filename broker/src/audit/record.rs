@@ -36,6 +36,22 @@ pub enum Op {
     ListKeys,
     /// `KeyAdmin.RotateKey`.
     RotateKey,
+    /// `KeyAdmin.UpdateKey`.
+    UpdateKey,
+    /// `KeyAdmin.DisableKey`.
+    DisableKey,
+    /// `KeyAdmin.EnableKey`.
+    EnableKey,
+    /// `KeyAdmin.ScheduleKeyDestruction`.
+    ScheduleKeyDestruction,
+    /// `KeyAdmin.CancelKeyDestruction`.
+    CancelKeyDestruction,
+    /// `KeyAdmin.RevokeLeases`.
+    RevokeLeases,
+    /// The broker rotated a key by itself (`rotation_period` or `rotate_after_wraps`).
+    AutoRotateKey,
+    /// The broker destroyed a key's HSM objects at the end of its waiting period.
+    DestroyKey,
 }
 
 /// Whether the request was granted.

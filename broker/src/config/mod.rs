@@ -114,6 +114,14 @@ pub struct KeysConfig {
     /// Wraps per key version before automatic rotation; default 2^30, at most 2^32
     /// (NIST SP 800-38D bound for random 96-bit IVs).
     pub rotate_after_wraps: u64,
+    /// Waiting period of `ScheduleKeyDestruction` when the request gives none; default 7 days.
+    pub default_destruction_wait: Duration,
+    /// Shortest waiting period a request may ask for; default 7 days. Below 1 day only with
+    /// `allow_short_destruction_wait`.
+    pub min_destruction_wait: Duration,
+    /// Test and dev only: lets `min_destruction_wait` go down to 1 s. Refused unless every HSM
+    /// of the inventory is a SoftHSM2 token (`provider = "SoftHSM2"`).
+    pub allow_short_destruction_wait: bool,
 }
 
 /// `[identity]`.

@@ -23,6 +23,11 @@ use super::{
 const MIN_TTL: Duration = Duration::from_secs(1);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_ROTATE_AFTER_WRAPS: u64 = 1 << 32;
+const DAY: Duration = Duration::from_secs(86_400);
+const DEFAULT_DESTRUCTION_WAIT: Duration = Duration::from_secs(7 * 86_400);
+const MAX_DESTRUCTION_WAIT: Duration = Duration::from_secs(365 * 86_400);
+/// The only HSM provider on which `allow_short_destruction_wait` is accepted.
+const SHORT_WAIT_PROVIDER: &str = "SoftHSM2";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +117,10 @@ struct RawKeys {
     default_lease_ttl: Option<String>,
     max_lease_ttl: Option<String>,
     rotate_after_wraps: Option<i64>,
+    default_destruction_wait: Option<String>,
+    min_destruction_wait: Option<String>,
+    #[serde(default)]
+    allow_short_destruction_wait: bool,
 }
 
 /// Everything but the inventory, validated.
@@ -254,6 +263,22 @@ impl Validated {
                 ),
             });
         }
+        if self.keys.allow_short_destruction_wait
+            && let Some(h) = inventory
+                .hsms
+                .iter()
+                .find(|h| h.provider != SHORT_WAIT_PROVIDER)
+        {
+            return Err(ConfigError::Invalid {
+                path: self.display_path,
+                field: "keys.allow_short_destruction_wait".to_owned(),
+                problem: format!(
+                    "only for test and dev inventories where every HSM is {SHORT_WAIT_PROVIDER}; \
+                     HSM {} is {:?}",
+                    h.id, h.provider
+                ),
+            });
+        }
         Ok(BrokerConfig {
             path: self.config_path,
             hsm_inventory: self.hsm_inventory,
@@ -366,10 +391,45 @@ fn keys(cx: &Ctx<'_>, raw: RawKeys) -> Result<KeysConfig, ConfigError> {
                 )
             })?,
     };
+    let floor = if raw.allow_short_destruction_wait {
+        Duration::from_secs(1)
+    } else {
+        DAY
+    };
+    let min_destruction_wait = cx
+        .duration(
+            "keys.min_destruction_wait",
+            raw.min_destruction_wait,
+            DEFAULT_DESTRUCTION_WAIT,
+            (Duration::from_secs(1), MAX_DESTRUCTION_WAIT),
+        )
+        .and_then(|d| {
+            if d < floor {
+                Err(cx.invalid(
+                    "keys.min_destruction_wait",
+                    format!(
+                        "{} is below 1 day; shorter waits need allow_short_destruction_wait = true \
+                         (test and dev configs on SoftHSM2 only)",
+                        fmt_d(d)
+                    ),
+                ))
+            } else {
+                Ok(d)
+            }
+        })?;
+    let default_destruction_wait = cx.duration(
+        "keys.default_destruction_wait",
+        raw.default_destruction_wait,
+        DEFAULT_DESTRUCTION_WAIT.max(min_destruction_wait),
+        (min_destruction_wait, MAX_DESTRUCTION_WAIT),
+    )?;
     Ok(KeysConfig {
         default_lease_ttl,
         max_lease_ttl,
         rotate_after_wraps,
+        default_destruction_wait,
+        min_destruction_wait,
+        allow_short_destruction_wait: raw.allow_short_destruction_wait,
     })
 }
 

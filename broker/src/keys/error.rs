@@ -28,6 +28,9 @@ pub enum KeyError {
     /// The key or version exists but is not usable in its current state.
     #[error("{0}")]
     Precondition(String),
+    /// The caller's job or principal had its leases revoked (job teardown).
+    #[error("leases of this job or principal are revoked")]
+    Revoked,
     /// The ciphertext did not authenticate under this key and context.
     #[error("ciphertext or encryption context does not match")]
     DecryptFailed,

@@ -83,11 +83,23 @@ pub enum Action {
     ListKeys,
     /// `KeyAdmin.RotateKey`.
     RotateKey,
+    /// `KeyAdmin.UpdateKey`.
+    UpdateKey,
+    /// `KeyAdmin.DisableKey`.
+    DisableKey,
+    /// `KeyAdmin.EnableKey`.
+    EnableKey,
+    /// `KeyAdmin.ScheduleKeyDestruction`.
+    ScheduleKeyDestruction,
+    /// `KeyAdmin.CancelKeyDestruction`.
+    CancelKeyDestruction,
+    /// `KeyAdmin.RevokeLeases` (resource `*`).
+    RevokeLeases,
 }
 
 impl Action {
     /// Every action, for tests and `policy check`.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 15] = [
         Self::GenerateDataKey,
         Self::GenerateDataKeyWithoutPlaintext,
         Self::Decrypt,
@@ -97,6 +109,12 @@ impl Action {
         Self::GetKey,
         Self::ListKeys,
         Self::RotateKey,
+        Self::UpdateKey,
+        Self::DisableKey,
+        Self::EnableKey,
+        Self::ScheduleKeyDestruction,
+        Self::CancelKeyDestruction,
+        Self::RevokeLeases,
     ];
 
     /// The Cedar action id.
@@ -112,6 +130,12 @@ impl Action {
             Self::GetKey => "GetKey",
             Self::ListKeys => "ListKeys",
             Self::RotateKey => "RotateKey",
+            Self::UpdateKey => "UpdateKey",
+            Self::DisableKey => "DisableKey",
+            Self::EnableKey => "EnableKey",
+            Self::ScheduleKeyDestruction => "ScheduleKeyDestruction",
+            Self::CancelKeyDestruction => "CancelKeyDestruction",
+            Self::RevokeLeases => "RevokeLeases",
         }
     }
 }

@@ -107,6 +107,10 @@ pub struct KeyRecord {
     pub min_decryption_version: u32,
     /// Automatic rotation period in seconds, if any.
     pub rotation_period_secs: Option<i64>,
+    /// When the next automatic rotation is due (unix seconds), while rotation is on.
+    pub next_rotation_at: Option<i64>,
+    /// When the HSM objects get destroyed (unix seconds), while `PendingDestruction`.
+    pub destroy_after: Option<i64>,
     /// Versions, ascending.
     pub versions: Vec<VersionRecord>,
 }
@@ -147,6 +151,8 @@ pub struct NewKey {
     pub created_at: i64,
     /// Automatic rotation period in seconds.
     pub rotation_period_secs: Option<i64>,
+    /// First automatic rotation (unix seconds), when the period is set.
+    pub next_rotation_at: Option<i64>,
 }
 
 /// A lease on released plaintext.
@@ -170,6 +176,66 @@ pub struct LeaseRecord {
     pub issued_at: i64,
     /// Unix seconds.
     pub expires_at: i64,
+}
+
+/// Who is asking, for revocation checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    /// Token issuer.
+    pub issuer: &'a str,
+    /// Subject.
+    pub subject: &'a str,
+    /// Job id from verified identity.
+    pub job_id: Option<&'a str>,
+}
+
+/// What a revocation covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationTarget {
+    /// Every principal carrying this job id (any issuer).
+    Job(String),
+    /// This subject, of `issuer` (empty: any issuer).
+    Principal {
+        /// Token issuer, or empty for every issuer.
+        issuer: String,
+        /// Subject.
+        subject: String,
+    },
+}
+
+/// Inputs of [`Store::release`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReleaseGate<'a> {
+    /// Key name.
+    pub key: &'a str,
+    /// Version a new ciphertext was sealed under (counted as one wrap).
+    pub wrap_version: Option<u32>,
+    /// Version of a ciphertext that was opened.
+    pub open_version: Option<u32>,
+    /// Lease of released plaintext.
+    pub lease: Option<&'a LeaseRecord>,
+    /// The caller.
+    pub who: Who<'a>,
+    /// Now, on the broker's clock.
+    pub now: i64,
+}
+
+/// Result of [`Store::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateOutcome {
+    /// Allowed; the wrap count of `wrap_version` after counting (0 when none).
+    Open(u64),
+    /// Something changed since the request began: release nothing.
+    Closed,
+}
+
+/// Inputs of [`Store::update_settings`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SettingsUpdate {
+    /// New `min_decryption_version`.
+    pub min_decryption_version: Option<u32>,
+    /// New rotation: `(period, next rotation)`, or `None` for off.
+    pub rotation: Option<Option<(i64, i64)>>,
 }
 
 /// The catalog, whatever the backend.
@@ -228,23 +294,116 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Conflict`] when the version is in another state.
     async fn abort_version(&self, name: &str, version: u32) -> Result<(), StoreError>;
 
-    /// Counts one GCM encryption under `name`/`version` and, when plaintext is released,
-    /// records its lease — in one transaction. Returns the new use count.
+    /// The release gate, run after the HSM did its work and right before anything leaves the
+    /// broker: in one write transaction it checks that the key is enabled, that the versions
+    /// used are enabled (and, for `open_version`, not below `min_decryption_version`), and that
+    /// the caller is not revoked; only then it counts the wrap and records the lease. A closed
+    /// gate changes nothing.
     ///
     /// # Errors
     /// Database failures; the caller must not release anything then.
-    async fn record_use(
+    async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError>;
+
+    /// Whether a revocation in force at `now` covers the caller.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn is_revoked(&self, who: &Who<'_>, now: i64) -> Result<bool, StoreError>;
+
+    /// Records a revocation of `target` until `until` and marks the unexpired leases it covers
+    /// as revoked; returns how many.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn revoke(
+        &self,
+        target: &RevocationTarget,
+        now: i64,
+        until: i64,
+    ) -> Result<u32, StoreError>;
+
+    /// Moves the key from state `from` to `to`, setting `destroy_after` (compare-and-set).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the key is no longer in `from`.
+    async fn set_key_state(
+        &self,
+        name: &str,
+        from: KeyState,
+        to: KeyState,
+        destroy_after: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// Moves one version from `from` to `to` (compare-and-set; the key must not be destroyed
+    /// or pending destruction).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the version is no longer in `from`.
+    async fn swap_version_state(
         &self,
         name: &str,
         version: u32,
-        lease: Option<&LeaseRecord>,
-    ) -> Result<u64, StoreError>;
+        from: VersionState,
+        to: VersionState,
+    ) -> Result<(), StoreError>;
 
-    /// Records a lease for a release that did not encrypt (Decrypt).
+    /// Sets `min_decryption_version` and/or the rotation schedule (`Some(None)` turns rotation
+    /// off).
     ///
     /// # Errors
-    /// Database failures; the caller must not release anything then.
-    async fn insert_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError>;
+    /// [`StoreError::NotFound`] for an unknown key.
+    async fn update_settings(&self, name: &str, update: &SettingsUpdate) -> Result<(), StoreError>;
+
+    /// Cancels a destruction whose deadline is still after `now`: the key becomes `Disabled`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the key is not pending destruction or the deadline passed.
+    async fn cancel_destruction(&self, name: &str, now: i64) -> Result<(), StoreError>;
+
+    /// Keys pending destruction whose deadline is at or before `now`.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn due_destructions(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Marks a pending-destruction key and all its versions `Destroyed`, for good.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the key is not pending destruction.
+    async fn mark_destroyed(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Enabled keys whose next automatic rotation is due at or before `now`.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn due_rotations(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Claims one automatic rotation: reserves `version` (`PendingCreate`) and moves
+    /// `next_rotation_at` from `due` to `next`, in one transaction, so a rotation is claimed
+    /// exactly once whatever restarts in between.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the schedule moved or the version exists.
+    async fn claim_rotation(
+        &self,
+        name: &str,
+        version: u32,
+        due: i64,
+        next: i64,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Versions reserved but never confirmed (a crash between catalog and HSM), for recovery.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn pending_versions(&self) -> Result<Vec<(String, u32)>, StoreError>;
+
+    /// The earliest destruction or rotation deadline, for the scheduler's sleep.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn next_deadline(&self) -> Result<Option<i64>, StoreError>;
 
     /// Cheap liveness probe.
     ///

@@ -14,9 +14,12 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
+mod gate;
+mod lifecycle;
+
 use super::{
-    KeyRecord, KeyState, LeaseRecord, NewKey, Purpose, Store, StoreError, VersionRecord,
-    VersionState,
+    GateOutcome, KeyRecord, KeyState, NewKey, Purpose, ReleaseGate, RevocationTarget,
+    SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
 };
 
 /// The SQLite catalog.
@@ -71,6 +74,14 @@ impl SqliteStore {
         rows.iter().map(version_from_row).collect()
     }
 
+    async fn records(&self, rows: &[SqliteRow]) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.with_versions(row).await?);
+        }
+        Ok(out)
+    }
+
     async fn with_versions(&self, row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         let mut key = key_from_row(row)?;
         key.versions = self.versions(&key.name).await?;
@@ -83,7 +94,8 @@ macro_rules! select_keys {
     ($rest:literal) => {
         concat!(
             "SELECT name, purpose, state, labels, hsm_id, created_at, ",
-            "min_decryption_version, rotation_period_secs FROM keys ",
+            "min_decryption_version, rotation_period_secs, next_rotation_at, destroy_after ",
+            "FROM keys ",
             $rest
         )
     };
@@ -106,6 +118,8 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         min_decryption_version: to_u32("keys.min_decryption_version", min)?,
         rotation_period_secs: row.try_get("rotation_period_secs")?,
+        next_rotation_at: row.try_get("next_rotation_at")?,
+        destroy_after: row.try_get("destroy_after")?,
         versions: Vec::new(),
     })
 }
@@ -145,7 +159,8 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO keys (name, purpose, state, labels, hsm_id, created_at, \
-             min_decryption_version, rotation_period_secs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
+             min_decryption_version, rotation_period_secs, next_rotation_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)",
         )
         .bind(&key.name)
         .bind(key.purpose.as_db())
@@ -154,6 +169,7 @@ impl Store for SqliteStore {
         .bind(&key.hsm_id)
         .bind(key.created_at)
         .bind(key.rotation_period_secs)
+        .bind(key.next_rotation_at)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -228,11 +244,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.push(self.with_versions(row).await?);
-        }
-        Ok(out)
+        self.records(&rows).await
     }
 
     async fn reserve_version(&self, name: &str, version: u32, now: i64) -> Result<(), StoreError> {
@@ -291,38 +303,92 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_use(
+    async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError> {
+        gate::release(&self.pool, gate).await
+    }
+
+    async fn is_revoked(&self, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {
+        gate::is_revoked(&self.pool, who, now).await
+    }
+
+    async fn revoke(
+        &self,
+        target: &RevocationTarget,
+        now: i64,
+        until: i64,
+    ) -> Result<u32, StoreError> {
+        gate::revoke(&self.pool, target, now, until).await
+    }
+
+    async fn set_key_state(
+        &self,
+        name: &str,
+        from: KeyState,
+        to: KeyState,
+        destroy_after: Option<i64>,
+    ) -> Result<(), StoreError> {
+        lifecycle::set_key_state(&self.pool, name, from, to, destroy_after).await
+    }
+
+    async fn swap_version_state(
         &self,
         name: &str,
         version: u32,
-        lease: Option<&LeaseRecord>,
-    ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let count: Option<i64> = sqlx::query_scalar(
-            "UPDATE key_versions SET wrap_count = wrap_count + 1 \
-             WHERE key_name = ?1 AND version = ?2 RETURNING wrap_count",
-        )
-        .bind(name)
-        .bind(i64::from(version))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let count =
-            count.ok_or_else(|| StoreError::NotFound(format!("key {name} version {version}")))?;
-        if let Some(lease) = lease {
-            insert_lease(&mut tx, lease).await?;
-        }
-        tx.commit().await?;
-        u64::try_from(count).map_err(|_| StoreError::Corrupt {
-            field: "key_versions.wrap_count",
-            problem: "negative".into(),
-        })
+        from: VersionState,
+        to: VersionState,
+    ) -> Result<(), StoreError> {
+        lifecycle::swap_version_state(&self.pool, name, version, from, to).await
     }
 
-    async fn insert_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_lease(&mut tx, lease).await?;
-        tx.commit().await?;
-        Ok(())
+    async fn update_settings(&self, name: &str, update: &SettingsUpdate) -> Result<(), StoreError> {
+        lifecycle::update_settings(&self.pool, name, update).await
+    }
+
+    async fn cancel_destruction(&self, name: &str, now: i64) -> Result<(), StoreError> {
+        lifecycle::cancel_destruction(&self.pool, name, now).await
+    }
+
+    async fn due_destructions(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(select_keys!(
+            "WHERE state = 'PENDING_DESTRUCTION' AND destroy_after <= ?1 ORDER BY name"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        self.records(&rows).await
+    }
+
+    async fn mark_destroyed(&self, name: &str) -> Result<(), StoreError> {
+        lifecycle::mark_destroyed(&self.pool, name).await
+    }
+
+    async fn due_rotations(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(select_keys!(
+            "WHERE state = 'ENABLED' AND next_rotation_at <= ?1 ORDER BY name"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        self.records(&rows).await
+    }
+
+    async fn claim_rotation(
+        &self,
+        name: &str,
+        version: u32,
+        due: i64,
+        next: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        lifecycle::claim_rotation(&self.pool, name, version, (due, next), now).await
+    }
+
+    async fn pending_versions(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        lifecycle::pending_versions(&self.pool).await
+    }
+
+    async fn next_deadline(&self) -> Result<Option<i64>, StoreError> {
+        lifecycle::next_deadline(&self.pool).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -331,122 +397,5 @@ impl Store for SqliteStore {
     }
 }
 
-async fn insert_lease(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    lease: &LeaseRecord,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO leases (lease_id, key_name, version, op, issuer, subject, job_id, \
-         issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )
-    .bind(&lease.lease_id)
-    .bind(&lease.key_name)
-    .bind(i64::from(lease.version))
-    .bind(lease.op)
-    .bind(&lease.issuer)
-    .bind(&lease.subject)
-    .bind(&lease.job_id)
-    .bind(lease.issued_at)
-    .bind(lease.expires_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new_key(name: &str) -> NewKey {
-        NewKey {
-            name: name.into(),
-            purpose: Purpose::DataKey,
-            labels: BTreeMap::from([("stage".into(), "dev".into())]),
-            hsm_id: "hsm-a".into(),
-            created_at: 1_700_000_000,
-            rotation_period_secs: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn create_get_and_names_are_never_reused() {
-        let s = SqliteStore::in_memory().await.unwrap();
-        let k = s.create_key(&new_key("datasets/a")).await.unwrap();
-        assert_eq!(k.versions.len(), 1);
-        assert_eq!(k.versions[0].state, VersionState::PendingCreate);
-        assert_eq!(k.primary_version(), None);
-        s.set_version_state("datasets/a", 1, VersionState::Enabled)
-            .await
-            .unwrap();
-        let k = s.get_key("datasets/a").await.unwrap().unwrap();
-        assert_eq!(k.primary_version(), Some(1));
-        assert_eq!(k.labels.get("stage").map(String::as_str), Some("dev"));
-        assert!(matches!(
-            s.create_key(&new_key("datasets/a")).await,
-            Err(StoreError::AlreadyExists(_))
-        ));
-        assert!(s.get_key("datasets/b").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn abort_create_frees_only_never_enabled_keys() {
-        let s = SqliteStore::in_memory().await.unwrap();
-        s.create_key(&new_key("a")).await.unwrap();
-        s.abort_create("a").await.unwrap();
-        assert!(s.get_key("a").await.unwrap().is_none());
-        s.create_key(&new_key("a")).await.unwrap();
-        s.set_version_state("a", 1, VersionState::Enabled)
-            .await
-            .unwrap();
-        assert!(matches!(
-            s.abort_create("a").await,
-            Err(StoreError::Conflict(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn concurrent_rotation_conflicts_and_use_is_counted() {
-        let s = SqliteStore::in_memory().await.unwrap();
-        s.create_key(&new_key("k")).await.unwrap();
-        s.set_version_state("k", 1, VersionState::Enabled)
-            .await
-            .unwrap();
-        s.reserve_version("k", 2, 1).await.unwrap();
-        assert!(matches!(
-            s.reserve_version("k", 2, 1).await,
-            Err(StoreError::Conflict(_))
-        ));
-        s.abort_version("k", 2).await.unwrap();
-        assert_eq!(s.record_use("k", 1, None).await.unwrap(), 1);
-        let lease = LeaseRecord {
-            lease_id: "l1".into(),
-            key_name: "k".into(),
-            version: 1,
-            op: "GenerateDataKey",
-            issuer: "iss".into(),
-            subject: "sub".into(),
-            job_id: None,
-            issued_at: 1,
-            expires_at: 2,
-        };
-        assert_eq!(s.record_use("k", 1, Some(&lease)).await.unwrap(), 2);
-        assert!(matches!(
-            s.record_use("k", 9, None).await,
-            Err(StoreError::NotFound(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn list_is_by_prefix_literally_and_paged() {
-        let s = SqliteStore::in_memory().await.unwrap();
-        for n in ["a_b/1", "a_b/2", "axb/3", "z"] {
-            s.create_key(&new_key(n)).await.unwrap();
-        }
-        let page = s.list_keys("a_b/", None, 1).await.unwrap();
-        assert_eq!(page.len(), 1);
-        let next = s.list_keys("a_b/", Some(&page[0].name), 10).await.unwrap();
-        let names: Vec<_> = next.iter().map(|k| k.name.as_str()).collect();
-        assert_eq!(names, ["a_b/2"]);
-        assert_eq!(s.list_keys("", None, 100).await.unwrap().len(), 4);
-    }
-}
+mod tests;
