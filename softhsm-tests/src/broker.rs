@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::SoftHsmToken;
+use keybroker_broker::keys::clock::{Clock, ManualClock, SystemClock};
 
 /// A broker running in this test process.
 pub struct TestBroker {
@@ -29,6 +30,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// The config it runs with.
     pub config: BrokerConfig,
+    /// The lifecycle clock, when the test controls it (kept across restarts).
+    pub clock: Option<ManualClock>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), keybroker_broker::StartError>>>,
 }
@@ -116,7 +119,26 @@ impl TestBroker {
         let config_path = write_config(dir.path(), &token, &pin)?;
         let mut config = BrokerConfig::load(&config_path)?;
         edit(&mut config);
-        Self::serve(dir, token, Vec::new(), config).await
+        Self::serve(dir, token, Vec::new(), config, None).await
+    }
+
+    /// Starts a broker whose lifecycle deadlines (destruction, rotation, leases) run on a
+    /// manual clock the test advances; `config_keys` is appended to the `[keys]` section of
+    /// the config file (e.g. `allow_short_destruction_wait = true`).
+    ///
+    /// # Errors
+    /// Token, config or start-up failures.
+    pub async fn start_with_clock(config_keys: &str) -> anyhow::Result<(Self, ManualClock)> {
+        let token = SoftHsmToken::new("e2e")?;
+        let dir = tempfile::tempdir()?;
+        let pin = token.pin.clone();
+        let config_path = write_config(dir.path(), &token, &pin)?;
+        let text = std::fs::read_to_string(&config_path)?;
+        std::fs::write(&config_path, format!("{text}\n[keys]\n{config_keys}\n"))?;
+        let config = BrokerConfig::load(&config_path)?;
+        let clock = ManualClock::starting_now();
+        let b = Self::serve(dir, token, Vec::new(), config, Some(clock.clone())).await?;
+        Ok((b, clock))
     }
 
     /// Starts a broker with the usual EU token plus a second token `softhsm-us` in
@@ -137,7 +159,7 @@ impl TestBroker {
             residency,
         )?;
         let config = BrokerConfig::load(&config_path)?;
-        Self::serve(dir, token, vec![us], config).await
+        Self::serve(dir, token, vec![us], config, None).await
     }
 
     /// Stops this broker and starts a new one on the same files and tokens, with the
@@ -159,7 +181,7 @@ impl TestBroker {
             ..
         } = self;
         let config = BrokerConfig::load(&config_path)?;
-        Self::serve(dir, token, extra_tokens, config).await
+        Self::serve(dir, token, extra_tokens, config, None).await
     }
 
     async fn serve(
@@ -167,10 +189,15 @@ impl TestBroker {
         token: SoftHsmToken,
         extra_tokens: Vec<SoftHsmToken>,
         config: BrokerConfig,
+        clock: Option<ManualClock>,
     ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let broker = keybroker_broker::Broker::start(&config).await?;
+        let broker_clock: std::sync::Arc<dyn Clock> = match &clock {
+            Some(c) => std::sync::Arc::new(c.clone()),
+            None => std::sync::Arc::new(SystemClock),
+        };
+        let broker = keybroker_broker::Broker::start_with_clock(&config, broker_clock).await?;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(broker.serve(listener, async {
             let _ = rx.await;
@@ -182,6 +209,7 @@ impl TestBroker {
             endpoint: format!("https://127.0.0.1:{}", addr.port()),
             addr,
             config,
+            clock,
             shutdown: Some(tx),
             task: Some(task),
         })
@@ -255,9 +283,10 @@ impl TestBroker {
             token,
             extra_tokens,
             config,
+            clock,
             ..
         } = self;
-        Self::serve(dir, token, extra_tokens, config).await
+        Self::serve(dir, token, extra_tokens, config, clock).await
     }
 
     /// Stops the broker and waits for it.

@@ -24,13 +24,15 @@ mod client;
 mod config;
 pub mod dev_token;
 mod error;
+mod lifecycle;
 mod token;
 mod types;
 
 pub use client::{Client, REQUEST_ID_HEADER};
 pub use config::ClientConfig;
 pub use error::{ClientError, code_name};
+pub use lifecycle::RevokeTarget;
 pub use types::{
     DataKey, DecryptedKey, KeyInfo, KeyPage, KeyPurpose, KeyState, KeyVersionInfo, ReEncrypted,
-    Wrapped,
+    Revocation, Wrapped,
 };

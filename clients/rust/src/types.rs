@@ -201,6 +201,19 @@ pub struct KeyInfo {
     pub created_at: Option<OffsetDateTime>,
     /// Automatic rotation period; `None` when off.
     pub rotation_period: Option<Duration>,
+    /// When the next automatic rotation is due.
+    pub next_rotation_time: Option<OffsetDateTime>,
+    /// When a key pending destruction loses its HSM objects.
+    pub destruction_time: Option<OffsetDateTime>,
+}
+
+/// Result of `RevokeLeases`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Unexpired leases the revocation covers.
+    pub leases_revoked: u32,
+    /// Further releases to the job or principal are denied until then.
+    pub revoked_until: Option<OffsetDateTime>,
 }
 
 impl From<pb::Key> for KeyInfo {
@@ -226,6 +239,8 @@ impl From<pb::Key> for KeyInfo {
                 .collect(),
             created_at: k.created_at.and_then(timestamp),
             rotation_period: k.rotation_period.and_then(|d| Duration::try_from(d).ok()),
+            next_rotation_time: k.next_rotation_time.and_then(timestamp),
+            destruction_time: k.destruction_time.and_then(timestamp),
         }
     }
 }

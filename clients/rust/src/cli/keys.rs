@@ -267,6 +267,8 @@ mod tests {
             }],
             created_at: None,
             rotation_period: None,
+            next_rotation_time: None,
+            destruction_time: None,
         }
     }
 
