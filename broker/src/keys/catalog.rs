@@ -120,15 +120,16 @@ impl KeyService {
         Ok(self.store.list_keys(prefix, after, limit).await?)
     }
 
-    /// RotateKey: a new version becomes primary.
+    /// RotateKey: a new version becomes primary (enabled or disabled keys).
     ///
     /// # Errors
     /// See [`KeyError`].
     pub async fn rotate_key(&self, key: &KeyRecord) -> Result<KeyRecord, KeyError> {
         let name = KeyName::parse(&key.name)?;
-        if key.state != KeyState::Enabled {
+        // A disabled key may rotate: the compromise drill rotates before re-enabling.
+        if !matches!(key.state, KeyState::Enabled | KeyState::Disabled) {
             return Err(KeyError::Precondition(format!(
-                "key is {}; only enabled keys rotate",
+                "key is {}; only enabled or disabled keys rotate",
                 key.state.as_db().to_ascii_lowercase()
             )));
         }

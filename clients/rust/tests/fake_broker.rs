@@ -156,6 +156,48 @@ impl KeyAdmin for Fake {
     ) -> Result<Response<pb::Key>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn update_key(
+        &self,
+        _: Request<pb::UpdateKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn disable_key(
+        &self,
+        _: Request<pb::DisableKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn enable_key(
+        &self,
+        _: Request<pb::EnableKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn schedule_key_destruction(
+        &self,
+        _: Request<pb::ScheduleKeyDestructionRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn cancel_key_destruction(
+        &self,
+        _: Request<pb::CancelKeyDestructionRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn revoke_leases(
+        &self,
+        _: Request<pb::RevokeLeasesRequest>,
+    ) -> Result<Response<pb::RevokeLeasesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A TLS fake broker on 127.0.0.1:0 and a client config (CA, token file) for it.

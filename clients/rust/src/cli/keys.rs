@@ -1,4 +1,5 @@
-//! `keybroker keys create|get|list|rotate`: key administration, printing each key as JSON
+//! `keybroker keys create|get|list|rotate|update|disable|enable|destroy|cancel-destroy`: key
+//! administration (the lifecycle commands are in `lifecycle.rs`), printing each key as JSON
 //! (`name, purpose, state, labels, hsm_id, jurisdiction, region, primary_version,
 //! min_decryption_version, versions, created_at, rotation_period_seconds`) or as text.
 
@@ -65,6 +66,19 @@ pub(crate) enum KeysCmd {
         /// Key name.
         name: String,
     },
+    /// Change min_decryption_version and/or the automatic rotation period.
+    Update(super::lifecycle::UpdateArgs),
+    /// Disable a key (or one version with --key-version): every use is denied from the next request.
+    Disable(super::lifecycle::StateArgs),
+    /// Enable a disabled key (or one version with --key-version).
+    Enable(super::lifecycle::StateArgs),
+    /// Schedule the destruction of every version's HSM object after a waiting period.
+    Destroy(super::lifecycle::DestroyArgs),
+    /// Cancel a scheduled destruction (the key stays disabled; enable it to use it again).
+    CancelDestroy {
+        /// Key name.
+        name: String,
+    },
 }
 
 impl KeysCmd {
@@ -100,6 +114,17 @@ impl KeysCmd {
                 let key = super::connect(global).await?.rotate_key(name).await?;
                 print_key(&key, format, out)?;
             }
+            Self::Update(a) => print_key(&a.run(global).await?, format, out)?,
+            Self::Disable(a) => print_key(&a.run(global, false).await?, format, out)?,
+            Self::Enable(a) => print_key(&a.run(global, true).await?, format, out)?,
+            Self::Destroy(a) => print_key(&a.run(global).await?, format, out)?,
+            Self::CancelDestroy { name } => {
+                let key = super::connect(global)
+                    .await?
+                    .cancel_key_destruction(name)
+                    .await?;
+                print_key(&key, format, out)?;
+            }
             Self::List { prefix } => {
                 let keys = super::connect(global).await?.list_all_keys(prefix).await?;
                 print_keys(&keys, format, out)?;
@@ -132,6 +157,10 @@ struct KeyJson<'a> {
     versions: Vec<VersionJson>,
     created_at: Option<String>,
     rotation_period_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_rotation_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destruction_time: Option<String>,
 }
 
 impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
@@ -157,6 +186,8 @@ impl<'a> From<&'a KeyInfo> for KeyJson<'a> {
                 .collect(),
             created_at: rfc3339(k.created_at),
             rotation_period_seconds: k.rotation_period.map(|d| d.as_secs()),
+            next_rotation_time: rfc3339(k.next_rotation_time),
+            destruction_time: rfc3339(k.destruction_time),
         }
     }
 }
@@ -189,6 +220,12 @@ pub(crate) fn print_key(key: &KeyInfo, format: Format, out: &mut dyn Write) -> s
             writeln!(out, "min decrypt ver.: {}", key.min_decryption_version)?;
             if let Some(p) = key.rotation_period {
                 writeln!(out, "rotation period:  {}s", p.as_secs())?;
+            }
+            if let Some(t) = rfc3339(key.next_rotation_time) {
+                writeln!(out, "next rotation:    {t}")?;
+            }
+            if let Some(t) = rfc3339(key.destruction_time) {
+                writeln!(out, "destroyed at:     {t}")?;
             }
             writeln!(
                 out,

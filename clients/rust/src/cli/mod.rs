@@ -5,8 +5,10 @@
 mod args;
 mod datakey;
 mod dev_token;
+mod drill;
 mod error;
 mod keys;
+mod lifecycle;
 mod output;
 
 use std::io::Write;
@@ -63,9 +65,15 @@ enum Command {
     /// Generate or decrypt data keys.
     #[command(subcommand)]
     Datakey(datakey::DatakeyCmd),
-    /// Create, describe, list and rotate keys.
+    /// Create, describe, list, rotate, update, disable, enable and destroy keys.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
+    /// Revoke leases (job teardown).
+    #[command(subcommand)]
+    Leases(lifecycle::LeasesCmd),
+    /// Revocation and key-compromise drills.
+    #[command(subcommand)]
+    Drill(drill::DrillCmd),
     /// Print a fresh dev-mode token (only for `keybrokerd dev`).
     DevToken(dev_token::DevTokenArgs),
 }
@@ -81,6 +89,8 @@ impl Cli {
             Command::DevToken(args) => args.run(out),
             Command::Datakey(cmd) => cmd.run(&self.global, format, out).await,
             Command::Keys(cmd) => cmd.run(&self.global, format, out).await,
+            Command::Leases(cmd) => cmd.run(&self.global, format, out).await,
+            Command::Drill(cmd) => cmd.run(&self.global, format, out).await,
         }
     }
 }

@@ -1,0 +1,167 @@
+//! Lifecycle commands: `keys update|disable|enable [--key-version N]|destroy` arguments and
+//! `keybroker leases revoke --job ID | --principal SUB [--issuer ISS]` (job teardown).
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use keybroker_client::{KeyInfo, RevokeTarget};
+use serde::Serialize;
+
+use super::GlobalArgs;
+use super::args::parse_ttl;
+use super::error::CliError;
+use super::output::{Format, rfc3339, write_json};
+
+/// `keys disable|enable NAME [--version N]`.
+#[derive(Debug, Args)]
+pub(crate) struct StateArgs {
+    /// Key name.
+    name: String,
+    /// Only this key version (default: the whole key). (`--version` prints the CLI version.)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    key_version: Option<u32>,
+}
+
+impl StateArgs {
+    pub(crate) async fn run(&self, g: &GlobalArgs, enable: bool) -> Result<KeyInfo, CliError> {
+        let c = super::connect(g).await?;
+        let v = self.key_version.unwrap_or(0);
+        Ok(if enable {
+            c.enable_key(&self.name, v).await?
+        } else {
+            c.disable_key(&self.name, v).await?
+        })
+    }
+}
+
+/// `--rotation-period` value: a duration or `off`.
+fn parse_period(s: &str) -> Result<Option<Duration>, String> {
+    if s == "off" {
+        Ok(None)
+    } else {
+        parse_ttl(s).map(Some)
+    }
+}
+
+/// `keys update NAME [--min-decryption-version N] [--rotation-period DUR|off]`.
+#[derive(Debug, Args)]
+pub(crate) struct UpdateArgs {
+    /// Key name.
+    name: String,
+    /// Refuse ciphertexts of older versions (1 ..= the primary version).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    min_decryption_version: Option<u32>,
+    /// Automatic rotation period (at least 1h), e.g. 30d; `off` turns it off.
+    #[arg(long, value_name = "DURATION|off", value_parser = parse_period)]
+    rotation_period: Option<Option<Duration>>,
+}
+
+impl UpdateArgs {
+    pub(crate) async fn run(&self, g: &GlobalArgs) -> Result<KeyInfo, CliError> {
+        if self.min_decryption_version.is_none() && self.rotation_period.is_none() {
+            return Err(CliError::Usage(
+                "nothing to update: give --min-decryption-version and/or --rotation-period".into(),
+            ));
+        }
+        let c = super::connect(g).await?;
+        Ok(c.update_key(
+            &self.name,
+            self.min_decryption_version,
+            self.rotation_period,
+        )
+        .await?)
+    }
+}
+
+/// `keys destroy NAME [--wait DUR]`.
+#[derive(Debug, Args)]
+pub(crate) struct DestroyArgs {
+    /// Key name.
+    name: String,
+    /// Waiting period before the HSM objects are destroyed (default: the broker's, 7 days;
+    /// never below its floor). Cancel with `keys cancel-destroy`.
+    #[arg(long, value_parser = parse_ttl)]
+    wait: Option<Duration>,
+}
+
+impl DestroyArgs {
+    pub(crate) async fn run(&self, g: &GlobalArgs) -> Result<KeyInfo, CliError> {
+        let c = super::connect(g).await?;
+        Ok(c.schedule_key_destruction(&self.name, self.wait).await?)
+    }
+}
+
+/// `leases` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum LeasesCmd {
+    /// Revoke the leases of a job or principal: every further DataKeys call of theirs is
+    /// refused (PERMISSION_DENIED) until the longest lease has run out. The job-teardown step.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["job", "principal"])))]
+    Revoke {
+        /// Job id (from the job claim of verified tokens).
+        #[arg(long, value_name = "ID")]
+        job: Option<String>,
+        /// Principal subject, e.g. system:serviceaccount:ml-train:trainer.
+        #[arg(long, value_name = "SUB")]
+        principal: Option<String>,
+        /// Only the principal of this token issuer (default: every issuer).
+        #[arg(long, value_name = "ISS", requires = "principal")]
+        issuer: Option<String>,
+    },
+}
+
+#[derive(Serialize)]
+struct RevokeJson {
+    leases_revoked: u32,
+    revoked_until: Option<String>,
+}
+
+impl LeasesCmd {
+    /// Runs the command, printing to `out`.
+    ///
+    /// # Errors
+    /// Client and output errors.
+    pub(crate) async fn run(
+        &self,
+        g: &GlobalArgs,
+        format: Format,
+        out: &mut dyn Write,
+    ) -> Result<(), CliError> {
+        let Self::Revoke {
+            job,
+            principal,
+            issuer,
+        } = self;
+        let target = match (job, principal) {
+            (Some(j), None) => RevokeTarget::Job(j.clone()),
+            (None, Some(p)) => RevokeTarget::Principal {
+                subject: p.clone(),
+                issuer: issuer.clone(),
+            },
+            _ => {
+                return Err(CliError::Usage(
+                    "give exactly one of --job or --principal".into(),
+                ));
+            }
+        };
+        let r = super::connect(g).await?.revoke_leases(&target).await?;
+        let until = rfc3339(r.revoked_until);
+        match format {
+            Format::Json => write_json(
+                out,
+                &RevokeJson {
+                    leases_revoked: r.leases_revoked,
+                    revoked_until: until,
+                },
+            )?,
+            Format::Text => writeln!(
+                out,
+                "revoked {} lease(s); further releases denied until {}",
+                r.leases_revoked,
+                until.unwrap_or_default()
+            )?,
+        }
+        Ok(())
+    }
+}
