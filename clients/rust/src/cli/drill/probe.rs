@@ -132,6 +132,9 @@ pub(crate) struct ProbeStats {
     pub(crate) started_after_disable_returned: usize,
     /// Must be 0: a probe that started after DisableKey returned and still got key material.
     pub(crate) succeeded_after_disable_returned: usize,
+    /// Median probe round trip before the disable: time-to-deny is one round trip when the
+    /// very next request is denied.
+    pub(crate) median_round_trip_ms: Option<f64>,
     #[serde(skip)]
     pub(crate) time_to_deny: Option<Duration>,
 }
@@ -145,7 +148,17 @@ impl ProbeStats {
             .map(|s| s.finished)
             .min()
             .map(|t| t.saturating_duration_since(returned));
+        let mut before: Vec<Duration> = samples
+            .iter()
+            .filter(|s| s.finished < returned && s.ok)
+            .map(|s| s.finished - s.started)
+            .collect();
+        before.sort();
+        let median_round_trip_ms = before
+            .get(before.len() / 2)
+            .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
         Self {
+            median_round_trip_ms,
             total: samples.len(),
             succeeded: samples.iter().filter(|s| s.ok).count(),
             denied: samples.iter().filter(|s| !s.ok).count(),
