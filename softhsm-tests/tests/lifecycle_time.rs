@@ -145,5 +145,18 @@ async fn revoked_principal_gets_nothing_until_the_longest_lease_ends_also_after_
     // Bad targets: nothing, both, or an issuer without a subject.
     let empty = RevokeTarget::Job(String::new());
     assert_eq!(code(c.revoke_leases(&empty).await), Code::InvalidArgument);
-    b.stop().await.unwrap();
+    let mut b = b;
+    b.stop_ref().await.unwrap();
+    let revoked: Vec<serde_json::Value> = b
+        .audit_records()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .filter(|v: &serde_json::Value| v["op"] == "revoke_leases" && v["outcome"]["code"] == "ok")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(
+        revoked[0]["encryption_context"]["revoke.subject"],
+        dev_subject(&b).as_str()
+    );
 }

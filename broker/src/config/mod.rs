@@ -6,6 +6,8 @@
 //! inventory) and [`check_config`]. Errors name the file, the field and the problem.
 
 mod check;
+#[cfg(test)]
+mod destruction_tests;
 mod error;
 mod raw;
 #[cfg(test)]

@@ -196,3 +196,28 @@ proptest! {
         prop_assert_eq!(super::input::context_pairs(&ctx).len(), ctx.len());
     }
 }
+
+#[test]
+fn key_admins_may_run_every_lifecycle_action_also_on_restricted_keys() {
+    let admin = trainer("keybroker-admin", "eu-west-1", "");
+    let restricted = labels(&[("classification", "restricted")]);
+    for a in [
+        Action::DisableKey,
+        Action::EnableKey,
+        Action::UpdateKey,
+        Action::RotateKey,
+        Action::ScheduleKeyDestruction,
+        Action::CancelKeyDestruction,
+        Action::RevokeLeases,
+    ] {
+        assert_eq!(
+            decide(&admin, a, &restricted),
+            (true, vec!["key-admins".to_owned()]),
+            "{a:?}"
+        );
+        // Workloads get none of them.
+        assert!(!decide(&trainer("ml-train", "eu-west-1", "j"), a, &restricted).0);
+    }
+    // Restricted keys still release nothing, even to admins.
+    assert!(!decide(&admin, Action::GenerateDataKey, &restricted).0);
+}

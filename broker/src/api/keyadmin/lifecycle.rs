@@ -154,6 +154,22 @@ impl KeyAdminApi {
                 ));
             }
         };
+        // The audit record names the target in its context field (ids only, no secrets).
+        let mut facts = std::collections::HashMap::new();
+        match &target {
+            RevocationTarget::Job(j) => {
+                facts.insert("revoke.job".to_owned(), j.clone());
+            }
+            RevocationTarget::Principal { issuer, subject } => {
+                facts.insert("revoke.subject".to_owned(), subject.clone());
+                if !issuer.is_empty() {
+                    facts.insert("revoke.issuer".to_owned(), issuer.clone());
+                }
+            }
+        }
+        if let Ok(ctx) = crate::keys::KeyService::context(facts) {
+            rec.context(&ctx);
+        }
         let (marked, until) =
             (self.state.keys.revoke_leases(&target).await).map_err(|e| key_error(&e, rid))?;
         tracing::warn!(request_id = %rid, target = ?target, leases = marked, until,
