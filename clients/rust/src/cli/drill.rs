@@ -262,12 +262,13 @@ fn revoke_text(r: &RevokeReport, w: &mut dyn Write) -> std::io::Result<()> {
     match r.time_to_deny_ms {
         Some(t) => writeln!(
             w,
-            "  time-to-deny:      {t:.3} ms (next request after DisableKey returned)"
+            "  time-to-deny:      {t:.3} ms until the first denial of a probe started after \
+             DisableKey returned (it started {:.3} ms after the return; one probe round trip \
+             is {:.3} ms)",
+            r.probes.first_probe_after_disable_started_ms.unwrap_or(0.0),
+            r.probes.median_round_trip_ms.unwrap_or(0.0)
         )?,
-        None => writeln!(
-            w,
-            "  time-to-deny:      no probe started after the disable returned"
-        )?,
+        None => writeln!(w, "  time-to-deny:      no probe started after the disable returned")?,
     }
     let p = &r.probes;
     writeln!(

@@ -132,6 +132,9 @@ pub(crate) struct ProbeStats {
     pub(crate) started_after_disable_returned: usize,
     /// Must be 0: a probe that started after DisableKey returned and still got key material.
     pub(crate) succeeded_after_disable_returned: usize,
+    /// How soon after DisableKey returned the first probe started (it was denied when
+    /// `succeeded_after_disable_returned` is 0): the revocation holds from the next request.
+    pub(crate) first_probe_after_disable_started_ms: Option<f64>,
     /// Median probe round trip before the disable: time-to-deny is one round trip when the
     /// very next request is denied.
     pub(crate) median_round_trip_ms: Option<f64>,
@@ -157,7 +160,13 @@ impl ProbeStats {
         let median_round_trip_ms = before
             .get(before.len() / 2)
             .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
+        let first_probe_after_disable_started_ms = after
+            .iter()
+            .map(|s| s.started.saturating_duration_since(returned))
+            .min()
+            .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
         Self {
+            first_probe_after_disable_started_ms,
             median_round_trip_ms,
             total: samples.len(),
             succeeded: samples.iter().filter(|s| s.ok).count(),
