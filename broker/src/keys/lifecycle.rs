@@ -146,9 +146,10 @@ impl KeyService {
         let floor = self.settings.min_destruction_wait;
         if wait < floor || wait > MAX_DESTRUCTION_WAIT {
             return Err(KeyError::Invalid(format!(
-                "waiting_period must be between {} and {} (keys.min_destruction_wait is the floor)",
+                "waiting_period must be between {} and 365 days (keys.min_destruction_wait is \
+                 the floor), got {}",
                 humantime::format_duration(floor),
-                humantime::format_duration(MAX_DESTRUCTION_WAIT)
+                humantime::format_duration(wait)
             )));
         }
         let to = transition(key.state, KeyChange::ScheduleDestruction)?

@@ -268,7 +268,10 @@ fn revoke_text(r: &RevokeReport, w: &mut dyn Write) -> std::io::Result<()> {
             r.probes.first_probe_after_disable_started_ms.unwrap_or(0.0),
             r.probes.median_round_trip_ms.unwrap_or(0.0)
         )?,
-        None => writeln!(w, "  time-to-deny:      no probe started after the disable returned")?,
+        None => writeln!(
+            w,
+            "  time-to-deny:      no probe started after the disable returned"
+        )?,
     }
     let p = &r.probes;
     writeln!(

@@ -35,12 +35,16 @@ impl StateArgs {
     }
 }
 
-/// `--rotation-period` value: a duration or `off`.
-fn parse_period(s: &str) -> Result<Option<Duration>, String> {
+/// `--rotation-period` value: a duration, or `None` for `off`. (A newtype: clap reads a bare
+/// `Option<Option<_>>` as "flag with an optional value".)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Period(Option<Duration>);
+
+fn parse_period(s: &str) -> Result<Period, String> {
     if s == "off" {
-        Ok(None)
+        Ok(Period(None))
     } else {
-        parse_ttl(s).map(Some)
+        parse_ttl(s).map(|d| Period(Some(d)))
     }
 }
 
@@ -54,7 +58,7 @@ pub(crate) struct UpdateArgs {
     min_decryption_version: Option<u32>,
     /// Automatic rotation period (at least 1h), e.g. 30d; `off` turns it off.
     #[arg(long, value_name = "DURATION|off", value_parser = parse_period)]
-    rotation_period: Option<Option<Duration>>,
+    rotation_period: Option<Period>,
 }
 
 impl UpdateArgs {
@@ -68,7 +72,7 @@ impl UpdateArgs {
         Ok(c.update_key(
             &self.name,
             self.min_decryption_version,
-            self.rotation_period,
+            self.rotation_period.map(|p| p.0),
         )
         .await?)
     }
@@ -111,6 +115,86 @@ pub(crate) enum LeasesCmd {
     },
 }
 
+/// Exactly one of `job` and `principal`; `issuer` only with `principal`.
+fn revoke_target(
+    job: Option<&str>,
+    principal: Option<&str>,
+    issuer: Option<&str>,
+) -> Result<RevokeTarget, CliError> {
+    match (job, principal, issuer) {
+        (Some(j), None, None) => Ok(RevokeTarget::Job(j.to_owned())),
+        (None, Some(p), i) => Ok(RevokeTarget::Principal {
+            subject: p.to_owned(),
+            issuer: i.map(str::to_owned),
+        }),
+        _ => Err(CliError::Usage(
+            "give exactly one of --job or --principal (--issuer only with --principal)".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_period_is_a_duration_or_off() {
+        assert_eq!(
+            parse_period("30d"),
+            Ok(Period(Some(Duration::from_secs(30 * 86_400))))
+        );
+        assert_eq!(parse_period("off"), Ok(Period(None)));
+        assert!(parse_period("never").is_err());
+    }
+
+    #[test]
+    fn revoke_target_needs_exactly_one_of_job_or_principal() {
+        assert_eq!(
+            revoke_target(Some("j"), None, None).ok(),
+            Some(RevokeTarget::Job("j".into()))
+        );
+        assert!(revoke_target(Some("j"), None, Some("i")).is_err());
+        assert!(revoke_target(None, None, None).is_err());
+        assert!(revoke_target(Some("j"), Some("p"), None).is_err());
+        assert!(revoke_target(None, Some("p"), Some("i")).is_ok());
+    }
+
+    #[test]
+    fn lifecycle_commands_parse() {
+        use clap::Parser as _;
+        for args in [
+            &["keys", "update", "k", "--rotation-period", "30d"][..],
+            &[
+                "keys",
+                "update",
+                "k",
+                "--rotation-period",
+                "off",
+                "--min-decryption-version",
+                "2",
+            ],
+            &["keys", "disable", "k", "--key-version", "3"],
+            &["keys", "enable", "k"],
+            &["keys", "destroy", "k", "--wait", "7d"],
+            &["keys", "cancel-destroy", "k"],
+            &["leases", "revoke", "--job", "j"],
+            &["leases", "revoke", "--principal", "s", "--issuer", "i"],
+        ] {
+            let argv = std::iter::once("keybroker").chain(args.iter().copied());
+            let parsed = super::super::Cli::try_parse_from(argv);
+            assert!(parsed.is_ok(), "{args:?}: {:?}", parsed.err());
+        }
+        for bad in [
+            &["leases", "revoke"][..],
+            &["leases", "revoke", "--job", "j", "--principal", "s"],
+            &["keys", "disable", "k", "--key-version", "0"],
+        ] {
+            let argv = std::iter::once("keybroker").chain(bad.iter().copied());
+            assert!(super::super::Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct RevokeJson {
     leases_revoked: u32,
@@ -133,18 +217,7 @@ impl LeasesCmd {
             principal,
             issuer,
         } = self;
-        let target = match (job, principal) {
-            (Some(j), None) => RevokeTarget::Job(j.clone()),
-            (None, Some(p)) => RevokeTarget::Principal {
-                subject: p.clone(),
-                issuer: issuer.clone(),
-            },
-            _ => {
-                return Err(CliError::Usage(
-                    "give exactly one of --job or --principal".into(),
-                ));
-            }
-        };
+        let target = revoke_target(job.as_deref(), principal.as_deref(), issuer.as_deref())?;
         let r = super::connect(g).await?.revoke_leases(&target).await?;
         let until = rfc3339(r.revoked_until);
         match format {
