@@ -8,10 +8,11 @@ pub mod config;
 pub mod dev;
 mod health;
 pub mod hsm;
+mod http;
 pub mod identity;
 pub mod keys;
 pub mod policy;
 mod server;
 pub mod store;
 
-pub use server::{Broker, StartError, run};
+pub use server::{Broker, ReloadError, Reloader, StartError, run};

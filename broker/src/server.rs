@@ -19,7 +19,7 @@ use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
 use crate::identity::{IssuerSettings, JwtVerifier};
 use crate::keys::clock::{Clock, SystemClock};
 use crate::keys::{HsmHandle, KeyService, KeySettings, Scheduler};
-use crate::policy::PolicyEngine;
+use crate::policy::{PolicySlot, Reloaded};
 use crate::store::{SqliteStore, Store};
 
 /// How long shutdown waits for in-flight requests and open streams.
@@ -67,6 +67,9 @@ pub enum StartError {
     /// Completing a key version interrupted by a crash failed.
     #[error("key recovery: {0}")]
     Recovery(crate::keys::KeyError),
+    /// The HTTPS side port failed to start.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     /// Serving failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -80,6 +83,15 @@ pub struct Broker {
     tasks: TaskTracker,
     cancel: CancellationToken,
     checkpoints: Option<(Signer, std::path::PathBuf)>,
+    side_port: Option<SidePort>,
+}
+
+/// The HTTPS side port, bound at start so its address is known before serving.
+#[derive(Debug)]
+struct SidePort {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    transit: Option<crate::config::TransitConfig>,
 }
 
 impl Broker {
@@ -182,11 +194,8 @@ impl Broker {
             })
             .collect();
         let verifier = JwtVerifier::new(issuers)?;
-        let policy = match &config.policy.file {
-            Some(path) => PolicyEngine::load(path)?,
-            None => PolicyEngine::builtin()?,
-        };
-        tracing::info!(policy_sha256 = policy.sha256(), "policy loaded");
+        let policy = PolicySlot::load(config.policy.file.clone())?;
+        tracing::info!(policy_sha256 = policy.current().sha256(), "policy loaded");
         let keys = KeyService::new(
             store,
             hsms,
@@ -220,6 +229,19 @@ impl Broker {
         let cert = std::fs::read(&config.server.tls_cert).map_err(StartError::Tls)?;
         let key = std::fs::read(&config.server.tls_key).map_err(StartError::Tls)?;
         let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        let side_port = match &config.http {
+            Some(http) => Some(SidePort {
+                listener: TcpListener::bind(http.listen).await.map_err(|source| {
+                    crate::http::HttpError::Bind {
+                        addr: http.listen,
+                        source,
+                    }
+                })?,
+                tls: crate::http::tls_config(&config.server.tls_cert, &config.server.tls_key)?,
+                transit: http.transit.clone(),
+            }),
+            None => None,
+        };
         Ok(Self {
             state: Arc::new(ApiState {
                 keys,
@@ -230,10 +252,28 @@ impl Broker {
                 residency: config.residency.clone(),
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
+            side_port,
             tls,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         })
+    }
+
+    /// A handle that reloads the policy (and whatever else can change while serving); `main`
+    /// calls it on SIGHUP.
+    #[must_use]
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+        }
+    }
+
+    /// The address of the HTTPS side port, when one is configured.
+    #[must_use]
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.side_port
+            .as_ref()
+            .and_then(|s| s.listener.local_addr().ok())
     }
 
     /// The key service (dev mode uses it to create the demo key).
@@ -273,6 +313,18 @@ impl Broker {
                 self.cancel.clone(),
             ));
         }
+        if let Some(side) = self.side_port {
+            let router = match side.transit {
+                Some(t) => crate::http::transit::router(self.state.clone(), t),
+                None => axum::Router::new(),
+            };
+            self.tasks.spawn(crate::http::serve(
+                side.listener,
+                side.tls,
+                router,
+                self.cancel.clone(),
+            ));
+        }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -302,6 +354,45 @@ impl Broker {
         self.tasks.close();
         self.tasks.wait().await;
         result.map_err(StartError::from)
+    }
+}
+
+/// Reloads, while serving, what an operator may change without a restart: the Cedar policy.
+/// Each part that fails to reload keeps its old state; requests are never dropped.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    state: Arc<ApiState>,
+}
+
+/// Why one part of a reload was refused (its old state stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new policy file cannot be read, parsed or validated.
+    #[error("policy.file: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+impl Reloader {
+    /// Reloads every part, logs what changed, and returns the parts that were refused. Blocking
+    /// (reads files): call it from `spawn_blocking`.
+    pub fn reload(&self) -> Vec<ReloadError> {
+        let mut refused = Vec::new();
+        match self.state.policy.reload() {
+            Ok(Reloaded::Replaced { old, new }) => {
+                tracing::info!(old_sha256 = %old, policy_sha256 = %new, "policy reloaded");
+            }
+            Ok(Reloaded::Unchanged { sha256 }) => {
+                tracing::info!(policy_sha256 = %sha256, "policy unchanged");
+            }
+            Ok(Reloaded::Builtin) => {
+                tracing::info!("built-in policy in force: nothing to reload");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
+                refused.push(e.into());
+            }
+        }
+        refused
     }
 }
 

@@ -28,6 +28,8 @@ pub struct TestBroker {
     pub endpoint: String,
     /// Bound address.
     pub addr: SocketAddr,
+    /// The HTTPS side port, when the config has `[http]`.
+    pub http_addr: Option<SocketAddr>,
     /// The config it runs with.
     pub config: BrokerConfig,
     /// The lifecycle clock, when the test controls it (kept across restarts).
@@ -198,6 +200,7 @@ impl TestBroker {
             None => std::sync::Arc::new(SystemClock),
         };
         let broker = keybroker_broker::Broker::start_with_clock(&config, broker_clock).await?;
+        let http_addr = broker.http_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(broker.serve(listener, async {
             let _ = rx.await;
@@ -208,6 +211,7 @@ impl TestBroker {
             extra_tokens,
             endpoint: format!("https://127.0.0.1:{}", addr.port()),
             addr,
+            http_addr,
             config,
             clock,
             shutdown: Some(tx),

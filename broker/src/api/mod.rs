@@ -1,10 +1,10 @@
 //! gRPC services: `DataKeys`, `KeyAdmin`, health and reflection, and the request context every
 //! call goes through (request id, authentication).
 
-mod audit;
+pub(crate) mod audit;
 mod authz;
 mod convert;
-mod datakeys;
+pub(crate) mod datakeys;
 mod keyadmin;
 mod status;
 mod wrap;
@@ -17,7 +17,7 @@ use tonic::{Code, Request, Status};
 use crate::config::ResidencyConfig;
 use crate::identity::{JwtVerifier, Principal};
 use crate::keys::{Caller, KeyService};
-use crate::policy::{Decision, PolicyEngine};
+use crate::policy::{Decision, PolicyEngine, PolicySlot};
 
 pub(crate) use datakeys::DataKeysApi;
 pub(crate) use keyadmin::KeyAdminApi;
@@ -35,7 +35,7 @@ pub(crate) struct ApiState {
     pub(crate) verifier: JwtVerifier,
     pub(crate) audit: Arc<dyn crate::audit::AuditLog>,
     pub(crate) replica_id: String,
-    pub(crate) policy: PolicyEngine,
+    pub(crate) policy: PolicySlot,
     pub(crate) residency: ResidencyConfig,
 }
 
@@ -83,10 +83,17 @@ impl RequestId {
     }
 }
 
+/// A principal that another surface (the transit endpoint) has already authenticated, put in
+/// a request's extensions. Extensions never come from the wire, so a gRPC caller cannot set it.
+#[derive(Debug, Clone)]
+pub(crate) struct PreAuthenticated(pub(crate) Principal);
+
 /// An authenticated call.
 pub(crate) struct CallContext {
     pub(crate) rid: RequestId,
     pub(crate) principal: Principal,
+    /// The policy in force when the call arrived: it decides and is named in the record.
+    pub(crate) policy: Arc<PolicyEngine>,
     /// The policy decision, once authorized (for the audit record).
     pub(crate) decision: std::sync::OnceLock<Decision>,
 }
@@ -105,6 +112,14 @@ impl ApiState {
     /// Request id and authentication: every call, dev mode included, needs a valid JWT.
     pub(crate) fn begin<T>(&self, req: &Request<T>) -> Result<CallContext, Status> {
         let rid = RequestId::from_request(req);
+        if let Some(PreAuthenticated(principal)) = req.extensions().get::<PreAuthenticated>() {
+            return Ok(CallContext {
+                rid,
+                principal: principal.clone(),
+                policy: self.policy.current(),
+                decision: std::sync::OnceLock::new(),
+            });
+        }
         let token = req
             .metadata()
             .get("authorization")
@@ -124,6 +139,7 @@ impl ApiState {
         Ok(CallContext {
             rid,
             principal,
+            policy: self.policy.current(),
             decision: std::sync::OnceLock::new(),
         })
     }

@@ -9,6 +9,7 @@ mod check;
 #[cfg(test)]
 mod destruction_tests;
 mod error;
+mod http;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use hsm_config::Inventory;
 
 pub use check::{CheckItem, CheckReport, check_config};
 pub use error::ConfigError;
+pub use http::{HttpConfig, TransitConfig, TransitToken};
 
 /// The validated broker configuration. Every path is absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,8 @@ pub struct BrokerConfig {
     pub audit: AuditConfig,
     /// Which Cedar policy decides.
     pub policy: PolicyConfig,
+    /// The HTTPS side port (transit seal endpoint), when configured.
+    pub http: Option<HttpConfig>,
 }
 
 /// `[audit]`.

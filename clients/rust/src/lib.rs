@@ -25,6 +25,7 @@ mod config;
 pub mod dev_token;
 mod error;
 mod lifecycle;
+pub mod policy;
 mod token;
 mod types;
 

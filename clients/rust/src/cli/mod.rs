@@ -10,6 +10,7 @@ mod error;
 mod keys;
 mod lifecycle;
 mod output;
+mod policy;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -74,6 +75,9 @@ enum Command {
     /// Revocation and key-compromise drills.
     #[command(subcommand)]
     Drill(drill::DrillCmd),
+    /// Validate Cedar policies offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// Print a fresh dev-mode token (only for `keybrokerd dev`).
     DevToken(dev_token::DevTokenArgs),
 }
@@ -87,6 +91,7 @@ impl Cli {
         let format = self.global.output;
         match &self.command {
             Command::DevToken(args) => args.run(out),
+            Command::Policy(cmd) => cmd.run(format, out),
             Command::Datakey(cmd) => cmd.run(&self.global, format, out).await,
             Command::Keys(cmd) => cmd.run(&self.global, format, out).await,
             Command::Leases(cmd) => cmd.run(&self.global, format, out).await,
