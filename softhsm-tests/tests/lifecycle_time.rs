@@ -160,3 +160,36 @@ async fn revoked_principal_gets_nothing_until_the_longest_lease_ends_also_after_
         dev_subject(&b).as_str()
     );
 }
+
+#[tokio::test]
+async fn version_reaching_rotate_after_wraps_is_rotated_once_and_audited() {
+    let (b, _clock) = TestBroker::start_with_clock("rotate_after_wraps = 3")
+        .await
+        .unwrap();
+    let c = b.client().await.unwrap();
+    let ctx = BTreeMap::new();
+    c.create_key("lc/wraps", KeyPurpose::DataKey, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            c.generate_data_key("lc/wraps", &ctx, None)
+                .await
+                .unwrap()
+                .key_version,
+            1
+        );
+    }
+    let k = wait_for_key(&c, "lc/wraps", |k| k.primary_version == 2).await;
+    assert_eq!(k.versions.len(), 2);
+    assert_eq!(
+        c.generate_data_key("lc/wraps", &ctx, None)
+            .await
+            .unwrap()
+            .key_version,
+        2
+    );
+    let mut b = b;
+    b.stop_ref().await.unwrap();
+    assert_eq!(auto_rotations(&b, "lc/wraps"), [2]);
+}
