@@ -28,7 +28,7 @@ pub enum RevocationTarget {
     },
 }
 
-/// Inputs of [`Store::release`].
+/// Inputs of [`super::Store::release`].
 #[derive(Debug, Clone, Copy)]
 pub struct ReleaseGate<'a> {
     /// Key name.
@@ -45,7 +45,7 @@ pub struct ReleaseGate<'a> {
     pub now: i64,
 }
 
-/// Result of [`Store::release`].
+/// Result of [`super::Store::release`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateOutcome {
     /// Allowed; the wrap count of `wrap_version` after counting (0 when none).
@@ -54,7 +54,7 @@ pub enum GateOutcome {
     Closed,
 }
 
-/// Inputs of [`Store::update_settings`].
+/// Inputs of [`super::Store::update_settings`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SettingsUpdate {
     /// New `min_decryption_version`.
