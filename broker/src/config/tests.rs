@@ -411,12 +411,33 @@ fn transit_mistakes_name_the_field() {
     let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     let cases = [
         ("127.0.0.1:8200", "localhost", "http.listen"),
-        ("mount = \"/seal/transit/\"", "mount = \"a//b\"", "http.transit.mount"),
+        (
+            "mount = \"/seal/transit/\"",
+            "mount = \"a//b\"",
+            "http.transit.mount",
+        ),
         (sha, "test", "http.transit.tokens[0].sha256"),
         (sha, &sha[..60], "http.transit.tokens[0].sha256"),
-        ("\"openbao-prod\"", "\"Bad Name\"", "http.transit.tokens[0].name"),
-        ("jurisdiction = \"EU\"", "jurisdiction = \"eu\"", "http.transit.tokens[0].jurisdiction"),
-        ("name = \"openbao-prod\"", "name = \"x\"\ntoken = \"plain\"", "unknown field"),
+        (
+            "\"openbao-prod\"",
+            "\"Bad Name\"",
+            "http.transit.tokens[0].name",
+        ),
+        (
+            "jurisdiction = \"EU\"",
+            "jurisdiction = \"eu\"",
+            "http.transit.tokens[0].jurisdiction",
+        ),
+        (
+            "name = \"openbao-prod\"",
+            "name = \"x\"\ntoken = \"plain\"",
+            "unknown field",
+        ),
+        (
+            "listen = \"127.0.0.1:8200\"",
+            "listen = \"127.0.0.1:8200\"\ntls = false",
+            "http.tls",
+        ),
     ];
     for (from, to, field) in cases {
         let e = err(&format!("{FULL}{}", replace(TRANSIT, from, to)));
