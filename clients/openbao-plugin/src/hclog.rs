@@ -11,6 +11,12 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// go-plugin parses `@timestamp` with Go's `2006-01-02T15:04:05.000000Z07:00` and drops a
+/// line whose timestamp does not parse.
+const TIMESTAMP: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+);
+
 /// Formats each event as one hclog JSON line.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HclogJson;
@@ -37,7 +43,9 @@ fn line(event: &Event<'_>) -> Value {
     out.insert("@level".into(), level(*event.metadata().level()).into());
     let message = fields.0.remove("message").unwrap_or_else(|| "".into());
     out.insert("@message".into(), message);
-    out.insert("@module".into(), "keybroker".into());
+    if let Ok(now) = time::OffsetDateTime::now_utc().format(TIMESTAMP) {
+        out.insert("@timestamp".into(), now.into());
+    }
     out.extend(fields.0);
     Value::Object(out)
 }
@@ -125,6 +133,9 @@ mod tests {
         assert_eq!(v["@message"], "rotated");
         assert_eq!(v["version"], 3);
         assert_eq!(v["key"], "seal/x");
+        let ts = v["@timestamp"].as_str().unwrap_or_default();
+        assert_eq!(ts.len(), "2026-01-02T03:04:05.123456Z".len(), "{ts}");
+        assert!(ts.ends_with('Z'));
         Ok(())
     }
 }

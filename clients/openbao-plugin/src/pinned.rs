@@ -146,3 +146,58 @@ impl ClientCertVerifier for PinnedClientCert {
         CLIENT_SIG_ALGS.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use p521::ecdsa::signature::Signer as _;
+
+    use super::*;
+
+    fn p521_key() -> Result<p521::ecdsa::SigningKey, p521::ecdsa::Error> {
+        let mut secret = [0x11u8; 66];
+        secret[0] = 0x00; // below the group order
+        p521::ecdsa::SigningKey::from_slice(&secret)
+    }
+
+    #[test]
+    fn p521_signatures_verify_and_tampering_fails() -> Result<(), Box<dyn std::error::Error>> {
+        let key = p521_key()?;
+        let public = p521::ecdsa::VerifyingKey::from(&key).to_encoded_point(false);
+        let sig: p521::ecdsa::Signature = key.sign(b"handshake transcript");
+        let der = sig.to_der();
+        let alg = EcdsaP521Sha512;
+        assert!(
+            alg.verify_signature(public.as_bytes(), b"handshake transcript", der.as_bytes())
+                .is_ok()
+        );
+        assert!(
+            alg.verify_signature(public.as_bytes(), b"another transcript", der.as_bytes())
+                .is_err()
+        );
+        assert!(
+            alg.verify_signature(public.as_bytes(), b"handshake transcript", &[0x30, 0x00])
+                .is_err()
+        );
+        assert!(
+            alg.verify_signature(&[4, 1, 2], b"x", der.as_bytes())
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn only_the_pinned_certificate_alone_is_accepted() {
+        let pinned = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        let other = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x02]);
+        let v = PinnedClientCert::new(pinned.clone());
+        let now = UnixTime::now();
+        assert!(v.verify_client_cert(&pinned, &[], now).is_ok());
+        assert!(v.verify_client_cert(&other, &[], now).is_err());
+        assert!(v.verify_client_cert(&pinned, &[other], now).is_err());
+        assert!(v.client_auth_mandatory());
+        assert!(
+            v.supported_verify_schemes()
+                .contains(&SignatureScheme::ECDSA_NISTP521_SHA512)
+        );
+    }
+}

@@ -165,7 +165,7 @@ impl Seal {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let newer = guard
             .as_deref()
-            .and_then(|k| version_of(k))
+            .and_then(version_of)
             .is_none_or(|known| version >= known);
         if newer {
             *guard = Some(key_id.to_owned());
