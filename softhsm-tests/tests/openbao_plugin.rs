@@ -85,6 +85,11 @@ struct Bao {
 impl Bao {
     /// Writes the config: raft storage, plain-http listener, the plugin and the seal stanza.
     fn configure(dir: &Path, broker: &TestBroker) -> Self {
+        Self::configure_via(dir, broker, &broker.endpoint)
+    }
+
+    /// As [`Bao::configure`], reaching the broker at `endpoint`.
+    fn configure_via(dir: &Path, broker: &TestBroker, endpoint: &str) -> Self {
         let plugins = dir.join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
         std::fs::create_dir_all(dir.join("raft")).unwrap();
@@ -123,7 +128,6 @@ seal "keybroker" {{
 "#,
             plugins = plugins.display(),
             raft = dir.join("raft").display(),
-            endpoint = broker.endpoint,
             ca = broker.ca().display(),
             token = broker.token_file().unwrap().display(),
         );
@@ -541,4 +545,94 @@ fn plugin_refuses_to_run_outside_bao() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty(), "no handshake line");
     assert!(String::from_utf8_lossy(&out.stderr).contains("OpenBao KMS plugin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bao_stays_sealed_while_keybroker_is_down_and_unseals_when_it_is_back() {
+    let broker = TestBroker::start().await.unwrap();
+    let admin = broker.client().await.unwrap();
+    admin
+        .create_key(SEAL_KEY, KeyPurpose::Seal, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    drop(admin);
+    // bao reaches keybroker through a TCP forwarder the test can take down.
+    let forwarder = Forwarder::start(free_port(), broker.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("https://127.0.0.1:{}", forwarder.port);
+    let mut bao = Bao::configure_via(dir.path(), &broker, &endpoint);
+    bao.start();
+    poll("bao's API", Duration::from_secs(60), || bao.seal_status()).await;
+    let init = bao.cli(&[
+        "operator",
+        "init",
+        "-recovery-shares=1",
+        "-recovery-threshold=1",
+        "-format=json",
+    ]);
+    assert!(init.status.success(), "{}", bao.log());
+    bao.wait_unsealed(Duration::from_secs(60)).await;
+    bao.stop().await;
+
+    // keybroker goes down; bao starts anyway, sealed, and says why.
+    let port = forwarder.stop().await;
+    bao.start();
+    let status = poll("bao's API", Duration::from_secs(60), || bao.seal_status()).await;
+    assert_eq!(status["sealed"], true, "{status}");
+    poll("the plugin's warning", Duration::from_secs(30), || {
+        bao.log().contains("keybroker is unreachable").then_some(())
+    })
+    .await;
+    assert_eq!(bao.seal_status().unwrap()["sealed"], true);
+
+    // keybroker is reachable again: bao unseals by itself.
+    let forwarder = Forwarder::start(port, broker.addr).await;
+    let back = Instant::now();
+    bao.wait_unsealed(Duration::from_secs(60)).await;
+    eprintln!(
+        "keybroker back -> bao unsealed: {} ms",
+        back.elapsed().as_millis()
+    );
+    bao.stop().await;
+    drop(forwarder);
+    broker.stop().await.unwrap();
+}
+
+/// A TCP forwarder from `127.0.0.1:port` to `target`; stopping it closes the port and every
+/// forwarded connection, as a keybroker outage would.
+struct Forwarder {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn start(port: u16, target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, task }
+    }
+
+    /// Closes the port and every connection; returns the port.
+    async fn stop(mut self) -> u16 {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.port
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -7,6 +7,12 @@
 //! the last Encrypt (bao encrypts a probe right after unseal, then asks KeyId); before any
 //! Encrypt it encrypts a probe itself. GetKey is not used: it is a KeyAdmin call, and the seal's
 //! identity should need only Encrypt and Decrypt on its one key.
+//!
+//! Connection: SetConfig validates the stanza and tries to connect. A configuration error (bad
+//! stanza, unreadable CA, certificate or token file) fails SetConfig, so bao refuses to start
+//! and says why. An unreachable broker does not: the seal connects on its next call instead,
+//! so bao starts, stays sealed while keybroker is down, and unseals on its own once keybroker
+//! answers (bao retries the unseal every few seconds).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -32,9 +38,12 @@ pub enum SealError {
     /// The seal stanza is invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    /// The broker refused or could not be reached.
+    /// The broker refused the call or the configuration (the message carries the error chain).
     #[error("keybroker: {0}")]
-    Broker(#[from] ClientError),
+    Broker(String),
+    /// The broker could not be reached (connection refused, TLS handshake failed, …).
+    #[error("keybroker: {0}")]
+    Unreachable(String),
     /// The broker did not answer in time.
     #[error("keybroker did not answer within {}s", CALL_TIMEOUT.as_secs())]
     Timeout,
@@ -47,7 +56,7 @@ pub enum SealError {
 #[derive(Debug)]
 pub struct Seal {
     settings: SealSettings,
-    client: Client,
+    client: tokio::sync::OnceCell<Client>,
     /// Key id of the newest version the broker used for an Encrypt.
     current_key_id: Mutex<Option<String>>,
 }
@@ -62,21 +71,43 @@ pub struct Wrapped {
 }
 
 impl Seal {
-    /// Validates the seal stanza and connects to the broker (so a wrong endpoint, CA or token
-    /// file stops bao at start with a clear message).
+    /// Validates the seal stanza and tries to connect to the broker: configuration errors
+    /// fail here, an unreachable broker is retried on the next call.
     ///
     /// # Errors
-    /// `Settings` for the stanza, `Broker` when the connection cannot be set up, `Timeout`.
+    /// `Settings` for the stanza, `Broker` for unreadable files or a refused endpoint.
     pub async fn connect(config_map: &HashMap<String, String>) -> Result<Self, SealError> {
         let settings = SealSettings::from_map(config_map)?;
-        let client = within(Client::connect(settings.client_config())).await?;
-        tracing::info!(endpoint = %settings.endpoint, key = %settings.key_name,
-            "connected to keybroker");
-        Ok(Self {
+        let seal = Self {
             settings,
-            client,
+            client: tokio::sync::OnceCell::new(),
             current_key_id: Mutex::new(None),
-        })
+        };
+        match seal.client().await {
+            Ok(_) => {}
+            Err(SealError::Timeout) => {
+                tracing::warn!(endpoint = %seal.settings.endpoint,
+                    "keybroker did not answer; will retry on the next seal call");
+            }
+            Err(SealError::Unreachable(e)) => {
+                tracing::warn!(endpoint = %seal.settings.endpoint, error = %e,
+                    "keybroker is unreachable; will retry on the next seal call");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(seal)
+    }
+
+    /// The connected client, connecting first when needed.
+    async fn client(&self) -> Result<&Client, SealError> {
+        self.client
+            .get_or_try_init(|| async {
+                let client = within(Client::connect(self.settings.client_config())).await?;
+                tracing::info!(endpoint = %self.settings.endpoint, key = %self.settings.key_name,
+                    "connected to keybroker");
+                Ok(client)
+            })
+            .await
     }
 
     /// The configured key name.
@@ -88,7 +119,7 @@ impl Seal {
     /// Encrypts `plaintext` under the key's newest version, binding `aad` when non-empty.
     ///
     /// # Errors
-    /// `Invalid` for an empty plaintext, `Broker`/`Timeout` from the call.
+    /// `Invalid` for an empty plaintext, `Broker`/`Unreachable`/`Timeout` from the call.
     pub async fn encrypt(
         &self,
         plaintext: Zeroizing<Vec<u8>>,
@@ -100,11 +131,8 @@ impl Seal {
             ));
         }
         let ctx = context(aad);
-        let wrapped = within(
-            self.client
-                .encrypt(&self.settings.key_name, &plaintext, &ctx),
-        )
-        .await?;
+        let client = self.client().await?;
+        let wrapped = within(client.encrypt(&self.settings.key_name, &plaintext, &ctx)).await?;
         let key_id = key_id(&self.settings.key_name, wrapped.key_version);
         self.learn(&key_id, wrapped.key_version);
         tracing::debug!(key_id = %key_id, "encrypted");
@@ -117,7 +145,7 @@ impl Seal {
     /// Opens a ciphertext made by [`Seal::encrypt`] with the same `aad`.
     ///
     /// # Errors
-    /// `Invalid` for an empty ciphertext, `Broker`/`Timeout` from the call (a wrong AAD, a
+    /// `Invalid` for an empty ciphertext, `Broker`/`Unreachable`/`Timeout` from the call (a wrong AAD, a
     /// disabled key or version come back as the broker's refusal).
     pub async fn decrypt(
         &self,
@@ -130,7 +158,7 @@ impl Seal {
             ));
         }
         let ctx = context(aad);
-        let opened = within(self.client.decrypt(ciphertext, &ctx, None)).await?;
+        let opened = within(self.client().await?.decrypt(ciphertext, &ctx, None)).await?;
         tracing::debug!(key = %opened.key, version = opened.key_version, "decrypted");
         Ok(opened.plaintext)
     }
@@ -195,9 +223,28 @@ pub fn context(aad: &[u8]) -> BTreeMap<String, String> {
 
 async fn within<T>(call: impl Future<Output = Result<T, ClientError>>) -> Result<T, SealError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(result) => Ok(result?),
+        Ok(result) => result.map_err(|e| match e {
+            ClientError::Transport(_) => SealError::Unreachable(chain(&e)),
+            other => SealError::Broker(chain(&other)),
+        }),
         Err(_) => Err(SealError::Timeout),
     }
+}
+
+/// An error and its sources, `: `-separated (tonic's transport error alone says only
+/// "transport error"; the cause, e.g. "Connection refused", is in its sources).
+fn chain(e: &ClientError) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 #[cfg(test)]
