@@ -19,6 +19,7 @@
 //! themselves. The temp dir of the process configuration lives as long as the process (it is
 //! in a `static`, so it is not removed at exit; its name starts with `keybroker-softhsm-`).
 
+pub mod bao;
 pub mod broker;
 
 use std::path::{Path, PathBuf};
