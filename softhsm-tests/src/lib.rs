@@ -21,6 +21,7 @@
 
 pub mod bao;
 pub mod broker;
+pub mod https;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -12,13 +12,94 @@
 )]
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use keybroker_client::KeyPurpose;
-use softhsm_tests::bao::{Bao, Forwarder, free_port, poll};
+use softhsm_tests::bao::{Bao, free_port};
 use softhsm_tests::broker::TestBroker;
+use tokio::task::block_in_place;
 
 const SEAL_KEY: &str = "seal/openbao-test";
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The plugin binary of this build (`target/<profile>/openbao-kms-keybroker`).
+fn plugin_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("openbao-kms-keybroker");
+    assert!(
+        path.exists(),
+        "{} not built (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Installs the plugin in `dir/plugins` and starts bao with it as the seal, reaching the
+/// broker at `endpoint`.
+fn start_bao(dir: &Path, broker: &TestBroker, endpoint: &str) -> Bao {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let plugin = plugins.join("openbao-kms-keybroker");
+    std::fs::copy(plugin_bin(), &plugin).unwrap();
+    let sum = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &std::fs::read(&plugin).unwrap(),
+    ));
+    let stanza = format!(
+        r#"
+plugin_directory = "{plugins}"
+plugin "kms" "keybroker" {{
+  command = "openbao-kms-keybroker"
+  sha256sum = "{sum}"
+}}
+seal "keybroker" {{
+  endpoint = "{endpoint}"
+  key_name = "{SEAL_KEY}"
+  ca_cert = "{ca}"
+  token_file = "{token}"
+}}
+"#,
+        plugins = plugins.display(),
+        ca = broker.ca().display(),
+        token = broker.token_file().unwrap().display(),
+    );
+    Bao::start(dir, &stanza).unwrap()
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, failing after `limit`.
+async fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `bao status -format=json` once bao answers.
+fn status(bao: &Bao) -> Option<serde_json::Value> {
+    let (code, out) = bao.cli(&["status", "-format=json"]).unwrap();
+    (code != 1 && !out.trim().is_empty()).then(|| serde_json::from_str(&out).unwrap())
+}
+
+/// Blocks (with the runtime's blessing) until bao is unsealed; returns how long that took.
+fn wait_unsealed(bao: &mut Bao) -> Duration {
+    block_in_place(|| bao.wait_sealed(false, LIMIT)).unwrap()
+}
+
+fn stop(bao: &mut Bao) {
+    block_in_place(|| bao.stop()).unwrap();
+}
 
 fn records(broker: &TestBroker) -> Vec<serde_json::Value> {
     broker
@@ -56,60 +137,40 @@ async fn bao_auto_unseals_through_the_plugin_and_rewraps_after_rotation() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut bao = Bao::configure(dir.path(), &broker, SEAL_KEY);
 
     // First start: uninitialized and sealed; init with recovery keys auto-unseals.
-    bao.start();
-    let status = poll("bao's API", Duration::from_secs(60), || bao.seal_status()).await;
-    assert_eq!(status["initialized"], false, "{status}");
+    let mut bao = start_bao(dir.path(), &broker, &broker.endpoint);
+    let first = poll("bao's API", LIMIT, || status(&bao)).await;
+    assert_eq!(first["initialized"], false, "{first}");
     let before_init = records(&broker).len();
-    let init = bao.cli(&[
-        "operator",
-        "init",
-        "-recovery-shares=1",
-        "-recovery-threshold=1",
-        "-format=json",
-    ]);
-    assert!(
-        init.status.success(),
-        "init: {}\n{}",
-        String::from_utf8_lossy(&init.stderr),
-        bao.log()
-    );
-    let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
-    assert_eq!(
-        init["recovery_keys_b64"].as_array().map(Vec::len),
-        Some(1),
-        "{init}"
-    );
-    bao.wait_unsealed(Duration::from_secs(60)).await;
+    block_in_place(|| bao.init()).unwrap();
+    wait_unsealed(&mut bao);
     let ops = seal_ops(&broker, before_init);
     assert!(
         ops.iter().any(|(op, v)| op == "encrypt" && *v == 1),
         "{ops:?}"
     );
-    bao.stop().await;
+    stop(&mut bao);
 
     // Restart: bao unseals by itself through the plugin (timed from the spawn).
     let before = records(&broker).len();
     let started = Instant::now();
-    bao.start();
-    bao.wait_unsealed(Duration::from_secs(60)).await;
+    block_in_place(|| bao.restart()).unwrap();
+    wait_unsealed(&mut bao);
     let took = started.elapsed();
     eprintln!(
         "bao server start -> unsealed through the plugin: {} ms",
         took.as_millis()
     );
-    let cli = bao.cli(&["status", "-format=json"]);
-    let status: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
-    assert_eq!(status["sealed"], false, "{status}");
-    assert_eq!(status["type"], "keybroker", "{status}");
+    let now = status(&bao).unwrap();
+    assert_eq!(now["sealed"], false, "{now}");
+    assert_eq!(now["type"], "keybroker", "{now}");
     let ops = seal_ops(&broker, before);
     assert!(
         ops.contains(&("decrypt".to_owned(), 1)),
         "unseal opened v1: {ops:?}"
     );
-    bao.stop().await;
+    stop(&mut bao);
     assert!(
         bao.log().contains("bao asked the plugin to shut down"),
         "the plugin saw Shutdown:\n{}",
@@ -120,8 +181,8 @@ async fn bao_auto_unseals_through_the_plugin_and_rewraps_after_rotation() {
     let rotated = admin.rotate_key(SEAL_KEY).await.unwrap();
     assert_eq!(rotated.primary_version, 2);
     let before = records(&broker).len();
-    bao.start();
-    bao.wait_unsealed(Duration::from_secs(60)).await;
+    block_in_place(|| bao.restart()).unwrap();
+    wait_unsealed(&mut bao);
     let rewrapped = poll("re-wrap under v2", Duration::from_secs(30), || {
         let ops = seal_ops(&broker, before);
         let v2 = ops
@@ -141,12 +202,12 @@ async fn bao_auto_unseals_through_the_plugin_and_rewraps_after_rotation() {
         log.contains("upgrading stored keys"),
         "bao re-wrapped:\n{log}"
     );
-    bao.stop().await;
+    stop(&mut bao);
 
     // And the start after that opens only v2 blobs.
     let before = records(&broker).len();
-    bao.start();
-    bao.wait_unsealed(Duration::from_secs(60)).await;
+    block_in_place(|| bao.restart()).unwrap();
+    wait_unsealed(&mut bao);
     let ops = seal_ops(&broker, before);
     let decrypts: Vec<u64> = ops
         .iter()
@@ -157,7 +218,7 @@ async fn bao_auto_unseals_through_the_plugin_and_rewraps_after_rotation() {
         !decrypts.is_empty() && decrypts.iter().all(|v| *v == 2),
         "{ops:?}"
     );
-    bao.stop().await;
+    stop(&mut bao);
 
     // The plugin's log lines reach bao's log at their own level (hclog JSON on stderr), and
     // nothing secret is among them.
@@ -182,43 +243,76 @@ async fn bao_stays_sealed_while_keybroker_is_down_and_unseals_when_it_is_back() 
         .unwrap();
     drop(admin);
     // bao reaches keybroker through a TCP forwarder the test can take down.
-    let forwarder = Forwarder::start(free_port(), broker.addr).await;
+    let forwarder = Forwarder::start(free_port().unwrap(), broker.addr).await;
     let dir = tempfile::tempdir().unwrap();
     let endpoint = format!("https://127.0.0.1:{}", forwarder.port);
-    let mut bao = Bao::configure_via(dir.path(), &broker, &endpoint, SEAL_KEY);
-    bao.start();
-    poll("bao's API", Duration::from_secs(60), || bao.seal_status()).await;
-    let init = bao.cli(&[
-        "operator",
-        "init",
-        "-recovery-shares=1",
-        "-recovery-threshold=1",
-        "-format=json",
-    ]);
-    assert!(init.status.success(), "{}", bao.log());
-    bao.wait_unsealed(Duration::from_secs(60)).await;
-    bao.stop().await;
+    let mut bao = start_bao(dir.path(), &broker, &endpoint);
+    poll("bao's API", LIMIT, || status(&bao)).await;
+    block_in_place(|| bao.init()).unwrap();
+    wait_unsealed(&mut bao);
+    stop(&mut bao);
 
     // keybroker goes down; bao starts anyway, sealed, and says why.
     let port = forwarder.stop().await;
-    bao.start();
-    let status = poll("bao's API", Duration::from_secs(60), || bao.seal_status()).await;
-    assert_eq!(status["sealed"], true, "{status}");
+    block_in_place(|| bao.restart()).unwrap();
+    let down = poll("bao's API", LIMIT, || status(&bao)).await;
+    assert_eq!(down["sealed"], true, "{down}");
     poll("the plugin's warning", Duration::from_secs(30), || {
         bao.log().contains("keybroker is unreachable").then_some(())
     })
     .await;
-    assert_eq!(bao.seal_status().unwrap()["sealed"], true);
+    assert_eq!(status(&bao).unwrap()["sealed"], true);
 
     // keybroker is reachable again: bao unseals by itself.
     let forwarder = Forwarder::start(port, broker.addr).await;
     let back = Instant::now();
-    bao.wait_unsealed(Duration::from_secs(60)).await;
+    wait_unsealed(&mut bao);
     eprintln!(
         "keybroker back -> bao unsealed: {} ms",
         back.elapsed().as_millis()
     );
-    bao.stop().await;
+    stop(&mut bao);
     drop(forwarder);
     broker.stop().await.unwrap();
+}
+
+/// A TCP forwarder from `127.0.0.1:port` to `target`; stopping it closes the port and every
+/// forwarded connection, as a keybroker outage would.
+struct Forwarder {
+    /// The listening port.
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    /// Listens on `port` and forwards to `target`.
+    async fn start(port: u16, target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, task }
+    }
+
+    /// Closes the port and every connection; returns the port.
+    async fn stop(mut self) -> u16 {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.port
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -10,15 +10,42 @@
 )]
 
 use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use openbao_kms_keybroker::handshake::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use openbao_kms_keybroker::proto::pb::{self, wrapper_client::WrapperClient};
 use openbao_kms_keybroker::proto::plugin::{self, grpc_controller_client::GrpcControllerClient};
-use softhsm_tests::bao::{bin, poll};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A built binary of this workspace (`target/<profile>/<name>`).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} not built (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, failing after `limit`.
+async fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// A self-signed CA certificate as go-plugin makes (here P-256; bao's is P-521).
 fn self_signed(cn: &str) -> (String, String) {

@@ -11,8 +11,10 @@ use std::time::Duration;
 use hsm_config::{Inventory, is_valid_jurisdiction};
 use serde::Deserialize;
 
+mod http;
 mod identity;
 
+use http::{RawHttp, http};
 use identity::{RawIdentity, identity};
 
 use super::{
@@ -40,6 +42,7 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     policy: RawPolicy,
+    http: Option<RawHttp>,
 }
 
 #[derive(Deserialize, Default)]
@@ -126,6 +129,7 @@ pub(super) struct Validated {
     identity: IdentityConfig,
     audit: AuditConfig,
     policy: PolicyConfig,
+    http: Option<super::HttpConfig>,
 }
 
 struct Ctx<'a> {
@@ -226,6 +230,7 @@ impl Validated {
                     .map(|f| cx.resolve("policy.file", f))
                     .transpose()?,
             },
+            http: http(&cx, raw.http)?,
             display_path: path.to_path_buf(),
             config_path,
         })
@@ -265,6 +270,7 @@ impl Validated {
             identity: self.identity,
             audit: self.audit,
             policy: self.policy,
+            http: self.http,
         })
     }
 }
