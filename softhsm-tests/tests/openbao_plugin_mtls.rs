@@ -59,8 +59,18 @@ fn self_signed(cn: &str) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-/// Starts the plugin as bao would; returns the child, its address and server certificate PEM.
-fn spawn_plugin(client_cert_pem: &str) -> (Child, String, String) {
+/// The plugin process, killed if the test ends before it exits.
+struct Plugin(Child);
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the plugin as bao would; returns the process, its address and server certificate PEM.
+fn spawn_plugin(client_cert_pem: &str) -> (Plugin, String, String) {
     let mut child = Command::new(bin("openbao-kms-keybroker"))
         .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
         .env("PLUGIN_PROTOCOL_VERSIONS", "1")
@@ -84,7 +94,7 @@ fn spawn_plugin(client_cert_pem: &str) -> (Child, String, String) {
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
         base64::engine::general_purpose::STANDARD.encode(der)
     );
-    (child, fields[3].to_owned(), pem)
+    (Plugin(child), fields[3].to_owned(), pem)
 }
 
 async fn channel(
@@ -178,7 +188,7 @@ async fn plugin_accepts_only_baos_client_certificate() {
         .await
         .unwrap();
     let status = poll("the plugin to exit", Duration::from_secs(10), || {
-        child.try_wait().unwrap()
+        child.0.try_wait().unwrap()
     })
     .await;
     assert!(status.success(), "{status}");
