@@ -6,6 +6,7 @@ mod args;
 mod datakey;
 mod dev_token;
 mod error;
+mod files;
 mod keys;
 mod output;
 mod policy;
@@ -72,6 +73,10 @@ enum Command {
     Policy(policy::PolicyCmd),
     /// Print a fresh dev-mode token (only for `keybrokerd dev`).
     DevToken(dev_token::DevTokenArgs),
+    /// Encrypt a file (KBEF format, one data key per file; `-` for stdin/stdout).
+    Encrypt(files::EncryptArgs),
+    /// Decrypt a KBEF file (`-` for stdin/stdout); fails on any tampering.
+    Decrypt(files::DecryptArgs),
 }
 
 impl Cli {
@@ -86,6 +91,8 @@ impl Cli {
             Command::Policy(cmd) => cmd.run(format, out),
             Command::Datakey(cmd) => cmd.run(&self.global, format, out).await,
             Command::Keys(cmd) => cmd.run(&self.global, format, out).await,
+            Command::Encrypt(args) => args.run(&self.global, out).await,
+            Command::Decrypt(args) => args.run(&self.global, out).await,
         }
     }
 }
