@@ -13,5 +13,6 @@ pub mod keys;
 pub mod policy;
 mod server;
 pub mod store;
+mod tls;
 
-pub use server::{Broker, StartError, run};
+pub use server::{Broker, Reloader, StartError, run};

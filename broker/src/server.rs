@@ -9,14 +9,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::api::{self, ApiState};
 use crate::audit::checkpoint::Signer;
 use crate::audit::{AuditLog, FileAuditLog};
 use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
-use crate::identity::{IssuerSettings, JwtVerifier};
+use crate::identity::{Authenticator, ClientCa, IssuerSettings, JwtVerifier};
 use crate::keys::{HsmHandle, KeyService, KeySettings};
 use crate::policy::PolicyEngine;
 use crate::store::{SqliteStore, Store};
@@ -54,6 +54,9 @@ pub enum StartError {
     /// JWKS failed to load.
     #[error("identity.jwt_issuers: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    /// The mTLS client CA bundle failed to load.
+    #[error("identity.client_ca_file: {0}")]
+    ClientCa(crate::identity::IdentityError),
     /// TLS files unreadable.
     #[error("server.tls_cert / server.tls_key: {0}")]
     Tls(std::io::Error),
@@ -72,7 +75,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Broker {
     state: Arc<ApiState>,
-    tls: ServerTlsConfig,
+    tls: Arc<rustls::ServerConfig>,
+    client_ca: Option<(Arc<ClientCa>, Duration)>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     checkpoints: Option<(Signer, std::path::PathBuf)>,
@@ -155,7 +159,7 @@ impl Broker {
             .map(|i| IssuerSettings {
                 issuer: i.issuer.clone(),
                 audiences: i.audiences.clone(),
-                jwks_file: i.jwks_file.clone(),
+                jwks: i.jwks.clone(),
                 algorithms: i.algorithms.iter().map(|a| (*a).into()).collect(),
                 max_token_lifetime: i.max_token_lifetime,
                 leeway: i.leeway,
@@ -166,6 +170,29 @@ impl Broker {
             })
             .collect();
         let verifier = JwtVerifier::new(issuers)?;
+        // A JWKS URL that does not answer does not stop the broker: its issuer's tokens are
+        // refused (logged) until a fetch succeeds, and other issuers keep working.
+        verifier.prefetch().await;
+        let identity = Authenticator::new(
+            config.identity.mode,
+            verifier,
+            config
+                .identity
+                .mtls
+                .as_ref()
+                .map_or(&[], |m| m.trust_domains.as_slice()),
+        );
+        let client_ca = match &config.identity.mtls {
+            Some(m) => Some((
+                ClientCa::load(
+                    &m.client_ca_file,
+                    m.trust_domains.iter().map(|t| t.domain.clone()).collect(),
+                )
+                .map_err(StartError::ClientCa)?,
+                m.client_ca_poll_interval,
+            )),
+            None => None,
+        };
         let policy = match &config.policy.file {
             Some(path) => PolicyEngine::load(path)?,
             None => PolicyEngine::builtin()?,
@@ -195,13 +222,16 @@ impl Broker {
                 source: std::io::Error::other(e),
             })??;
         let audit: Arc<dyn AuditLog> = Arc::new(audit);
-        let cert = std::fs::read(&config.server.tls_cert).map_err(StartError::Tls)?;
-        let key = std::fs::read(&config.server.tls_key).map_err(StartError::Tls)?;
-        let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        let tls = crate::tls::server_config(
+            &config.server.tls_cert,
+            &config.server.tls_key,
+            client_ca.as_ref().map(|(ca, _)| ca.verifier()),
+        )
+        .map_err(StartError::Tls)?;
         Ok(Self {
             state: Arc::new(ApiState {
                 keys,
-                verifier,
+                identity,
                 audit,
                 replica_id: replica,
                 policy,
@@ -209,9 +239,18 @@ impl Broker {
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             tls,
+            client_ca,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         })
+    }
+
+    /// A handle that reloads what can change without a restart (the client CA bundle).
+    #[must_use]
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            client_ca: self.client_ca.as_ref().map(|(ca, _)| ca.clone()),
+        }
     }
 
     /// The key service (dev mode uses it to create the demo key).
@@ -237,6 +276,8 @@ impl Broker {
         );
         self.tasks
             .spawn(monitor.run(self.cancel.clone(), HEALTH_PROBE_EVERY));
+        self.tasks
+            .spawn(reload_on_sighup(self.reloader(), self.cancel.clone()));
         if let Some((signer, dir)) = self.checkpoints {
             self.tasks.spawn(crate::audit::checkpoint::run(
                 signer,
@@ -245,10 +286,17 @@ impl Broker {
                 self.cancel.clone(),
             ));
         }
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        self.state
+            .identity
+            .jwt()
+            .spawn_refresh(&self.tasks, &self.cancel);
+        if let Some((ca, every)) = &self.client_ca {
+            self.tasks
+                .spawn(ca.clone().watch(*every, self.cancel.clone()));
+        }
+        let incoming = crate::tls::incoming(listener, self.tls, &self.tasks, self.cancel.clone());
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
-            .tls_config(self.tls)?
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
@@ -274,6 +322,46 @@ impl Broker {
         self.tasks.close();
         self.tasks.wait().await;
         result.map_err(StartError::from)
+    }
+}
+
+/// Reloads, on demand, what the broker can change without a restart.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    client_ca: Option<Arc<ClientCa>>,
+}
+
+impl Reloader {
+    /// Re-reads the client CA bundle (mTLS); a bad bundle is logged and the old one stays.
+    pub async fn reload(&self) {
+        if let Some(ca) = self.client_ca.clone() {
+            // File I/O off the async workers; the outcome is logged by `reload`.
+            let _ = tokio::task::spawn_blocking(move || ca.reload()).await;
+        }
+    }
+}
+
+/// SIGHUP → [`Reloader::reload`], until `cancel`.
+async fn reload_on_sighup(reloader: Reloader, cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: reload by signal is off");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = hup.recv() => {
+                if r.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reloading");
+                reloader.reload().await;
+            }
+        }
     }
 }
 

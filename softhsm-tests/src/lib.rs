@@ -20,6 +20,7 @@
 //! in a `static`, so it is not removed at exit; its name starts with `keybroker-softhsm-`).
 
 pub mod broker;
+pub mod svid;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

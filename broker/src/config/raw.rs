@@ -12,8 +12,10 @@ use hsm_config::{Inventory, is_valid_jurisdiction};
 use serde::Deserialize;
 
 mod identity;
+mod mtls;
 
 use identity::{RawIdentity, identity};
+pub(crate) use mtls::is_trust_domain;
 
 use super::{
     AuditConfig, BrokerConfig, ConfigError, IdentityConfig, KeysConfig, PolicyConfig,

@@ -1,0 +1,234 @@
+//! mTLS end to end: a broker in `mode = "mtls"` with a client CA minted at test time, driven by
+//! the real client presenting X.509-SVIDs. Hostile certificates fail the TLS handshake (no
+//! request reaches the API, so no audit record); a valid SVID is served and its SPIFFE ID and
+//! fingerprint land in the audit record; the CA bundle rotates on SIGHUP without a restart.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failure is the test failing"
+)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use keybroker_broker::config::{IdentityMode, MtlsConfig, TrustDomainConfig};
+use keybroker_client::{Client, ClientConfig, ClientError, KeyPurpose};
+use rcgen::KeyUsagePurpose;
+use softhsm_tests::broker::TestBroker;
+use softhsm_tests::svid::{SvidSpec, TestCa};
+use time::OffsetDateTime;
+use tonic::Code;
+
+const ID: &str = "spiffe://eu1.test/ns/ml/sa/trainer";
+const KEY: &str = "datasets/mtls";
+
+const POLICY: &str = r#"
+@id("trainer-svid")
+permit (principal, action, resource)
+when { principal.spiffe_id == "spiffe://eu1.test/ns/ml/sa/trainer" };
+"#;
+
+async fn broker(ca: &TestCa) -> TestBroker {
+    let ca_pem = ca.pem.clone();
+    TestBroker::start_with(move |c| {
+        let dir = c.path.parent().unwrap().to_path_buf();
+        let bundle = dir.join("client-ca.pem");
+        std::fs::write(&bundle, ca_pem).unwrap();
+        std::fs::write(c.policy.file.as_ref().unwrap(), POLICY).unwrap();
+        c.identity.mode = IdentityMode::Mtls;
+        c.identity.mtls = Some(MtlsConfig {
+            client_ca_file: bundle,
+            // Long, so the rotation test shows SIGHUP did it, not the poller.
+            client_ca_poll_interval: Duration::from_secs(3600),
+            trust_domains: vec![TrustDomainConfig {
+                domain: "eu1.test".into(),
+                cluster: Some("train-a".into()),
+                region: Some("eu-west-1".into()),
+                jurisdiction: Some("EU".into()),
+            }],
+        });
+    })
+    .await
+    .unwrap()
+}
+
+async fn client(b: &TestBroker, cert: &(PathBuf, PathBuf)) -> Result<Client, ClientError> {
+    Client::connect(ClientConfig {
+        ca: Some(b.ca()),
+        cert: Some(cert.0.clone()),
+        key: Some(cert.1.clone()),
+        token_file: None,
+        ..ClientConfig::new(b.endpoint.clone())
+    })
+    .await
+}
+
+async fn create(c: &Client) -> Result<(), ClientError> {
+    match c
+        .create_key(KEY, KeyPurpose::DataKey, &BTreeMap::new(), None)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(ClientError::Status { code, .. }) if code == Code::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One call with `cert`: Ok, or the error the client saw.
+async fn call(b: &TestBroker, cert: &(PathBuf, PathBuf)) -> Result<(), ClientError> {
+    let c = client(b, cert).await?;
+    create(&c).await
+}
+
+fn mint(
+    ca: &TestCa,
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut SvidSpec),
+) -> (PathBuf, PathBuf) {
+    let mut spec = SvidSpec::new(ID);
+    edit(&mut spec);
+    ca.mint(spec, dir, name).unwrap()
+}
+
+/// A refused handshake: the client never gets a gRPC status from the broker's API.
+fn assert_handshake_refused(what: &str, r: Result<(), ClientError>) {
+    match r {
+        Ok(()) => panic!("{what}: accepted"),
+        Err(ClientError::Status { code, .. }) => assert!(
+            matches!(code, Code::Unavailable | Code::Unknown | Code::Internal),
+            "{what}: expected a transport failure, got {code:?}"
+        ),
+        Err(_) => {}
+    }
+}
+
+#[tokio::test]
+async fn hostile_client_certificates_fail_the_handshake_and_a_valid_svid_is_served() {
+    let ca = TestCa::new().unwrap();
+    let b = broker(&ca).await;
+    let d = b.dir.path();
+    let other_ca = TestCa::new().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let hostile = [
+        (
+            "expired SVID",
+            mint(&ca, d, "expired", |s| {
+                s.not_before = now - time::Duration::days(2);
+                s.not_after = now - time::Duration::days(1);
+            }),
+        ),
+        (
+            "foreign trust domain",
+            mint(&ca, d, "foreign", |s| {
+                s.uris = vec!["spiffe://us1.test/ns/ml/sa/trainer".into()];
+            }),
+        ),
+        (
+            "two URI SANs",
+            mint(&ca, d, "two", |s| {
+                s.uris.push("spiffe://eu1.test/ns/ml/sa/other".into());
+            }),
+        ),
+        (
+            "CA certificate as leaf",
+            mint(&ca, d, "ca-leaf", |s| {
+                s.is_ca = true;
+                s.key_usages.push(KeyUsagePurpose::KeyCertSign);
+            }),
+        ),
+        (
+            "keyCertSign on leaf",
+            mint(&ca, d, "certsign", |s| {
+                s.key_usages.push(KeyUsagePurpose::KeyCertSign);
+            }),
+        ),
+        ("wrong CA", mint(&other_ca, d, "wrong-ca", |_| {})),
+    ];
+    for (what, cert) in &hostile {
+        assert_handshake_refused(what, call(&b, cert).await);
+    }
+    // No client certificate at all (and no token).
+    let bare = Client::connect(ClientConfig {
+        ca: Some(b.ca()),
+        ..ClientConfig::new(b.endpoint.clone())
+    })
+    .await;
+    let r = match bare {
+        Ok(c) => create(&c).await,
+        Err(e) => Err(e),
+    };
+    assert_handshake_refused("no client certificate", r);
+    // Nothing reached the API.
+    assert!(b.audit_records().unwrap().is_empty());
+
+    let good = mint(&ca, d, "good", |_| {});
+    call(&b, &good).await.unwrap();
+    let c = client(&b, &good).await.unwrap();
+    let ctx = BTreeMap::from([("dataset".to_owned(), "x".to_owned())]);
+    c.generate_data_key(KEY, &ctx, None).await.unwrap();
+    let pem = std::fs::read_to_string(&good.0).unwrap();
+    let der = rustls_der(&pem);
+    let fp = keybroker_broker::identity::fingerprint(&der);
+    let records = b.audit_records().unwrap();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        let v: serde_json::Value = serde_json::from_str(r).unwrap();
+        assert_eq!(v["principal"]["spiffe_id"], ID, "{r}");
+        assert_eq!(v["principal"]["subject"], ID, "{r}");
+        assert_eq!(v["principal"]["cert_fingerprint"], fp.as_str(), "{r}");
+        assert_eq!(v["outcome"]["code"], "ok", "{r}");
+    }
+    b.stop().await.unwrap();
+}
+
+fn rustls_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn client_ca_rotates_on_sighup_without_restart() {
+    let old = TestCa::new().unwrap();
+    let b = broker(&old).await;
+    let d = b.dir.path();
+    let new = TestCa::new().unwrap();
+    let from_old = mint(&old, d, "old", |_| {});
+    let from_new = mint(&new, d, "new", |_| {});
+    call(&b, &from_old).await.unwrap();
+    assert_handshake_refused("new CA before rotation", call(&b, &from_new).await);
+
+    let bundle = b
+        .config
+        .identity
+        .mtls
+        .as_ref()
+        .unwrap()
+        .client_ca_file
+        .clone();
+    std::fs::write(&bundle, &new.pem).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call(&b, &from_new).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("new CA still refused after SIGHUP: {e}"),
+        }
+    }
+    assert_handshake_refused("old CA after rotation", call(&b, &from_old).await);
+    b.stop().await.unwrap();
+}
