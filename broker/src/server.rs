@@ -276,8 +276,14 @@ impl Broker {
         );
         self.tasks
             .spawn(monitor.run(self.cancel.clone(), HEALTH_PROBE_EVERY));
-        self.tasks
-            .spawn(reload_on_sighup(self.reloader(), self.cancel.clone()));
+        // Installed before serving, so a SIGHUP never meets the default action (exit).
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                self.tasks
+                    .spawn(reload_on_sighup(hup, self.reloader(), self.cancel.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "no SIGHUP handler: reload by signal is off"),
+        }
         if let Some((signer, dir)) = self.checkpoints {
             self.tasks.spawn(crate::audit::checkpoint::run(
                 signer,
@@ -342,15 +348,11 @@ impl Reloader {
 }
 
 /// SIGHUP → [`Reloader::reload`], until `cancel`.
-async fn reload_on_sighup(reloader: Reloader, cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGHUP handler: reload by signal is off");
-            return;
-        }
-    };
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    reloader: Reloader,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
