@@ -32,13 +32,19 @@ when { principal.spiffe_id == "spiffe://eu1.test/ns/ml/sa/trainer" };
 "#;
 
 async fn broker(ca: &TestCa) -> TestBroker {
+    broker_in(ca, IdentityMode::Mtls).await
+}
+
+async fn broker_in(ca: &TestCa, mode: IdentityMode) -> TestBroker {
     let ca_pem = ca.pem.clone();
     TestBroker::start_with(move |c| {
         let dir = c.path.parent().unwrap().to_path_buf();
         let bundle = dir.join("client-ca.pem");
         std::fs::write(&bundle, ca_pem).unwrap();
-        std::fs::write(c.policy.file.as_ref().unwrap(), POLICY).unwrap();
-        c.identity.mode = IdentityMode::Mtls;
+        if mode == IdentityMode::Mtls {
+            std::fs::write(c.policy.file.as_ref().unwrap(), POLICY).unwrap();
+        }
+        c.identity.mode = mode;
         c.identity.mtls = Some(MtlsConfig {
             client_ca_file: bundle,
             // Long, so the rotation test shows SIGHUP did it, not the poller.
@@ -72,7 +78,10 @@ async fn create(c: &Client) -> Result<(), ClientError> {
         .await
     {
         Ok(_) => Ok(()),
-        Err(ClientError::Status { code, .. }) if code == Code::AlreadyExists => Ok(()),
+        Err(ClientError::Status {
+            code: Code::AlreadyExists,
+            ..
+        }) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -182,6 +191,83 @@ async fn hostile_client_certificates_fail_the_handshake_and_a_valid_svid_is_serv
         assert_eq!(v["principal"]["cert_fingerprint"], fp.as_str(), "{r}");
         assert_eq!(v["outcome"]["code"], "ok", "{r}");
     }
+
+    // The CLI presents the same SVID with --cert/--key (and needs no token).
+    let cli = |cert: Option<&(PathBuf, PathBuf)>| {
+        let mut cmd = tokio::process::Command::new(bin("keybroker"));
+        cmd.args(["--endpoint", &b.endpoint, "--ca"])
+            .arg(b.ca())
+            .args(["--output", "json", "keys", "get", KEY])
+            .env_remove("KEYBROKER_TOKEN_FILE")
+            .env_remove("KEYBROKER_CERT")
+            .env_remove("KEYBROKER_KEY");
+        if let Some((c, k)) = cert {
+            cmd.arg("--cert").arg(c).arg("--key").arg(k);
+        } else {
+            cmd.arg("--token-file")
+                .arg(b.dir.path().join("no-such-token"));
+        }
+        cmd.output()
+    };
+    let out = cli(Some(&good)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(key["name"], KEY);
+    assert!(!cli(None).await.unwrap().status.success());
+    b.stop().await.unwrap();
+}
+
+fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} not built (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test]
+async fn both_mode_needs_token_and_certificate_and_records_both() {
+    let ca = TestCa::new().unwrap();
+    let b = broker_in(&ca, IdentityMode::Both).await;
+    let good = mint(&ca, b.dir.path(), "good", |_| {});
+    // Certificate without token: authenticated TLS, refused call.
+    match call(&b, &good).await {
+        Err(ClientError::Status { code, message, .. }) => {
+            assert_eq!(code, Code::Unauthenticated);
+            assert!(message.starts_with("missing bearer token"), "{message}");
+        }
+        other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+    }
+    // Token without certificate: the handshake fails.
+    assert_handshake_refused("token only", create(&b.client().await.unwrap()).await);
+    // Both: the dev token's principal, plus the certificate's SPIFFE ID and fingerprint.
+    let c = Client::connect(ClientConfig {
+        ca: Some(b.ca()),
+        cert: Some(good.0.clone()),
+        key: Some(good.1.clone()),
+        token_file: Some(b.token_file().unwrap()),
+        ..ClientConfig::new(b.endpoint.clone())
+    })
+    .await
+    .unwrap();
+    create(&c).await.unwrap();
+    let fp = keybroker_broker::identity::fingerprint(&rustls_der(
+        &std::fs::read_to_string(&good.0).unwrap(),
+    ));
+    let last: serde_json::Value =
+        serde_json::from_str(b.audit_records().unwrap().last().unwrap()).unwrap();
+    assert_eq!(last["outcome"]["code"], "ok");
+    assert_eq!(last["principal"]["namespace"], "dev");
+    assert_eq!(last["principal"]["spiffe_id"], ID);
+    assert_eq!(last["principal"]["cert_fingerprint"], fp.as_str());
     b.stop().await.unwrap();
 }
 
