@@ -354,4 +354,38 @@ mod tests {
             .to_string();
         assert!(e.contains("hsm.toml: hsm hsm-0: PKCS#11 module"), "{e}");
     }
+
+    #[test]
+    fn check_config_reads_the_client_ca_and_jwks_ca_files() {
+        let d = Deployment::new(0o600);
+        let text = FULL
+            .replace(
+                "jwks_file = \"jwks.json\"",
+                "jwks_url = \"https://idp.example.eu/jwks\"\njwks_ca_file = \"tls/server.pem\"",
+            )
+            .replace(
+                "[[identity.jwt_issuers]]",
+                "[identity]\nmode = \"both\"\nclient_ca_file = \"ca.pem\"\n\
+                 trust_domains = [{ domain = \"eu1.example\" }]\n[[identity.jwt_issuers]]",
+            );
+        std::fs::write(d.path("broker.toml"), text).unwrap();
+        std::fs::write(d.path("ca.pem"), "not pem").unwrap();
+        let e = check_config(&d.path("broker.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("identity.client_ca_file: ") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        std::fs::copy(d.path("tls/server.pem"), d.path("ca.pem")).unwrap();
+        let report = check_config(&d.path("broker.toml")).unwrap().to_string();
+        for want in [
+            "jwks_ca_file",
+            "jwks_url",
+            "not checked offline",
+            "1 CA certificate(s)",
+        ] {
+            assert!(report.contains(want), "{want}: {report}");
+        }
+    }
 }
