@@ -15,4 +15,4 @@ mod server;
 pub mod store;
 mod tls;
 
-pub use server::{Broker, Reloader, StartError, run};
+pub use server::{Broker, ReloadError, Reloader, StartError, run};

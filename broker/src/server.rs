@@ -18,7 +18,7 @@ use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
 use crate::identity::{Authenticator, ClientCa, IssuerSettings, JwtVerifier};
 use crate::keys::{HsmHandle, KeyService, KeySettings};
-use crate::policy::PolicyEngine;
+use crate::policy::{PolicySlot, Reloaded};
 use crate::store::{SqliteStore, Store};
 
 /// How long shutdown waits for in-flight requests and open streams.
@@ -193,11 +193,8 @@ impl Broker {
             )),
             None => None,
         };
-        let policy = match &config.policy.file {
-            Some(path) => PolicyEngine::load(path)?,
-            None => PolicyEngine::builtin()?,
-        };
-        tracing::info!(policy_sha256 = policy.sha256(), "policy loaded");
+        let policy = PolicySlot::load(config.policy.file.clone())?;
+        tracing::info!(policy_sha256 = policy.current().sha256(), "policy loaded");
         let keys = KeyService::new(
             store,
             hsms,
@@ -245,10 +242,12 @@ impl Broker {
         })
     }
 
-    /// A handle that reloads what can change without a restart (the client CA bundle).
+    /// A handle that reloads the policy and the client CA bundle (and whatever else can change
+    /// while serving); `main` calls it on SIGHUP.
     #[must_use]
     pub fn reloader(&self) -> Reloader {
         Reloader {
+            state: self.state.clone(),
             client_ca: self.client_ca.as_ref().map(|(ca, _)| ca.clone()),
         }
     }
@@ -276,14 +275,6 @@ impl Broker {
         );
         self.tasks
             .spawn(monitor.run(self.cancel.clone(), HEALTH_PROBE_EVERY));
-        // Installed before serving, so a SIGHUP never meets the default action (exit).
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(hup) => {
-                self.tasks
-                    .spawn(reload_on_sighup(hup, self.reloader(), self.cancel.clone()));
-            }
-            Err(e) => tracing::warn!(error = %e, "no SIGHUP handler: reload by signal is off"),
-        }
         if let Some((signer, dir)) = self.checkpoints {
             self.tasks.spawn(crate::audit::checkpoint::run(
                 signer,
@@ -331,39 +322,55 @@ impl Broker {
     }
 }
 
-/// Reloads, on demand, what the broker can change without a restart.
+/// Reloads, while serving, what an operator may change without a restart: the Cedar policy and
+/// the mTLS client CA bundle. Each part that fails to reload keeps its old state; requests are
+/// never dropped.
 #[derive(Debug, Clone)]
 pub struct Reloader {
+    state: Arc<ApiState>,
     client_ca: Option<Arc<ClientCa>>,
 }
 
-impl Reloader {
-    /// Re-reads the client CA bundle (mTLS); a bad bundle is logged and the old one stays.
-    pub async fn reload(&self) {
-        if let Some(ca) = self.client_ca.clone() {
-            // File I/O off the async workers; the outcome is logged by `reload`.
-            let _ = tokio::task::spawn_blocking(move || ca.reload()).await;
-        }
-    }
+/// Why one part of a reload was refused (its old state stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new policy file cannot be read, parsed or validated.
+    #[error("policy.file: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The new client CA bundle cannot be read or holds no usable CA certificate.
+    #[error("identity.client_ca_file: {0}")]
+    ClientCa(#[source] crate::identity::IdentityError),
 }
 
-/// SIGHUP → [`Reloader::reload`], until `cancel`.
-async fn reload_on_sighup(
-    mut hup: tokio::signal::unix::Signal,
-    reloader: Reloader,
-    cancel: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            r = hup.recv() => {
-                if r.is_none() {
-                    return;
-                }
-                tracing::info!("SIGHUP: reloading");
-                reloader.reload().await;
+impl Reloader {
+    /// Reloads every part, logs what changed, and returns the parts that were refused. Blocking
+    /// (reads files): call it from `spawn_blocking`.
+    pub fn reload(&self) -> Vec<ReloadError> {
+        let mut refused = Vec::new();
+        match self.state.policy.reload() {
+            Ok(Reloaded::Replaced { old, new }) => {
+                tracing::info!(old_sha256 = %old, policy_sha256 = %new, "policy reloaded");
+            }
+            Ok(Reloaded::Unchanged { sha256 }) => {
+                tracing::info!(policy_sha256 = %sha256, "policy unchanged");
+            }
+            Ok(Reloaded::Builtin) => {
+                tracing::info!("built-in policy in force: nothing to reload");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
+                refused.push(e.into());
             }
         }
+        // `ClientCa::reload` logs a replacement or a refusal (the old bundle stays).
+        match self.client_ca.as_ref().map(|ca| ca.reload()) {
+            Some(Ok(crate::identity::Reloaded::Unchanged)) => {
+                tracing::info!("client CA bundle unchanged");
+            }
+            Some(Err(e)) => refused.push(ReloadError::ClientCa(e)),
+            Some(Ok(crate::identity::Reloaded::Replaced(_))) | None => {}
+        }
+        refused
     }
 }
 

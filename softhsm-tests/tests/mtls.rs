@@ -1,7 +1,8 @@
 //! mTLS end to end: a broker in `mode = "mtls"` with a client CA minted at test time, driven by
 //! the real client presenting X.509-SVIDs. Hostile certificates fail the TLS handshake (no
 //! request reaches the API, so no audit record); a valid SVID is served and its SPIFFE ID and
-//! fingerprint land in the audit record; the CA bundle rotates on SIGHUP without a restart.
+//! fingerprint land in the audit record; the CA bundle of a running `keybrokerd` rotates on
+//! SIGHUP without a restart.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keybroker_broker::config::{IdentityMode, MtlsConfig, TrustDomainConfig};
 use keybroker_client::{Client, ClientConfig, ClientError, KeyPurpose};
@@ -279,42 +280,129 @@ fn rustls_der(pem: &str) -> Vec<u8> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn client_ca_rotates_on_sighup_without_restart() {
-    let old = TestCa::new().unwrap();
-    let b = broker(&old).await;
-    let d = b.dir.path();
-    let new = TestCa::new().unwrap();
-    let from_old = mint(&old, d, "old", |_| {});
-    let from_new = mint(&new, d, "new", |_| {});
-    call(&b, &from_old).await.unwrap();
-    assert_handshake_refused("new CA before rotation", call(&b, &from_new).await);
+/// `keybrokerd --config` as a child process in mTLS mode, its log lines on a channel.
+struct Daemon {
+    child: tokio::process::Child,
+    endpoint: String,
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
 
-    let bundle = b
-        .config
-        .identity
-        .mtls
-        .as_ref()
-        .unwrap()
-        .client_ca_file
-        .clone();
-    std::fs::write(&bundle, &new.pem).unwrap();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &std::process::id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match call(&b, &from_new).await {
-            Ok(()) => break,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+impl Daemon {
+    async fn start(dir: &Path, token: &softhsm_tests::SoftHsmToken, ca: &TestCa) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let config = softhsm_tests::broker::write_config(dir, token, &token.pin).unwrap();
+        std::fs::write(dir.join("client-ca.pem"), &ca.pem).unwrap();
+        std::fs::write(dir.join("dev-policy.cedar"), POLICY).unwrap();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        // Poll hourly: the rotation below must be SIGHUP's doing.
+        text.push_str(
+            "\n[identity]\nmode = \"mtls\"\nclient_ca_file = \"client-ca.pem\"\n\
+             client_ca_poll_interval = \"1h\"\n\
+             trust_domains = [{ domain = \"eu1.test\", region = \"eu-west-1\" }]\n",
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut child = tokio::process::Command::new(bin("keybrokerd"))
+            .arg("--config")
+            .arg(&config)
+            .env("KEYBROKER_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut log) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(strip_ansi(&line));
             }
-            Err(e) => panic!("new CA still refused after SIGHUP: {e}"),
+        });
+        let serving = wait_for(&mut log, "serving").await;
+        let addr = serving
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        let port = addr.rsplit(':').next().unwrap();
+        Self {
+            child,
+            endpoint: format!("https://127.0.0.1:{port}"),
+            log,
         }
     }
-    assert_handshake_refused("old CA after rotation", call(&b, &from_old).await);
-    b.stop().await.unwrap();
+
+    async fn call(&self, dir: &Path, cert: &(PathBuf, PathBuf)) -> Result<(), ClientError> {
+        let c = Client::connect(ClientConfig {
+            ca: Some(dir.join("tls/ca.pem")),
+            cert: Some(cert.0.clone()),
+            key: Some(cert.1.clone()),
+            ..ClientConfig::new(self.endpoint.clone())
+        })
+        .await?;
+        c.list_all_keys("").await.map(|_| ())
+    }
+}
+
+/// Waits (bounded) for a log line containing `needle`.
+async fn wait_for(log: &mut tokio::sync::mpsc::UnboundedReceiver<String>, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, log.recv()).await {
+            Ok(Some(line)) if line.contains(needle) => return line,
+            Ok(Some(_)) => {}
+            other => panic!("no log line with {needle:?} within 30 s: {other:?}"),
+        }
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn client_ca_rotates_on_sighup_to_keybrokerd_without_restart() {
+    let token = softhsm_tests::SoftHsmToken::new("e2e-mtls").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (old, new) = (TestCa::new().unwrap(), TestCa::new().unwrap());
+    let mut daemon = Daemon::start(d, &token, &old).await;
+    let from_old = mint(&old, d, "old", |_| {});
+    let from_new = mint(&new, d, "new", |_| {});
+    daemon.call(d, &from_old).await.unwrap();
+    assert_handshake_refused("new CA before rotation", daemon.call(d, &from_new).await);
+
+    // A broken bundle is refused on SIGHUP and the old one stays.
+    std::fs::write(d.join("client-ca.pem"), "not a bundle").unwrap();
+    let pid = daemon.child.id().unwrap().to_string();
+    let hup = || {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+    };
+    assert!(hup().unwrap().success());
+    wait_for(&mut daemon.log, "client CA bundle not reloaded").await;
+    daemon.call(d, &from_old).await.unwrap();
+
+    std::fs::write(d.join("client-ca.pem"), &new.pem).unwrap();
+    assert!(hup().unwrap().success());
+    wait_for(&mut daemon.log, "client CA bundle reloaded").await;
+    daemon.call(d, &from_new).await.unwrap();
+    assert_handshake_refused("old CA after rotation", daemon.call(d, &from_old).await);
+    daemon.child.kill().await.unwrap();
 }

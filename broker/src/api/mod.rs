@@ -16,7 +16,7 @@ use tonic::{Code, Request, Status};
 use crate::config::ResidencyConfig;
 use crate::identity::{Authenticator, Principal};
 use crate::keys::{Caller, KeyService};
-use crate::policy::{Decision, PolicyEngine};
+use crate::policy::{Decision, PolicyEngine, PolicySlot};
 
 pub(crate) use datakeys::DataKeysApi;
 pub(crate) use keyadmin::KeyAdminApi;
@@ -34,7 +34,7 @@ pub(crate) struct ApiState {
     pub(crate) identity: Authenticator,
     pub(crate) audit: Arc<dyn crate::audit::AuditLog>,
     pub(crate) replica_id: String,
-    pub(crate) policy: PolicyEngine,
+    pub(crate) policy: PolicySlot,
     pub(crate) residency: ResidencyConfig,
 }
 
@@ -86,6 +86,8 @@ impl RequestId {
 pub(crate) struct CallContext {
     pub(crate) rid: RequestId,
     pub(crate) principal: Principal,
+    /// The policy in force when the call arrived: it decides and is named in the record.
+    pub(crate) policy: Arc<PolicyEngine>,
     /// The policy decision, once authorized (for the audit record).
     pub(crate) decision: std::sync::OnceLock<Decision>,
 }
@@ -126,6 +128,7 @@ impl ApiState {
         Ok(CallContext {
             rid,
             principal,
+            policy: self.policy.current(),
             decision: std::sync::OnceLock::new(),
         })
     }

@@ -8,6 +8,7 @@ mod dev_token;
 mod error;
 mod keys;
 mod output;
+mod policy;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ enum Command {
     /// Create, describe, list and rotate keys.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
+    /// Validate Cedar policies offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// Print a fresh dev-mode token (only for `keybrokerd dev`).
     DevToken(dev_token::DevTokenArgs),
 }
@@ -79,6 +83,7 @@ impl Cli {
         let format = self.global.output;
         match &self.command {
             Command::DevToken(args) => args.run(out),
+            Command::Policy(cmd) => cmd.run(format, out),
             Command::Datakey(cmd) => cmd.run(&self.global, format, out).await,
             Command::Keys(cmd) => cmd.run(&self.global, format, out).await,
         }
