@@ -77,7 +77,7 @@ impl IdentityError {
 /// Why a token was refused: one variant per rule, so tests and logs can tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Reason {
-    /// Larger than [`jwt::MAX_TOKEN_LEN`].
+    /// Larger than 8 KiB (`MAX_TOKEN_LEN`).
     #[error("token larger than 8 KiB")]
     TooLarge,
     /// Not exactly three dot-separated parts.
