@@ -8,6 +8,7 @@ pub mod config;
 pub mod dev;
 mod health;
 pub mod hsm;
+mod http;
 pub mod identity;
 pub mod keys;
 pub mod policy;

@@ -66,6 +66,9 @@ pub enum StartError {
     /// The audit log failed to open (fail closed: no audit, no broker).
     #[error("audit.dir: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// The HTTPS side port failed to start.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     /// Serving failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -80,6 +83,15 @@ pub struct Broker {
     tasks: TaskTracker,
     cancel: CancellationToken,
     checkpoints: Option<(Signer, std::path::PathBuf)>,
+    side_port: Option<SidePort>,
+}
+
+/// The HTTPS side port, bound at start so its address is known before serving.
+#[derive(Debug)]
+struct SidePort {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    transit: Option<crate::config::TransitConfig>,
 }
 
 impl Broker {
@@ -225,6 +237,19 @@ impl Broker {
             client_ca.as_ref().map(|(ca, _)| ca.verifier()),
         )
         .map_err(StartError::Tls)?;
+        let side_port = match &config.http {
+            Some(http) => Some(SidePort {
+                listener: TcpListener::bind(http.listen).await.map_err(|source| {
+                    crate::http::HttpError::Bind {
+                        addr: http.listen,
+                        source,
+                    }
+                })?,
+                tls: crate::http::tls_config(&config.server.tls_cert, &config.server.tls_key)?,
+                transit: http.transit.clone(),
+            }),
+            None => None,
+        };
         Ok(Self {
             state: Arc::new(ApiState {
                 keys,
@@ -235,6 +260,7 @@ impl Broker {
                 residency: config.residency.clone(),
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
+            side_port,
             tls,
             client_ca,
             tasks: TaskTracker::new(),
@@ -250,6 +276,14 @@ impl Broker {
             state: self.state.clone(),
             client_ca: self.client_ca.as_ref().map(|(ca, _)| ca.clone()),
         }
+    }
+
+    /// The address of the HTTPS side port, when one is configured.
+    #[must_use]
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.side_port
+            .as_ref()
+            .and_then(|s| s.listener.local_addr().ok())
     }
 
     /// The key service (dev mode uses it to create the demo key).
@@ -280,6 +314,18 @@ impl Broker {
                 signer,
                 self.state.audit.clone(),
                 dir,
+                self.cancel.clone(),
+            ));
+        }
+        if let Some(side) = self.side_port {
+            let router = match side.transit {
+                Some(t) => crate::http::transit::router(self.state.clone(), t),
+                None => axum::Router::new(),
+            };
+            self.tasks.spawn(crate::http::serve(
+                side.listener,
+                side.tls,
+                router,
                 self.cancel.clone(),
             ));
         }

@@ -27,6 +27,8 @@ pub struct TestBroker {
     pub endpoint: String,
     /// Bound address.
     pub addr: SocketAddr,
+    /// The HTTPS side port, when the config has `[http]`.
+    pub http_addr: Option<SocketAddr>,
     /// The config it runs with.
     pub config: BrokerConfig,
     shutdown: Option<oneshot::Sender<()>>,
@@ -171,6 +173,7 @@ impl TestBroker {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let broker = keybroker_broker::Broker::start(&config).await?;
+        let http_addr = broker.http_addr();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(broker.serve(listener, async {
             let _ = rx.await;
@@ -181,6 +184,7 @@ impl TestBroker {
             extra_tokens,
             endpoint: format!("https://127.0.0.1:{}", addr.port()),
             addr,
+            http_addr,
             config,
             shutdown: Some(tx),
             task: Some(task),

@@ -19,7 +19,9 @@
 //! themselves. The temp dir of the process configuration lives as long as the process (it is
 //! in a `static`, so it is not removed at exit; its name starts with `keybroker-softhsm-`).
 
+pub mod bao;
 pub mod broker;
+pub mod https;
 pub mod svid;
 
 use std::path::{Path, PathBuf};

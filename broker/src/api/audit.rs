@@ -52,6 +52,11 @@ impl Recorder {
         Ok(call)
     }
 
+    /// The API surface the call came through (gRPC unless said otherwise).
+    pub(crate) fn surface(&mut self, surface: crate::audit::Surface) {
+        self.record.surface = surface;
+    }
+
     /// The key the call is about.
     pub(crate) fn key(&mut self, name: &str) {
         self.record.key_name = Some(name.to_owned());

@@ -29,7 +29,7 @@ impl DataKeysApi {
 // every one so a record is appended, granted or refused, before the response leaves.
 impl DataKeysApi {
     #[tracing::instrument(skip_all, name = "GenerateDataKey")]
-    async fn generate_data_key(
+    pub(crate) async fn generate_data_key(
         &self,
         req: Request<pb::GenerateDataKeyRequest>,
         rec: &mut Recorder,
@@ -64,7 +64,7 @@ impl DataKeysApi {
     }
 
     #[tracing::instrument(skip_all, name = "GenerateDataKeyWithoutPlaintext")]
-    async fn generate_data_key_without_plaintext(
+    pub(crate) async fn generate_data_key_without_plaintext(
         &self,
         req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
         rec: &mut Recorder,
@@ -93,7 +93,7 @@ impl DataKeysApi {
     }
 
     #[tracing::instrument(skip_all, name = "Decrypt")]
-    async fn decrypt(
+    pub(crate) async fn decrypt(
         &self,
         req: Request<pb::DecryptRequest>,
         rec: &mut Recorder,
@@ -128,7 +128,7 @@ impl DataKeysApi {
     }
 
     #[tracing::instrument(skip_all, name = "Encrypt")]
-    async fn encrypt(
+    pub(crate) async fn encrypt(
         &self,
         req: Request<pb::EncryptRequest>,
         rec: &mut Recorder,
@@ -161,7 +161,7 @@ impl DataKeysApi {
     }
 
     #[tracing::instrument(skip_all, name = "ReEncrypt")]
-    async fn re_encrypt(
+    pub(crate) async fn re_encrypt(
         &self,
         req: Request<pb::ReEncryptRequest>,
         rec: &mut Recorder,

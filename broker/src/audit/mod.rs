@@ -16,7 +16,7 @@ pub mod tiles;
 use std::path::PathBuf;
 
 pub use log::FileAuditLog;
-pub use record::{AuditPrincipal, AuditRecord, Decision, Op, Outcome};
+pub use record::{AuditPrincipal, AuditRecord, Decision, Op, Outcome, Surface};
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]

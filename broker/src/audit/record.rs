@@ -38,6 +38,16 @@ pub enum Op {
     RotateKey,
 }
 
+/// The API surface a call came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Surface {
+    /// The gRPC API.
+    Grpc,
+    /// The Vault/OpenBao transit-compatible HTTPS endpoint.
+    Transit,
+}
+
 /// Whether the request was granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,7 +88,7 @@ impl From<&crate::identity::Principal> for AuditPrincipal {
             namespace: p.namespace.clone(),
             service_account: p.service_account.clone(),
             job: p.job_id.clone(),
-            region: None,
+            region: p.region.clone(),
             cert_fingerprint: p.cert_fingerprint.clone(),
         }
     }
@@ -128,6 +138,8 @@ pub struct AuditRecord {
     pub outcome: Outcome,
     /// Lease id of released key material.
     pub lease_id: Option<String>,
+    /// The API surface the call came through.
+    pub surface: Surface,
 }
 
 impl AuditRecord {
@@ -154,6 +166,7 @@ impl AuditRecord {
                 code: String::new(),
             },
             lease_id: None,
+            surface: Surface::Grpc,
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod check;
 mod error;
+mod http;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use hsm_config::Inventory;
 
 pub use check::{CheckItem, CheckReport, check_config};
 pub use error::ConfigError;
+pub use http::{HttpConfig, TransitConfig, TransitToken};
 pub(crate) use raw::is_trust_domain;
 
 /// The validated broker configuration. Every path is absolute.
@@ -48,6 +50,8 @@ pub struct BrokerConfig {
     pub audit: AuditConfig,
     /// Which Cedar policy decides.
     pub policy: PolicyConfig,
+    /// The HTTPS side port (transit seal endpoint), when configured.
+    pub http: Option<HttpConfig>,
 }
 
 /// `[audit]`.

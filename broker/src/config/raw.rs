@@ -11,9 +11,11 @@ use std::time::Duration;
 use hsm_config::{Inventory, is_valid_jurisdiction};
 use serde::Deserialize;
 
+mod http;
 mod identity;
 mod mtls;
 
+use http::{RawHttp, http};
 use identity::{RawIdentity, identity};
 pub(crate) use mtls::is_trust_domain;
 
@@ -42,6 +44,7 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     policy: RawPolicy,
+    http: Option<RawHttp>,
 }
 
 #[derive(Deserialize, Default)]
@@ -128,6 +131,7 @@ pub(super) struct Validated {
     identity: IdentityConfig,
     audit: AuditConfig,
     policy: PolicyConfig,
+    http: Option<super::HttpConfig>,
 }
 
 struct Ctx<'a> {
@@ -228,6 +232,7 @@ impl Validated {
                     .map(|f| cx.resolve("policy.file", f))
                     .transpose()?,
             },
+            http: http(&cx, raw.http)?,
             display_path: path.to_path_buf(),
             config_path,
         })
@@ -267,6 +272,7 @@ impl Validated {
             identity: self.identity,
             audit: self.audit,
             policy: self.policy,
+            http: self.http,
         })
     }
 }

@@ -378,3 +378,68 @@ fn caller_region_rule_needs_valid_patterns() {
         "{e}"
     );
 }
+
+const TRANSIT: &str = r#"
+[http]
+listen = "127.0.0.1:8200"
+[http.transit]
+mount = "/seal/transit/"
+[[http.transit.tokens]]
+name = "openbao-prod"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+namespace = "openbao"
+region = "eu-west-1"
+jurisdiction = "EU"
+"#;
+
+#[test]
+fn transit_section_parses_with_hashed_tokens_only() {
+    let c = parse(&format!("{FULL}{TRANSIT}")).unwrap();
+    let http = c.http.unwrap();
+    assert_eq!(http.listen.port(), 8200);
+    let t = http.transit.unwrap();
+    assert_eq!(t.mount, "seal/transit");
+    assert_eq!(t.tokens[0].name, "openbao-prod");
+    assert_eq!(t.tokens[0].sha256[0], 0x9f);
+    // Debug never prints the hash.
+    assert!(!format!("{t:?}").contains("9f86d0"));
+    assert!(parse(FULL).unwrap().http.is_none());
+}
+
+#[test]
+fn transit_mistakes_name_the_field() {
+    let sha = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let cases = [
+        ("127.0.0.1:8200", "localhost", "http.listen"),
+        (
+            "mount = \"/seal/transit/\"",
+            "mount = \"a//b\"",
+            "http.transit.mount",
+        ),
+        (sha, "test", "http.transit.tokens[0].sha256"),
+        (sha, &sha[..60], "http.transit.tokens[0].sha256"),
+        (
+            "\"openbao-prod\"",
+            "\"Bad Name\"",
+            "http.transit.tokens[0].name",
+        ),
+        (
+            "jurisdiction = \"EU\"",
+            "jurisdiction = \"eu\"",
+            "http.transit.tokens[0].jurisdiction",
+        ),
+        (
+            "name = \"openbao-prod\"",
+            "name = \"x\"\ntoken = \"plain\"",
+            "unknown field",
+        ),
+    ];
+    for (from, to, field) in cases {
+        let e = err(&format!("{FULL}{}", replace(TRANSIT, from, to)));
+        assert!(e.contains(field), "{to}: {e}");
+    }
+    let no_tokens = "\n[http]\nlisten = \"127.0.0.1:8200\"\n[http.transit]\n";
+    assert!(err(&format!("{FULL}{no_tokens}")).contains("http.transit.tokens"));
+    let twice = format!("{TRANSIT}[[http.transit.tokens]]\nname = \"other\"\nsha256 = \"{sha}\"\n");
+    assert!(err(&format!("{FULL}{twice}")).contains("configured twice"));
+}

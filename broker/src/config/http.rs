@@ -1,0 +1,53 @@
+//! `[http]`: the HTTPS side port and, on it, the Vault/OpenBao transit-compatible seal
+//! endpoint (`[http.transit]`). Types only; parsing is in `raw/http.rs`.
+
+use std::net::SocketAddr;
+
+/// `[http]`: the HTTPS side port. It serves TLS with the gRPC server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Listen address, e.g. `127.0.0.1:8200`.
+    pub listen: SocketAddr,
+    /// The transit-compatible seal endpoint, when enabled.
+    pub transit: Option<TransitConfig>,
+}
+
+/// `[http.transit]`: `PUT /v1/<mount>/encrypt/<key>`, `/decrypt/<key>` and
+/// `/v1/auth/token/renew-self`, as Vault's and OpenBao's `seal "transit"` call them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitConfig {
+    /// Mount path without slashes at either end, e.g. `transit` (bao's `mount_path`).
+    pub mount: String,
+    /// Accepted `X-Vault-Token`s, each naming the principal it stands for.
+    pub tokens: Vec<TransitToken>,
+}
+
+/// One accepted `X-Vault-Token`, stored as its sha256 only (the token itself is never in the
+/// config, the logs or the audit log).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TransitToken {
+    /// Principal name; the subject becomes `transit:<name>`.
+    pub name: String,
+    /// sha256 of the token.
+    pub sha256: [u8; 32],
+    /// Namespace fact for policy (e.g. `openbao`).
+    pub namespace: Option<String>,
+    /// Cluster of the caller (config, as for JWT issuers).
+    pub cluster: Option<String>,
+    /// Region of the caller, for the residency guard.
+    pub region: Option<String>,
+    /// Jurisdiction of the caller.
+    pub jurisdiction: Option<String>,
+}
+
+impl std::fmt::Debug for TransitToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hash is not secret, but nothing gains from printing it.
+        f.debug_struct("TransitToken")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("region", &self.region)
+            .field("jurisdiction", &self.jurisdiction)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,124 @@
+//! The HTTPS side port: today the Vault/OpenBao transit-compatible seal endpoint
+//! ([`transit`]). TLS with the gRPC server's certificate (rustls, ring provider), HTTP/1.1 and
+//! HTTP/2, bounded TLS handshakes, graceful drain on shutdown.
+
+pub(crate) mod transit;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// A TLS handshake that takes longer than this is dropped (slowloris).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for open HTTP connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most concurrent connections on the side port.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Why the side port could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The certificate or key could not be read or used.
+    #[error("server.tls_cert / server.tls_key for the HTTPS side port: {0}")]
+    Tls(String),
+    /// The listen address could not be bound.
+    #[error("http.listen: cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A rustls server config from PEM files (certificate chain, private key).
+///
+/// # Errors
+/// Unreadable or unusable files.
+pub(crate) fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, HttpError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect)
+        .map_err(|e| HttpError::Tls(format!("{}: {e}", cert.display())))?;
+    // The error of a key file never quotes its content.
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| HttpError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HttpError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| HttpError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `router` over TLS on `listener` until `cancel`, then drains open connections
+/// (bounded by [`DRAIN_TIMEOUT`]).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: axum::Router,
+    cancel: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: do not spin; the next accept may succeed.
+                    tracing::warn!(error = %e, "side port: accept failed");
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "side port: connection limit reached, dropping");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "side port: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "side port: TLS handshake timed out");
+                    return;
+                }
+            };
+            let builder = Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "side port: connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "side port: drain timeout");
+    }
+}

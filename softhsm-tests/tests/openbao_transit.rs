@@ -1,0 +1,336 @@
+//! Vault/OpenBao auto-unseal through the transit-compatible endpoint, against a real `bao`
+//! server: init, restart and auto-unseal, seal-key rotation with re-wrap, every call audited;
+//! and the endpoint's answers to hostile requests (4xx for the caller's mistakes, 5xx only when
+//! a retry can help).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failure is the test failing"
+)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use keybroker_broker::config::{HttpConfig, TransitConfig, TransitToken};
+use keybroker_client::KeyPurpose;
+use sha2::{Digest as _, Sha256};
+use softhsm_tests::bao::Bao;
+use softhsm_tests::broker::TestBroker;
+use softhsm_tests::https::{Reply, request};
+
+const TOKEN: &str = "kbt-test-0123456789abcdef";
+const SEAL_KEY: &str = "seal/bao-test";
+
+async fn broker() -> TestBroker {
+    TestBroker::start_with(|c| {
+        c.http = Some(HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            transit: Some(TransitConfig {
+                mount: "transit".to_owned(),
+                tokens: vec![TransitToken {
+                    name: "bao".to_owned(),
+                    sha256: Sha256::digest(TOKEN.as_bytes()).into(),
+                    // The test policy lets namespace `dev` use every key.
+                    namespace: Some("dev".to_owned()),
+                    cluster: None,
+                    region: Some("test-1".to_owned()),
+                    jurisdiction: Some("EU".to_owned()),
+                }],
+            }),
+        });
+    })
+    .await
+    .unwrap()
+}
+
+async fn put(b: &TestBroker, path: &str, token: Option<&str>, body: &str) -> Reply {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(t) = token {
+        headers.push(("x-vault-token", t));
+    }
+    request(b.http_addr.unwrap(), &b.ca(), "PUT", path, &headers, body)
+        .await
+        .unwrap()
+}
+
+fn records(b: &TestBroker) -> Vec<serde_json::Value> {
+    b.audit_records()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bao_auto_unseals_through_transit_and_rewraps_after_rotation() {
+    let b = broker().await;
+    let c = b.client().await.unwrap();
+    c.create_key(SEAL_KEY, KeyPurpose::Seal, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stanza = format!(
+        "seal \"transit\" {{\n  address = \"https://localhost:{}\"\n  token = \"{TOKEN}\"\n  \
+         key_name = \"{SEAL_KEY}\"\n  mount_path = \"transit/\"\n  tls_ca_cert = \"{}\"\n  \
+         tls_server_name = \"localhost\"\n}}\n",
+        b.http_addr.unwrap().port(),
+        b.ca().display()
+    );
+    let mut bao = Bao::start(dir.path(), &stanza).unwrap();
+    let unsealed_after = tokio::task::block_in_place(|| {
+        // Up and sealed (not initialized), then init: an auto-unseal bao unseals itself.
+        bao.wait_sealed(true, Duration::from_secs(60)).unwrap();
+        bao.init().unwrap();
+        bao.wait_sealed(false, Duration::from_secs(60)).unwrap();
+        // Restart: auto-unseal through keybroker.
+        bao.restart().unwrap();
+        bao.wait_sealed(false, Duration::from_secs(60)).unwrap()
+    });
+    eprintln!("bao restart to unsealed through transit: {unsealed_after:?}");
+
+    // Rotate the seal key; after a restart bao learns the new key id (v2) and re-wraps.
+    c.rotate_key(SEAL_KEY).await.unwrap();
+    tokio::task::block_in_place(|| {
+        bao.restart().unwrap();
+        bao.wait_sealed(false, Duration::from_secs(60)).unwrap();
+    });
+    let log = bao.log();
+    tokio::task::block_in_place(|| bao.stop()).unwrap();
+
+    let recs = records(&b);
+    let transit: Vec<&serde_json::Value> =
+        recs.iter().filter(|r| r["surface"] == "transit").collect();
+    assert!(
+        transit
+            .iter()
+            .all(|r| r["principal"]["subject"] == "transit:bao"
+                && r["key_name"] == SEAL_KEY
+                && r["decision"] == "allow"
+                && r["outcome"]["code"] == "ok"
+                && r["principal"]["region"] == "test-1"),
+        "{transit:#?}\n{log}"
+    );
+    let count = |op: &str, v: u32| {
+        transit
+            .iter()
+            .filter(|r| r["op"] == op && r["key_version"] == v)
+            .count()
+    };
+    assert!(count("encrypt", 1) >= 1, "init wraps under v1");
+    assert!(
+        count("decrypt", 1) >= 2,
+        "each unseal opens the v1 root key"
+    );
+    assert!(
+        count("encrypt", 2) >= 1,
+        "after rotation bao re-wraps under v2:\n{log}"
+    );
+    // Neither the token nor its hash is in any record.
+    let all = b.audit_records().unwrap().join("\n");
+    assert!(!all.contains(TOKEN));
+    assert!(!all.contains(&hex::encode(Sha256::digest(TOKEN.as_bytes()))));
+}
+
+#[tokio::test]
+async fn transit_answers_hostile_requests_with_4xx_and_an_errors_body() {
+    let b = broker().await;
+    let c = b.client().await.unwrap();
+    c.create_key(SEAL_KEY, KeyPurpose::Seal, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    c.create_key(
+        "datasets/not-seal",
+        KeyPurpose::DataKey,
+        &BTreeMap::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    let enc = format!("/v1/transit/encrypt/{SEAL_KEY}");
+    let dec = format!("/v1/transit/decrypt/{SEAL_KEY}");
+    let ok = put(&b, &enc, Some(TOKEN), r#"{"plaintext":"aGVsbG8="}"#).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let ct = ok.json["data"]["ciphertext"].as_str().unwrap().to_owned();
+    assert!(ct.starts_with("vault:v1:"), "{ct}");
+    let back = put(
+        &b,
+        &dec,
+        Some(TOKEN),
+        &format!(r#"{{"ciphertext":"{ct}"}}"#),
+    )
+    .await;
+    assert_eq!(back.json["data"]["plaintext"], "aGVsbG8=", "{back:?}");
+    let b64 = ct.trim_start_matches("vault:v1:");
+
+    let cases: Vec<(&str, String, Option<&str>, String, u16)> = vec![
+        (
+            "no token",
+            enc.clone(),
+            None,
+            r#"{"plaintext":"aGk="}"#.into(),
+            403,
+        ),
+        (
+            "wrong token",
+            enc.clone(),
+            Some("kbt-wrong"),
+            r#"{"plaintext":"aGk="}"#.into(),
+            403,
+        ),
+        (
+            "data key, not a seal key",
+            "/v1/transit/encrypt/datasets/not-seal".into(),
+            Some(TOKEN),
+            r#"{"plaintext":"aGk="}"#.into(),
+            400,
+        ),
+        (
+            "unknown key",
+            "/v1/transit/encrypt/seal/nope".into(),
+            Some(TOKEN),
+            r#"{"plaintext":"aGk="}"#.into(),
+            403,
+        ),
+        (
+            "bad key name",
+            "/v1/transit/encrypt/Seal/UPPER".into(),
+            Some(TOKEN),
+            r#"{"plaintext":"aGk="}"#.into(),
+            400,
+        ),
+        (
+            "plaintext not base64",
+            enc.clone(),
+            Some(TOKEN),
+            r#"{"plaintext":"***"}"#.into(),
+            400,
+        ),
+        (
+            "body not JSON",
+            enc.clone(),
+            Some(TOKEN),
+            "plaintext=aGk=".into(),
+            400,
+        ),
+        (
+            "plaintext a number",
+            enc.clone(),
+            Some(TOKEN),
+            r#"{"plaintext":5}"#.into(),
+            400,
+        ),
+        (
+            "two parts",
+            dec.clone(),
+            Some(TOKEN),
+            format!(r#"{{"ciphertext":"vault:{b64}"}}"#),
+            400,
+        ),
+        (
+            "bad base64",
+            dec.clone(),
+            Some(TOKEN),
+            r#"{"ciphertext":"vault:v1:@@@"}"#.into(),
+            400,
+        ),
+        (
+            "unknown version",
+            dec.clone(),
+            Some(TOKEN),
+            format!(r#"{{"ciphertext":"vault:v7:{b64}"}}"#),
+            400,
+        ),
+        (
+            "other mount",
+            "/v1/other/encrypt/seal/bao-test".into(),
+            Some(TOKEN),
+            r#"{"plaintext":"aGk="}"#.into(),
+            404,
+        ),
+        (
+            "unknown op",
+            format!("/v1/transit/rewrap/{SEAL_KEY}"),
+            Some(TOKEN),
+            "{}".into(),
+            404,
+        ),
+        (
+            "oversized body",
+            enc.clone(),
+            Some(TOKEN),
+            format!(r#"{{"plaintext":"{}"}}"#, "A".repeat(200_000)),
+            413,
+        ),
+    ];
+    for (what, path, token, body, want) in cases {
+        let r = put(&b, &path, token, &body).await;
+        assert_eq!(r.status, want, "{what}: {r:?}");
+        if want != 413 {
+            assert!(
+                r.json["errors"].as_array().is_some_and(|e| !e.is_empty()),
+                "{what}: {r:?}"
+            );
+        }
+    }
+    // A tampered envelope (flipped tag byte) is refused, not opened.
+    let mut env = base64_decode(b64);
+    let last = env.len() - 1;
+    env[last] ^= 1;
+    let tampered = format!(r#"{{"ciphertext":"vault:v1:{}"}}"#, base64_encode(&env));
+    let r = put(&b, &dec, Some(TOKEN), &tampered).await;
+    assert!(r.status == 400 || r.status == 403, "{r:?}");
+    assert!(r.json["data"].is_null());
+
+    // renew-self: a valid token gets a lease, a wrong one 403 (bao stops renewing harmlessly).
+    let renew = put(
+        &b,
+        "/v1/auth/token/renew-self",
+        Some(TOKEN),
+        r#"{"increment":0}"#,
+    )
+    .await;
+    assert_eq!(renew.status, 200);
+    assert!(renew.json["auth"]["lease_duration"].as_u64().unwrap() > 0);
+    let renew = put(&b, "/v1/auth/token/renew-self", Some("nope"), "{}").await;
+    assert_eq!(renew.status, 403);
+
+    // HSM gone: 503, retryable; back: works again.
+    b.token.unplug().unwrap();
+    let down = put(&b, &enc, Some(TOKEN), r#"{"plaintext":"aGk="}"#).await;
+    assert_eq!(down.status, 503, "{down:?}");
+    b.token.plug_in().unwrap();
+    let mut recovered = None;
+    for _ in 0..50 {
+        let r = put(&b, &enc, Some(TOKEN), r#"{"plaintext":"aGk="}"#).await;
+        if r.status == 200 {
+            recovered = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+    }
+    assert!(
+        recovered.is_some(),
+        "the HSM came back but transit did not recover"
+    );
+
+    // Refusals are audited as transit calls, with no token in them.
+    let recs = records(&b);
+    assert!(
+        recs.iter()
+            .any(|r| r["surface"] == "transit" && r["decision"] == "deny")
+    );
+    let all = b.audit_records().unwrap().join("\n");
+    assert!(!all.contains(TOKEN) && !all.contains("kbt-wrong"));
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
