@@ -90,7 +90,7 @@ pub struct Broker {
 #[derive(Debug)]
 struct SidePort {
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     transit: Option<crate::config::TransitConfig>,
 }
 
@@ -245,7 +245,14 @@ impl Broker {
                         source,
                     }
                 })?,
-                tls: crate::http::tls_config(&config.server.tls_cert, &config.server.tls_key)?,
+                tls: if http.tls {
+                    Some(crate::http::tls_config(
+                        &config.server.tls_cert,
+                        &config.server.tls_key,
+                    )?)
+                } else {
+                    None
+                },
                 transit: http.transit.clone(),
             }),
             None => None,
@@ -258,6 +265,7 @@ impl Broker {
                 replica_id: replica,
                 policy,
                 residency: config.residency.clone(),
+                metrics: Arc::new(crate::http::metrics::Metrics::new()),
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             side_port,
@@ -301,11 +309,14 @@ impl Broker {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
         let (reporter, health) = tonic_health::server::health_reporter();
+        let readiness: crate::health::Readiness = Arc::default();
         let routes = api::services(self.state.clone(), health)?;
         let monitor = crate::health::Monitor::new(
             self.state.keys.clone(),
             self.state.audit.clone(),
             reporter,
+            self.state.metrics.clone(),
+            readiness.clone(),
         );
         self.tasks
             .spawn(monitor.run(self.cancel.clone(), HEALTH_PROBE_EVERY));
@@ -318,10 +329,10 @@ impl Broker {
             ));
         }
         if let Some(side) = self.side_port {
-            let router = match side.transit {
-                Some(t) => crate::http::transit::router(self.state.clone(), t),
-                None => axum::Router::new(),
-            };
+            let mut router = crate::http::ops_router(readiness, self.state.metrics.clone());
+            if let Some(t) = side.transit {
+                router = router.merge(crate::http::transit::router(self.state.clone(), t));
+            }
             self.tasks.spawn(crate::http::serve(
                 side.listener,
                 side.tls,

@@ -36,6 +36,7 @@ pub(crate) struct ApiState {
     pub(crate) replica_id: String,
     pub(crate) policy: PolicySlot,
     pub(crate) residency: ResidencyConfig,
+    pub(crate) metrics: Arc<crate::http::metrics::Metrics>,
 }
 
 /// A request id: the caller's (if well-formed) or a fresh UUID.

@@ -48,6 +48,17 @@ pub enum Surface {
     Transit,
 }
 
+impl Surface {
+    /// `grpc` or `transit`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Transit => "transit",
+        }
+    }
+}
+
 /// Whether the request was granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

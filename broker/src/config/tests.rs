@@ -433,6 +433,11 @@ fn transit_mistakes_name_the_field() {
             "name = \"x\"\ntoken = \"plain\"",
             "unknown field",
         ),
+        (
+            "listen = \"127.0.0.1:8200\"",
+            "listen = \"127.0.0.1:8200\"\ntls = false",
+            "http.tls",
+        ),
     ];
     for (from, to, field) in cases {
         let e = err(&format!("{FULL}{}", replace(TRANSIT, from, to)));
