@@ -41,12 +41,12 @@ impl ApiState {
 
 impl Recorder {
     /// [`ApiState::begin`], remembering who called.
-    pub(crate) fn begin<T>(
+    pub(crate) async fn begin<T>(
         &mut self,
         state: &ApiState,
         req: &Request<T>,
     ) -> Result<CallContext, Status> {
-        let call = state.begin(req)?;
+        let call = state.begin(req).await?;
         self.record.request_id = call.rid.to_string();
         // The snapshot that will decide (a reload may have happened since the recorder began).
         call.policy

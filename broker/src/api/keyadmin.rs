@@ -40,7 +40,7 @@ impl KeyAdminApi {
         req: Request<pb::CreateKeyRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::Key>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
         let name = convert::key_name(&r.name, rid)?;
@@ -80,7 +80,7 @@ impl KeyAdminApi {
         req: Request<pb::GetKeyRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::Key>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let name = convert::key_name(&req.get_ref().name, rid)?;
         rec.key(name.as_str());
@@ -108,7 +108,7 @@ impl KeyAdminApi {
         req: Request<pb::ListKeysRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
         self.state.authorize_listing(&call)?;
@@ -164,7 +164,7 @@ impl KeyAdminApi {
         req: Request<pb::RotateKeyRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::Key>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let name = convert::key_name(&req.get_ref().name, rid)?;
         rec.key(name.as_str());

@@ -100,7 +100,7 @@ impl From<&crate::identity::Principal> for AuditPrincipal {
             service_account: p.service_account.clone(),
             job: p.job_id.clone(),
             region: p.region.clone(),
-            cert_fingerprint: None,
+            cert_fingerprint: p.cert_fingerprint.clone(),
         }
     }
 }
