@@ -27,7 +27,7 @@ fn bench(c: &mut Criterion) {
     let verifier = JwtVerifier::new(vec![IssuerSettings {
         issuer: ISS.into(),
         audiences: vec!["keybroker".into()],
-        jwks_file: dir.path().join("jwks.json"),
+        jwks: keybroker_broker::config::JwksSource::File(dir.path().join("jwks.json")),
         algorithms: vec![Algorithm::EdDSA],
         max_token_lifetime: Duration::from_secs(3600),
         leeway: Duration::from_secs(30),

@@ -105,6 +105,7 @@ pub fn prepare(dir: &Path) -> Result<DevPaths, DevError> {
         write_configs(&dir)?;
     }
     upgrade_policy(&dir, &paths.config())?;
+    upgrade_http(&paths.config())?;
     Ok(paths)
 }
 
@@ -118,6 +119,28 @@ fn upgrade_policy(dir: &Path, config: &Path) -> Result<(), DevError> {
     }
     Ok(())
 }
+
+/// Dev dirs created before the side port existed get one (plain HTTP on loopback: health,
+/// readiness and metrics only; the transit endpoint needs TLS and is not enabled in dev).
+fn upgrade_http(config: &Path) -> Result<(), DevError> {
+    let text = fs::read_to_string(config).map_err(io(config))?;
+    if !text.contains("[http]") {
+        write_public(
+            config,
+            &format!(
+                "{text}
+{HTTP_SECTION}"
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// The `[http]` section of the dev config.
+pub const HTTP_SECTION: &str = "[http]
+listen = \"127.0.0.1:7480\"
+tls = false
+";
 
 /// The `[policy]` section of dev and test configs.
 pub const POLICY_SECTION: &str = "[policy]\nfile = \"dev-policy.cedar\"\n";

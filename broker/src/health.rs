@@ -1,17 +1,51 @@
-//! Readiness: a monitor probes every HSM and the catalog and drives `grpc.health.v1.Health`.
+//! Readiness: a monitor probes every HSM, the catalog and the audit log, and drives
+//! `grpc.health.v1.Health`, the side port's `/readyz` (a [`ReadinessReport`] naming each
+//! component) and the readiness metrics — one probe, three views that cannot disagree.
 //!
 //! NOT_SERVING while any HSM is unreachable, the catalog is down or the audit log is poisoned; the HSM probe also lets the
 //! pool re-initialize by itself, so serving resumes when the device returns.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
 
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::audit::AuditLog;
+use crate::http::metrics::Metrics;
 use crate::keys::KeyService;
+
+/// The state of one component at the last probe. `problem` is a short fixed phrase; the
+/// detail is in the server log (the side port may be reachable by more people than the logs).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct Component {
+    pub(crate) ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) problem: Option<&'static str>,
+}
+
+/// The last probe's result, per component (`hsm:<id>`, `catalog`, `audit`).
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub(crate) struct ReadinessReport {
+    /// Every component ready (false until the first probe has run).
+    pub(crate) ready: bool,
+    pub(crate) components: BTreeMap<String, Component>,
+}
+
+/// Shared between the monitor (writer) and the side port (reader).
+pub(crate) type Readiness = Arc<ArcSwap<ReadinessReport>>;
+
+fn component(ok: bool, problem: &'static str) -> Component {
+    Component {
+        ready: ok,
+        problem: (!ok).then_some(problem),
+    }
+}
 
 /// Service names whose health is reported (besides the server-wide "").
 const SERVICES: [&str; 2] = ["keybroker.v1.DataKeys", "keybroker.v1.KeyAdmin"];
@@ -20,6 +54,8 @@ pub(crate) struct Monitor {
     keys: KeyService,
     audit: Arc<dyn AuditLog>,
     reporter: HealthReporter,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
 }
 
 impl Monitor {
@@ -27,31 +63,61 @@ impl Monitor {
         keys: KeyService,
         audit: Arc<dyn AuditLog>,
         reporter: HealthReporter,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
     ) -> Self {
         Self {
             keys,
             audit,
             reporter,
+            metrics,
+            readiness,
         }
     }
 
     async fn probe(&self) -> bool {
-        let mut ok = true;
+        let mut components = BTreeMap::new();
         for hsm in self.keys.hsms() {
-            if let Err(e) = hsm.pool.check().await {
-                tracing::warn!(hsm = hsm.pool.id(), error = %e, "HSM health probe failed");
-                ok = false;
+            let ok = match hsm.pool.check().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(hsm = hsm.pool.id(), error = %e, "HSM health probe failed");
+                    false
+                }
+            };
+            self.metrics
+                .hsm_sessions(hsm.pool.id(), hsm.pool.sessions_in_use());
+            components.insert(
+                format!("hsm:{}", hsm.pool.id()),
+                component(ok, "HSM unreachable or not logged in"),
+            );
+        }
+        let ok = match self.keys.store().ping().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "catalog health probe failed");
+                false
             }
-        }
-        if let Err(e) = self.keys.store().ping().await {
-            tracing::warn!(error = %e, "catalog health probe failed");
-            ok = false;
-        }
-        if !self.audit.healthy() {
+        };
+        components.insert("catalog".to_owned(), component(ok, "catalog unreachable"));
+        let ok = self.audit.healthy();
+        if !ok {
             tracing::warn!("audit log unhealthy: refusing key operations until restart");
-            ok = false;
         }
-        ok
+        components.insert(
+            "audit".to_owned(),
+            component(
+                ok,
+                "audit log not writable: refusing key operations until restart",
+            ),
+        );
+        for (name, c) in &components {
+            self.metrics.component(name, c.ready);
+        }
+        let ready = components.values().all(|c| c.ready);
+        self.readiness
+            .store(Arc::new(ReadinessReport { ready, components }));
+        ready
     }
 
     async fn set(&self, status: ServingStatus) {
@@ -87,5 +153,6 @@ impl Monitor {
             }
         }
         self.set(ServingStatus::NotServing).await;
+        self.readiness.store(Arc::new(ReadinessReport::default()));
     }
 }

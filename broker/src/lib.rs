@@ -14,5 +14,6 @@ pub mod keys;
 pub mod policy;
 mod server;
 pub mod store;
+mod tls;
 
 pub use server::{Broker, ReloadError, Reloader, StartError, run};

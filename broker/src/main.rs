@@ -32,6 +32,9 @@ enum Cmd {
         /// Listen address (default from the dev config: 127.0.0.1:7443).
         #[arg(long)]
         listen: Option<String>,
+        /// Side-port listen address (default from the dev config: 127.0.0.1:7480).
+        #[arg(long)]
+        http_listen: Option<String>,
     },
     /// Validates a broker config and its HSM inventory without starting.
     CheckConfig {
@@ -59,7 +62,11 @@ fn real_main() -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
-        Some(Cmd::Dev { state_dir, listen }) => {
+        Some(Cmd::Dev {
+            state_dir,
+            listen,
+            http_listen,
+        }) => {
             let paths = dev::prepare(&state_dir).context("preparing the dev state dir")?;
             // SoftHSM reads SOFTHSM2_CONF once, when the module loads; set it before any thread
             // exists (the runtime is built below).
@@ -68,7 +75,7 @@ fn real_main() -> anyhow::Result<()> {
             unsafe {
                 std::env::set_var("SOFTHSM2_CONF", paths.softhsm_conf());
             }
-            runtime()?.block_on(run_dev(paths, listen))
+            runtime()?.block_on(run_dev(paths, listen, http_listen))
         }
         None => {
             let path = cli
@@ -93,7 +100,11 @@ fn real_main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_dev(paths: dev::DevPaths, listen: Option<String>) -> anyhow::Result<()> {
+async fn run_dev(
+    paths: dev::DevPaths,
+    listen: Option<String>,
+    http_listen: Option<String>,
+) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let hangups = hangup_signal()?;
     let mut config = BrokerConfig::load(&paths.config())?;
@@ -101,6 +112,11 @@ async fn run_dev(paths: dev::DevPaths, listen: Option<String>) -> anyhow::Result
         config.server.listen = l
             .parse()
             .with_context(|| format!("--listen {l}: not an address"))?;
+    }
+    if let (Some(l), Some(http)) = (http_listen, config.http.as_mut()) {
+        http.listen = l
+            .parse()
+            .with_context(|| format!("--http-listen {l}: not an address"))?;
     }
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
@@ -119,6 +135,9 @@ async fn run_dev(paths: dev::DevPaths, listen: Option<String>) -> anyhow::Result
     dev::write_client_env(&paths, &endpoint)?;
     println!("keybroker dev mode");
     println!("  endpoint:   {endpoint}");
+    if let Some(addr) = broker.http_addr() {
+        println!("  http:       http://{addr} (/healthz, /readyz, /metrics)");
+    }
     println!("  state dir:  {}", paths.dir.display());
     println!("  client env: source {}", paths.client_env().display());
     println!(

@@ -9,14 +9,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::api::{self, ApiState};
 use crate::audit::checkpoint::Signer;
 use crate::audit::{AuditLog, FileAuditLog};
 use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
-use crate::identity::{IssuerSettings, JwtVerifier};
+use crate::identity::{Authenticator, ClientCa, IssuerSettings, JwtVerifier};
 use crate::keys::clock::{Clock, SystemClock};
 use crate::keys::{HsmHandle, KeyService, KeySettings, Scheduler};
 use crate::policy::{PolicySlot, Reloaded};
@@ -55,6 +55,9 @@ pub enum StartError {
     /// JWKS failed to load.
     #[error("identity.jwt_issuers: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    /// The mTLS client CA bundle failed to load.
+    #[error("identity.client_ca_file: {0}")]
+    ClientCa(crate::identity::IdentityError),
     /// TLS files unreadable.
     #[error("server.tls_cert / server.tls_key: {0}")]
     Tls(std::io::Error),
@@ -79,7 +82,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Broker {
     state: Arc<ApiState>,
-    tls: ServerTlsConfig,
+    tls: Arc<rustls::ServerConfig>,
+    client_ca: Option<(Arc<ClientCa>, Duration)>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     checkpoints: Option<(Signer, std::path::PathBuf)>,
@@ -90,7 +94,7 @@ pub struct Broker {
 #[derive(Debug)]
 struct SidePort {
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     transit: Option<crate::config::TransitConfig>,
 }
 
@@ -183,7 +187,7 @@ impl Broker {
             .map(|i| IssuerSettings {
                 issuer: i.issuer.clone(),
                 audiences: i.audiences.clone(),
-                jwks_file: i.jwks_file.clone(),
+                jwks: i.jwks.clone(),
                 algorithms: i.algorithms.iter().map(|a| (*a).into()).collect(),
                 max_token_lifetime: i.max_token_lifetime,
                 leeway: i.leeway,
@@ -194,6 +198,29 @@ impl Broker {
             })
             .collect();
         let verifier = JwtVerifier::new(issuers)?;
+        // A JWKS URL that does not answer does not stop the broker: its issuer's tokens are
+        // refused (logged) until a fetch succeeds, and other issuers keep working.
+        verifier.prefetch().await;
+        let identity = Authenticator::new(
+            config.identity.mode,
+            verifier,
+            config
+                .identity
+                .mtls
+                .as_ref()
+                .map_or(&[], |m| m.trust_domains.as_slice()),
+        );
+        let client_ca = match &config.identity.mtls {
+            Some(m) => Some((
+                ClientCa::load(
+                    &m.client_ca_file,
+                    m.trust_domains.iter().map(|t| t.domain.clone()).collect(),
+                )
+                .map_err(StartError::ClientCa)?,
+                m.client_ca_poll_interval,
+            )),
+            None => None,
+        };
         let policy = PolicySlot::load(config.policy.file.clone())?;
         tracing::info!(policy_sha256 = policy.current().sha256(), "policy loaded");
         let keys = KeyService::new(
@@ -226,9 +253,12 @@ impl Broker {
                 source: std::io::Error::other(e),
             })??;
         let audit: Arc<dyn AuditLog> = Arc::new(audit);
-        let cert = std::fs::read(&config.server.tls_cert).map_err(StartError::Tls)?;
-        let key = std::fs::read(&config.server.tls_key).map_err(StartError::Tls)?;
-        let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        let tls = crate::tls::server_config(
+            &config.server.tls_cert,
+            &config.server.tls_key,
+            client_ca.as_ref().map(|(ca, _)| ca.verifier()),
+        )
+        .map_err(StartError::Tls)?;
         let side_port = match &config.http {
             Some(http) => Some(SidePort {
                 listener: TcpListener::bind(http.listen).await.map_err(|source| {
@@ -237,7 +267,14 @@ impl Broker {
                         source,
                     }
                 })?,
-                tls: crate::http::tls_config(&config.server.tls_cert, &config.server.tls_key)?,
+                tls: if http.tls {
+                    Some(crate::http::tls_config(
+                        &config.server.tls_cert,
+                        &config.server.tls_key,
+                    )?)
+                } else {
+                    None
+                },
                 transit: http.transit.clone(),
             }),
             None => None,
@@ -245,26 +282,29 @@ impl Broker {
         Ok(Self {
             state: Arc::new(ApiState {
                 keys,
-                verifier,
+                identity,
                 audit,
                 replica_id: replica,
                 policy,
                 residency: config.residency.clone(),
+                metrics: Arc::new(crate::http::metrics::Metrics::new()),
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             side_port,
             tls,
+            client_ca,
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         })
     }
 
-    /// A handle that reloads the policy (and whatever else can change while serving); `main`
-    /// calls it on SIGHUP.
+    /// A handle that reloads the policy and the client CA bundle (and whatever else can change
+    /// while serving); `main` calls it on SIGHUP.
     #[must_use]
     pub fn reloader(&self) -> Reloader {
         Reloader {
             state: self.state.clone(),
+            client_ca: self.client_ca.as_ref().map(|(ca, _)| ca.clone()),
         }
     }
 
@@ -291,11 +331,14 @@ impl Broker {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
         let (reporter, health) = tonic_health::server::health_reporter();
+        let readiness: crate::health::Readiness = Arc::default();
         let routes = api::services(self.state.clone(), health)?;
         let monitor = crate::health::Monitor::new(
             self.state.keys.clone(),
             self.state.audit.clone(),
             reporter,
+            self.state.metrics.clone(),
+            readiness.clone(),
         );
         self.tasks
             .spawn(monitor.run(self.cancel.clone(), HEALTH_PROBE_EVERY));
@@ -314,10 +357,10 @@ impl Broker {
             ));
         }
         if let Some(side) = self.side_port {
-            let router = match side.transit {
-                Some(t) => crate::http::transit::router(self.state.clone(), t),
-                None => axum::Router::new(),
-            };
+            let mut router = crate::http::ops_router(readiness, self.state.metrics.clone());
+            if let Some(t) = side.transit {
+                router = router.merge(crate::http::transit::router(self.state.clone(), t));
+            }
             self.tasks.spawn(crate::http::serve(
                 side.listener,
                 side.tls,
@@ -325,10 +368,17 @@ impl Broker {
                 self.cancel.clone(),
             ));
         }
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        self.state
+            .identity
+            .jwt()
+            .spawn_refresh(&self.tasks, &self.cancel);
+        if let Some((ca, every)) = &self.client_ca {
+            self.tasks
+                .spawn(ca.clone().watch(*every, self.cancel.clone()));
+        }
+        let incoming = crate::tls::incoming(listener, self.tls, &self.tasks, self.cancel.clone());
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
-            .tls_config(self.tls)?
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
@@ -357,11 +407,13 @@ impl Broker {
     }
 }
 
-/// Reloads, while serving, what an operator may change without a restart: the Cedar policy.
-/// Each part that fails to reload keeps its old state; requests are never dropped.
+/// Reloads, while serving, what an operator may change without a restart: the Cedar policy and
+/// the mTLS client CA bundle. Each part that fails to reload keeps its old state; requests are
+/// never dropped.
 #[derive(Debug, Clone)]
 pub struct Reloader {
     state: Arc<ApiState>,
+    client_ca: Option<Arc<ClientCa>>,
 }
 
 /// Why one part of a reload was refused (its old state stays in force).
@@ -370,6 +422,9 @@ pub enum ReloadError {
     /// The new policy file cannot be read, parsed or validated.
     #[error("policy.file: {0}")]
     Policy(#[from] crate::policy::PolicyError),
+    /// The new client CA bundle cannot be read or holds no usable CA certificate.
+    #[error("identity.client_ca_file: {0}")]
+    ClientCa(#[source] crate::identity::IdentityError),
 }
 
 impl Reloader {
@@ -391,6 +446,14 @@ impl Reloader {
                 tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
                 refused.push(e.into());
             }
+        }
+        // `ClientCa::reload` logs a replacement or a refusal (the old bundle stays).
+        match self.client_ca.as_ref().map(|ca| ca.reload()) {
+            Some(Ok(crate::identity::Reloaded::Unchanged)) => {
+                tracing::info!("client CA bundle unchanged");
+            }
+            Some(Err(e)) => refused.push(ReloadError::ClientCa(e)),
+            Some(Ok(crate::identity::Reloaded::Replaced(_))) | None => {}
         }
         refused
     }

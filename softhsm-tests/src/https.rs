@@ -21,6 +21,8 @@ pub struct Reply {
     pub json: serde_json::Value,
     /// The `x-request-id` header, if any.
     pub request_id: Option<String>,
+    /// The body as text.
+    pub text: String,
 }
 
 /// Sends `method path` with `headers` and `body` to `addr` over TLS (server name `localhost`,
@@ -50,7 +52,29 @@ pub async fn request(
         .connect(ServerName::try_from("localhost")?, tcp)
         .await
         .context("TLS handshake")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    send(TokioIo::new(tls), method, path, headers, body).await
+}
+
+/// Plain-HTTP `GET path` to `addr` (the dev side port).
+///
+/// # Errors
+/// Connection or protocol failures.
+pub async fn get_plain(addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    send(TokioIo::new(tcp), "GET", path, &[], "").await
+}
+
+async fn send<I>(
+    io: I,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<Reply>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
     let mut req = hyper::Request::builder()
         .method(method)
@@ -74,5 +98,6 @@ pub async fn request(
         status,
         json,
         request_id,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
     })
 }

@@ -30,6 +30,8 @@ fn bin(name: &str) -> PathBuf {
 struct Dev {
     child: Child,
     endpoint: String,
+    /// The side port (plain HTTP in dev mode).
+    http: std::net::SocketAddr,
     /// The broker's log lines (stderr), drained by a thread so the pipe never fills.
     log: std::sync::mpsc::Receiver<String>,
 }
@@ -51,7 +53,14 @@ impl Dev {
 
 fn start_dev(state: &Path) -> Dev {
     let mut child = Command::new(bin("keybrokerd"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
         .arg(state)
         .env_remove("SOFTHSM2_CONF")
         .stdout(Stdio::piped())
@@ -68,10 +77,14 @@ fn start_dev(state: &Path) -> Dev {
     });
     let stdout = child.stdout.take().unwrap();
     let mut endpoint = None;
+    let mut http = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
         if let Some(e) = line.trim().strip_prefix("endpoint:") {
             endpoint = Some(e.trim().to_owned());
+        }
+        if let Some(h) = line.trim().strip_prefix("http:") {
+            http = h.split_whitespace().next().map(str::to_owned);
         }
         if line.trim().starts_with("try:") {
             break;
@@ -79,9 +92,12 @@ fn start_dev(state: &Path) -> Dev {
     }
     let endpoint = endpoint.expect("dev mode printed no endpoint");
     assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+    let http = http.expect("dev mode printed no side port");
+    let http = http.strip_prefix("http://").unwrap().parse().unwrap();
     Dev {
         child,
         endpoint,
+        http,
         log,
     }
 }
@@ -327,6 +343,57 @@ fn policy_check_accepts_the_shipped_policies_and_names_every_problem_offline() {
             .contains("larger than")
     );
     assert!(String::from_utf8_lossy(&bad.stderr).contains("3 of 4 policy files refused"));
+}
+
+#[test]
+fn side_port_reports_health_readiness_per_component_and_request_metrics() {
+    let state = tempfile::tempdir().unwrap();
+    let dev = start_dev(state.path());
+    let env = client_env(state.path());
+    json(&generate_demo(&env));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = |path: &str| {
+        rt.block_on(softhsm_tests::https::get_plain(dev.http, path))
+            .unwrap()
+    };
+    let health = get("/healthz");
+    assert_eq!(health.status, 200);
+    // Readiness comes from the 1 s probe: poll until the first probe has run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ready = loop {
+        let r = get("/readyz");
+        if r.status == 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+    };
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert_eq!(ready.json["ready"], true);
+    for c in ["hsm:softhsm-dev", "catalog", "audit"] {
+        assert_eq!(ready.json["components"][c]["ready"], true, "{c}: {ready:?}");
+    }
+    let metrics = get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text.contains(
+            "keybroker_requests_total{surface=\"grpc\",method=\"GenerateDataKey\",code=\"ok\"} 1"
+        ),
+        "{}",
+        metrics.text
+    );
+    assert!(
+        metrics
+            .text
+            .contains("keybroker_policy_decisions_total{outcome=\"allow\"}")
+    );
+    assert!(
+        metrics
+            .text
+            .contains("keybroker_component_ready{component=\"audit\"} 1")
+    );
+    // No key names or subjects in labels.
+    assert!(!metrics.text.contains("datasets/demo"));
+    assert_eq!(get("/nope").status, 404);
+    stop(dev);
 }
 
 #[test]

@@ -27,6 +27,7 @@ async fn broker() -> TestBroker {
     TestBroker::start_with(|c| {
         c.http = Some(HttpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            tls: true,
             transit: Some(TransitConfig {
                 mount: "transit".to_owned(),
                 tokens: vec![TransitToken {

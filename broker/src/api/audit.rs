@@ -17,6 +17,8 @@ use super::{ApiState, CallContext, REQUEST_ID_HEADER, RequestId, status};
 pub(crate) struct Recorder {
     record: AuditRecord,
     log: Arc<dyn AuditLog>,
+    metrics: Arc<crate::http::metrics::Metrics>,
+    started: std::time::Instant,
 }
 
 impl ApiState {
@@ -31,18 +33,20 @@ impl ApiState {
         Recorder {
             record,
             log: self.audit.clone(),
+            metrics: self.metrics.clone(),
+            started: std::time::Instant::now(),
         }
     }
 }
 
 impl Recorder {
     /// [`ApiState::begin`], remembering who called.
-    pub(crate) fn begin<T>(
+    pub(crate) async fn begin<T>(
         &mut self,
         state: &ApiState,
         req: &Request<T>,
     ) -> Result<CallContext, Status> {
-        let call = state.begin(req)?;
+        let call = state.begin(req).await?;
         self.record.request_id = call.rid.to_string();
         // The snapshot that will decide (a reload may have happened since the recorder began).
         call.policy
@@ -112,10 +116,21 @@ impl Recorder {
                 self.record.reasons = vec![s.message().to_owned()];
             }
         }
-        match self.log.append(self.record).await {
+        let (surface, method) = (
+            self.record.surface.as_str(),
+            format!("{:?}", self.record.op),
+        );
+        let result = match self.log.append(self.record).await {
             Ok(_) => result,
             Err(e) => Err(status::audit_error(&e, &RequestId(rid))),
-        }
+        };
+        let code = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(s) => code_name(s.code()),
+        };
+        self.metrics
+            .request(surface, &method, &code, self.started.elapsed());
+        result
     }
 }
 

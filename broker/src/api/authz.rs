@@ -152,6 +152,7 @@ impl ApiState {
         let rid = &call.rid;
         if let Some(rule) = self.residency_violation(call, key) {
             tracing::info!(request_id = %rid, action = action.as_str(), rule, "residency guard denied");
+            self.metrics.decision("residency_deny");
             return Err(rid.status(Code::PermissionDenied, format!("residency: {rule}")));
         }
         let decision = call
@@ -162,6 +163,8 @@ impl ApiState {
                 rid.status(Code::PermissionDenied, DENIED.to_owned())
             })?;
         let allowed = decision.allowed;
+        self.metrics
+            .decision(if allowed { "allow" } else { "deny" });
         tracing::info!(request_id = %rid, action = action.as_str(), allowed,
             reasons = ?decision.reasons, policy_sha256 = %decision.policy_sha256, "policy decision");
         // Set once per call; a second authorization of the same call keeps the first.

@@ -34,7 +34,7 @@ impl DataKeysApi {
         req: Request<pb::GenerateDataKeyRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
         let name = convert::key_name(&r.key, rid)?;
@@ -70,7 +70,7 @@ impl DataKeysApi {
         req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
         let name = convert::key_name(&r.key, rid)?;
@@ -100,7 +100,7 @@ impl DataKeysApi {
         req: Request<pb::DecryptRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
         let ct = convert::ciphertext(&r.ciphertext, rid)?;
@@ -138,7 +138,7 @@ impl DataKeysApi {
         req: Request<pb::EncryptRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
         let plaintext = Zeroizing::new(r.plaintext);
@@ -172,7 +172,7 @@ impl DataKeysApi {
         req: Request<pb::ReEncryptRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::ReEncryptResponse>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
         let ct = convert::ciphertext(&r.ciphertext, rid)?;

@@ -43,7 +43,7 @@ impl KeyAdminApi {
         action: Action,
         rec: &mut Recorder,
     ) -> Result<(CallContext, KeyRecord), Status> {
-        let call = rec.begin(&self.state, req)?;
+        let call = rec.begin(&self.state, req).await?;
         let name = convert::key_name(name, &call.rid)?;
         rec.key(name.as_str());
         let key = (self.state)
@@ -67,7 +67,7 @@ impl KeyAdminApi {
         req: Request<pb::CreateKeyRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::Key>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
         let name = convert::key_name(&r.name, rid)?;
@@ -107,7 +107,7 @@ impl KeyAdminApi {
         req: Request<pb::ListKeysRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
         self.state.authorize_unkeyed(&call, Action::ListKeys)?;

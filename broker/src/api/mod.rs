@@ -15,7 +15,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
 use crate::config::ResidencyConfig;
-use crate::identity::{JwtVerifier, Principal};
+use crate::identity::{Authenticator, Principal};
 use crate::keys::{Caller, KeyService};
 use crate::policy::{Decision, PolicyEngine, PolicySlot};
 
@@ -32,11 +32,12 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug)]
 pub(crate) struct ApiState {
     pub(crate) keys: KeyService,
-    pub(crate) verifier: JwtVerifier,
+    pub(crate) identity: Authenticator,
     pub(crate) audit: Arc<dyn crate::audit::AuditLog>,
     pub(crate) replica_id: String,
     pub(crate) policy: PolicySlot,
     pub(crate) residency: ResidencyConfig,
+    pub(crate) metrics: Arc<crate::http::metrics::Metrics>,
 }
 
 /// A request id: the caller's (if well-formed) or a fresh UUID.
@@ -109,8 +110,9 @@ impl CallContext {
 }
 
 impl ApiState {
-    /// Request id and authentication: every call, dev mode included, needs a valid JWT.
-    pub(crate) fn begin<T>(&self, req: &Request<T>) -> Result<CallContext, Status> {
+    /// Request id and authentication: every call, dev mode included, needs a valid JWT and/or
+    /// client certificate, as `[identity] mode` says.
+    pub(crate) async fn begin<T>(&self, req: &Request<T>) -> Result<CallContext, Status> {
         let rid = RequestId::from_request(req);
         if let Some(PreAuthenticated(principal)) = req.extensions().get::<PreAuthenticated>() {
             return Ok(CallContext {
@@ -128,13 +130,15 @@ impl ApiState {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .ok_or_else(|| {
-                status::identity_error(&crate::identity::IdentityError::Missing, &rid)
-            })?;
+            .map(str::trim);
+        // The TLS layer put the verified client chain here (mTLS modes); leaf first.
+        let certs = req.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
         let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
         let principal = self
-            .verifier
-            .verify(token.trim(), now)
+            .identity
+            .authenticate(token, leaf, now)
+            .await
             .map_err(|e| status::identity_error(&e, &rid))?;
         Ok(CallContext {
             rid,

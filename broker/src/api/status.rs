@@ -61,6 +61,9 @@ fn identity_message(err: &IdentityError) -> &'static str {
         IdentityError::Missing => "missing bearer token (authorization: Bearer <JWT>)",
         IdentityError::Jwks { .. } => "token verification unavailable",
         IdentityError::Invalid(_) => "invalid token",
+        IdentityError::MissingCertificate => "missing client certificate",
+        IdentityError::Certificate(_) => "invalid client certificate",
+        IdentityError::ClientCa { .. } => "client certificate verification unavailable",
     }
 }
 

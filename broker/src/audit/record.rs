@@ -64,6 +64,17 @@ pub enum Surface {
     Transit,
 }
 
+impl Surface {
+    /// `grpc` or `transit`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Transit => "transit",
+        }
+    }
+}
+
 /// Whether the request was granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,7 +116,7 @@ impl From<&crate::identity::Principal> for AuditPrincipal {
             service_account: p.service_account.clone(),
             job: p.job_id.clone(),
             region: p.region.clone(),
-            cert_fingerprint: None,
+            cert_fingerprint: p.cert_fingerprint.clone(),
         }
     }
 }

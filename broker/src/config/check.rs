@@ -10,7 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use zeroize::Zeroizing;
 
-use super::{BrokerConfig, ConfigError};
+use super::{BrokerConfig, ConfigError, JwksSource};
 
 /// One successful check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,13 +118,41 @@ pub fn check_config(path: &Path) -> Result<CheckReport, ConfigError> {
     );
 
     for (i, issuer) in config.identity.jwt_issuers.iter().enumerate() {
-        let field = format!("identity.jwt_issuers[{i}].jwks_file");
-        let file = &issuer.jwks_file;
-        let count = jwks_key_count(&read(&field, file)?).map_err(|p| fail(&field, file, p))?;
-        ok(
-            &field,
-            format!("{}: {count} key(s) for {}", file.display(), issuer.issuer),
-        );
+        match &issuer.jwks {
+            JwksSource::File(file) => {
+                let field = format!("identity.jwt_issuers[{i}].jwks_file");
+                let count =
+                    jwks_key_count(&read(&field, file)?).map_err(|p| fail(&field, file, p))?;
+                ok(
+                    &field,
+                    format!("{}: {count} key(s) for {}", file.display(), issuer.issuer),
+                );
+            }
+            // Offline check: the URL is not fetched, only its CA file is read.
+            JwksSource::Url { url, ca_file } => {
+                if let Some(file) = ca_file {
+                    let field = format!("identity.jwt_issuers[{i}].jwks_ca_file");
+                    let n = pem_certs(&read(&field, file)?);
+                    if n == 0 {
+                        return Err(fail(&field, file, "no PEM certificate found".into()));
+                    }
+                    ok(&field, format!("{}: {n} certificate(s)", file.display()));
+                }
+                ok(
+                    &format!("identity.jwt_issuers[{i}].jwks_url"),
+                    format!("{url} (fetched at start, not checked offline)"),
+                );
+            }
+        }
+    }
+    if let Some(m) = &config.identity.mtls {
+        let field = "identity.client_ca_file";
+        let file = &m.client_ca_file;
+        let n = pem_certs(&read(field, file)?);
+        if n == 0 {
+            return Err(fail(field, file, "no PEM certificate found".into()));
+        }
+        ok(field, format!("{}: {n} CA certificate(s)", file.display()));
     }
 
     let db = &config.store.sqlite_path;
@@ -177,6 +205,13 @@ fn jwks_key_count(bytes: &[u8]) -> Result<usize, String> {
         Some(serde_json::Value::Array(_)) => Err("the \"keys\" array is empty".into()),
         _ => Err("not a JWKS: no \"keys\" array".into()),
     }
+}
+
+/// How many PEM certificates `pem` holds (0 when it is not PEM at all).
+fn pem_certs(pem: &[u8]) -> usize {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_or(0, |c| c.len())
 }
 
 #[cfg(test)]
@@ -318,5 +353,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hsm.toml: hsm hsm-0: PKCS#11 module"), "{e}");
+    }
+
+    #[test]
+    fn check_config_reads_the_client_ca_and_jwks_ca_files() {
+        let d = Deployment::new(0o600);
+        let text = FULL
+            .replace(
+                "jwks_file = \"jwks.json\"",
+                "jwks_url = \"https://idp.example.eu/jwks\"\njwks_ca_file = \"tls/server.pem\"",
+            )
+            .replace(
+                "[[identity.jwt_issuers]]",
+                "[identity]\nmode = \"both\"\nclient_ca_file = \"ca.pem\"\n\
+                 trust_domains = [{ domain = \"eu1.example\" }]\n[[identity.jwt_issuers]]",
+            );
+        std::fs::write(d.path("broker.toml"), text).unwrap();
+        std::fs::write(d.path("ca.pem"), "not pem").unwrap();
+        let e = check_config(&d.path("broker.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("identity.client_ca_file: ") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        std::fs::copy(d.path("tls/server.pem"), d.path("ca.pem")).unwrap();
+        let report = check_config(&d.path("broker.toml")).unwrap().to_string();
+        for want in [
+            "jwks_ca_file",
+            "jwks_url",
+            "not checked offline",
+            "1 CA certificate(s)",
+        ] {
+            assert!(report.contains(want), "{want}: {report}");
+        }
     }
 }

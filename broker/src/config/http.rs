@@ -3,11 +3,14 @@
 
 use std::net::SocketAddr;
 
-/// `[http]`: the HTTPS side port. It serves TLS with the gRPC server's certificate.
+/// `[http]`: the side port: `/healthz`, `/readyz`, `/metrics`, and the transit endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// Listen address, e.g. `127.0.0.1:8200`.
     pub listen: SocketAddr,
+    /// Serve TLS with the gRPC server's certificate (default true; the transit endpoint
+    /// requires it).
+    pub tls: bool,
     /// The transit-compatible seal endpoint, when enabled.
     pub transit: Option<TransitConfig>,
 }

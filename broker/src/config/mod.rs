@@ -13,6 +13,8 @@ mod http;
 mod raw;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_identity;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ use hsm_config::Inventory;
 pub use check::{CheckItem, CheckReport, check_config};
 pub use error::ConfigError;
 pub use http::{HttpConfig, TransitConfig, TransitToken};
+pub(crate) use raw::is_trust_domain;
 
 /// The validated broker configuration. Every path is absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,8 +136,63 @@ pub struct KeysConfig {
 /// `[identity]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityConfig {
-    /// Trusted JWT issuers; at least one (there is no anonymous mode).
+    /// Which credentials a caller must present; default [`IdentityMode::Jwt`].
+    pub mode: IdentityMode,
+    /// Trusted JWT issuers; at least one unless `mode = "mtls"` (there is no anonymous mode).
     pub jwt_issuers: Vec<JwtIssuerConfig>,
+    /// mTLS settings; present exactly when `mode` is `mtls` or `both`.
+    pub mtls: Option<MtlsConfig>,
+}
+
+/// `[identity] mode`: which credentials every call must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentityMode {
+    /// A bearer JWT from a configured issuer (no client certificate is asked for).
+    #[default]
+    Jwt,
+    /// An X.509-SVID client certificate chaining to `client_ca_file`.
+    Mtls,
+    /// Both; a SPIFFE ID in the token must equal the certificate's.
+    Both,
+}
+
+/// The mTLS part of `[identity]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsConfig {
+    /// PEM bundle of the CA certificates client SVIDs must chain to; reloaded when it changes
+    /// and on SIGHUP.
+    pub client_ca_file: PathBuf,
+    /// How often the bundle file is checked for changes; default 5 s.
+    pub client_ca_poll_interval: Duration,
+    /// Accepted SPIFFE trust domains, with the facts a certificate cannot carry.
+    pub trust_domains: Vec<TrustDomainConfig>,
+}
+
+/// One `[[identity.trust_domains]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDomainConfig {
+    /// Trust domain name (`prod.eu.example`), compared byte for byte.
+    pub domain: String,
+    /// Cluster whose workloads this trust domain names.
+    pub cluster: Option<String>,
+    /// Region of that cluster.
+    pub region: Option<String>,
+    /// Jurisdiction of that cluster.
+    pub jurisdiction: Option<String>,
+}
+
+/// Where an issuer's public keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWKS file, read once at start.
+    File(PathBuf),
+    /// A JWKS URL, fetched at start and refreshed in the background.
+    Url {
+        /// `https://…` (or `http://` to a loopback address, for tests and development).
+        url: String,
+        /// PEM CA bundle to verify the endpoint with, instead of the system roots.
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// One `[[identity.jwt_issuers]]` table.
@@ -144,8 +202,8 @@ pub struct JwtIssuerConfig {
     pub issuer: String,
     /// Accepted `aud` values; at least one.
     pub audiences: Vec<String>,
-    /// JWKS document with the issuer's public keys.
-    pub jwks_file: PathBuf,
+    /// Where the issuer's public keys come from (`jwks_file` or `jwks_url`).
+    pub jwks: JwksSource,
     /// Accepted signature algorithms; at least one, asymmetric only.
     pub algorithms: Vec<JwtAlgorithm>,
     /// Longest accepted `exp - iat`; default 1 h.

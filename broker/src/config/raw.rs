@@ -13,9 +13,11 @@ use serde::Deserialize;
 
 mod http;
 mod identity;
+mod mtls;
 
 use http::{RawHttp, http};
 use identity::{RawIdentity, identity};
+pub(crate) use mtls::is_trust_domain;
 
 use super::{
     AuditConfig, BrokerConfig, ConfigError, IdentityConfig, KeysConfig, PolicyConfig,

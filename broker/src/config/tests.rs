@@ -60,7 +60,7 @@ pub(super) fn inventory(jurisdictions: &[&str], pin: &str, module: &str) -> Stri
         .collect()
 }
 
-fn eu() -> Inventory {
+pub(super) fn eu() -> Inventory {
     Inventory::parse(
         &inventory(&["EU"], "{ env = \"PIN\" }", "/m.so"),
         Path::new("hsm.toml"),
@@ -68,18 +68,18 @@ fn eu() -> Inventory {
     .unwrap()
 }
 
-fn parse(text: &str) -> Result<BrokerConfig, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<BrokerConfig, ConfigError> {
     BrokerConfig::parse_with_inventory(text, Path::new("/etc/keybroker/broker.toml"), eu())
 }
 
-fn err(text: &str) -> String {
+pub(super) fn err(text: &str) -> String {
     match BrokerConfig::parse_with_inventory(text, Path::new("broker.toml"), eu()) {
         Ok(c) => panic!("expected an error, got {c:?}"),
         Err(e) => e.to_string(),
     }
 }
 
-fn replace(text: &str, from: &str, to: &str) -> String {
+pub(super) fn replace(text: &str, from: &str, to: &str) -> String {
     assert!(text.contains(from), "{from}");
     text.replacen(from, to, 1)
 }
@@ -95,7 +95,7 @@ fn full_example_parses_and_resolves_paths_against_the_config_dir() {
     assert_eq!(c.store.sqlite_path, dir.join("catalog.db"));
     assert_eq!(c.audit.dir, dir.join("audit"));
     let iss = &c.identity.jwt_issuers[0];
-    assert_eq!(iss.jwks_file, dir.join("jwks.json"));
+    assert_eq!(iss.jwks, super::JwksSource::File(dir.join("jwks.json")));
     assert_eq!(
         iss.algorithms,
         vec![JwtAlgorithm::EdDsa, JwtAlgorithm::Es256]
@@ -124,7 +124,7 @@ fn unknown_fields_are_rejected() {
     for (at, extra) in [
         ("[server]\n", "tls_ca = \"x\"\n"),
         ("[keys]\n", "default_ttl = \"1m\"\n"),
-        ("leeway = \"30s\"\n", "jwks_url = \"https://x\"\n"),
+        ("leeway = \"30s\"\n", "jwks_uri = \"https://x\"\n"),
     ] {
         let e = err(&replace(FULL, at, &format!("{at}{extra}")));
         assert!(
@@ -432,6 +432,11 @@ fn transit_mistakes_name_the_field() {
             "name = \"openbao-prod\"",
             "name = \"x\"\ntoken = \"plain\"",
             "unknown field",
+        ),
+        (
+            "listen = \"127.0.0.1:8200\"",
+            "listen = \"127.0.0.1:8200\"\ntls = false",
+            "http.tls",
         ),
     ];
     for (from, to, field) in cases {

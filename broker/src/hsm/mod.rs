@@ -308,6 +308,12 @@ impl HsmPool {
         self.inner.check().await
     }
 
+    /// Sessions handed out right now (for metrics).
+    #[must_use]
+    pub fn sessions_in_use(&self) -> usize {
+        self.inner.in_use()
+    }
+
     /// Last known health, without I/O.
     #[must_use]
     pub fn is_healthy(&self) -> bool {

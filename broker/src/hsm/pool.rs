@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     ctx: Pkcs11,
     life: Arc<ModuleLife>,
     permits: Arc<Semaphore>,
+    /// Number of permits the pool was created with.
+    size: usize,
     state: Mutex<State>,
     /// The long-lived session holding the login; touched on blocking threads only.
     main: Mutex<Option<Session>>,
@@ -200,6 +202,7 @@ impl Inner {
             ctx,
             life,
             permits: Arc::new(Semaphore::new(pool_size.max(1))),
+            size: pool_size.max(1),
             state: Mutex::new(State {
                 generation: 0,
                 epoch,
@@ -215,6 +218,11 @@ impl Inner {
             healthy: AtomicBool::new(true),
             recovery: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Sessions handed out right now (for metrics).
+    pub(crate) fn in_use(&self) -> usize {
+        self.size.saturating_sub(self.permits.available_permits())
     }
 
     pub(crate) fn is_healthy(&self) -> bool {

@@ -2,7 +2,11 @@
 //! ([`transit`]). TLS with the gRPC server's certificate (rustls, ring provider), HTTP/1.1 and
 //! HTTP/2, bounded TLS handshakes, graceful drain on shutdown.
 
+pub(crate) mod metrics;
+mod ops;
 pub(crate) mod transit;
+
+pub(crate) use ops::router as ops_router;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -65,15 +69,15 @@ pub(crate) fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, H
     Ok(Arc::new(config))
 }
 
-/// Serves `router` over TLS on `listener` until `cancel`, then drains open connections
-/// (bounded by [`DRAIN_TIMEOUT`]).
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `cancel`, then drains
+/// open connections (bounded by [`DRAIN_TIMEOUT`]).
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: Option<Arc<ServerConfig>>,
     router: axum::Router,
     cancel: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -97,6 +101,14 @@ pub(crate) async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
+            let builder = Builder::new(TokioExecutor::new());
+            let Some(acceptor) = acceptor else {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "side port: connection ended with an error");
+                }
+                return;
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -108,7 +120,6 @@ pub(crate) async fn serve(
                     return;
                 }
             };
-            let builder = Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "side port: connection ended with an error");

@@ -153,6 +153,7 @@ pub(crate) fn principal(c: Claims, facts: &IssuerFacts) -> Result<Principal, Rea
         cluster: facts.cluster.clone(),
         region: facts.region.clone(),
         jurisdiction: facts.jurisdiction.clone(),
+        cert_fingerprint: None,
     })
 }
 

@@ -47,7 +47,7 @@ fn settings(issuer: &str, jwks: std::path::PathBuf) -> IssuerSettings {
     IssuerSettings {
         issuer: issuer.into(),
         audiences: vec![AUD.into(), "keybroker-admin".into()],
-        jwks_file: jwks,
+        jwks: crate::config::JwksSource::File(jwks),
         algorithms: vec![
             Algorithm::RS256,
             Algorithm::PS256,

@@ -1,4 +1,4 @@
-//! JWT verification with issuer-pinned JWKS files.
+//! JWT verification with issuer-pinned JWKS (a file, or a URL cached by [`super::remote`]).
 //!
 //! Cheap structural checks come before any signature work: size, shape, header fields (only
 //! `alg`, `kid`, `typ`), duplicate JSON keys, known issuer, `kid`, algorithm. Then the signature
@@ -6,18 +6,22 @@
 //! in [`super::claims`], so every edge is ours and tested.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::claims::{self, IssuerFacts, Rules};
+use super::jwks::{self, KeyMap};
+use super::remote::{Clock, Limits, RemoteJwks};
 use super::strict_json::{StrictError, parse_object};
 use super::{IdentityError, Principal, Reason};
+use crate::config::JwksSource;
 
 /// Largest token accepted, before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -29,8 +33,8 @@ pub struct IssuerSettings {
     pub issuer: String,
     /// Accepted `aud` values (a token must carry exactly one of them).
     pub audiences: Vec<String>,
-    /// JWKS file.
-    pub jwks_file: PathBuf,
+    /// Where the keys come from.
+    pub jwks: JwksSource,
     /// Allowed algorithms (never `none`, never HMAC).
     pub algorithms: Vec<Algorithm>,
     /// Longest accepted `exp - iat`.
@@ -50,7 +54,27 @@ pub struct IssuerSettings {
 struct Issuer {
     settings: IssuerSettings,
     facts: IssuerFacts,
-    keys: HashMap<String, (Algorithm, DecodingKey)>,
+    keys: Keys,
+}
+
+enum Keys {
+    Static(Arc<KeyMap>),
+    Remote(Arc<RemoteJwks>),
+}
+
+/// A refusal, and for a `kid` the cached set lacks, where a refetch could help.
+struct Refusal {
+    reason: Reason,
+    refetch: Option<(Arc<RemoteJwks>, String)>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Self {
+        Self {
+            reason,
+            refetch: None,
+        }
+    }
 }
 
 /// Verifies bearer tokens against the configured issuers.
@@ -70,14 +94,38 @@ impl std::fmt::Debug for JwtVerifier {
 const HEADER_FIELDS: [&str; 3] = ["alg", "kid", "typ"];
 
 impl JwtVerifier {
-    /// Loads every issuer's JWKS file.
+    /// Loads every issuer's JWKS file and prepares (without fetching) every JWKS URL.
     ///
     /// # Errors
-    /// A JWKS file is unreadable, is not a JWKS, or holds a key without `kid` or `alg`.
+    /// A JWKS file is unreadable, is not a JWKS, or holds a key without `kid` or `alg`; a
+    /// JWKS CA file is unusable.
     pub fn new(settings: Vec<IssuerSettings>) -> Result<Self, IdentityError> {
+        Self::with_limits(settings, Limits::default(), &Clock::default())
+    }
+
+    pub(crate) fn with_limits(
+        settings: Vec<IssuerSettings>,
+        limits: Limits,
+        clock: &Clock,
+    ) -> Result<Self, IdentityError> {
         let mut issuers = HashMap::new();
         for s in settings {
-            let keys = load_jwks(&s)?;
+            let err = |path: &str, problem: String| IdentityError::Jwks {
+                issuer: s.issuer.clone(),
+                path: path.to_owned(),
+                problem,
+            };
+            let keys = match &s.jwks {
+                JwksSource::File(path) => {
+                    let shown = path.display().to_string();
+                    let bytes = std::fs::read(path).map_err(|e| err(&shown, e.to_string()))?;
+                    Keys::Static(jwks::parse(&bytes).map_err(|p| err(&shown, p))?)
+                }
+                JwksSource::Url { url, ca_file } => Keys::Remote(Arc::new(
+                    RemoteJwks::new(&s.issuer, url, ca_file.as_deref(), limits, clock.clone())
+                        .map_err(|p| err(url, p))?,
+                )),
+            };
             let facts = IssuerFacts {
                 cluster: s.cluster.clone(),
                 region: s.region.clone(),
@@ -95,33 +143,87 @@ impl JwtVerifier {
         Ok(Self { issuers })
     }
 
-    /// Verifies `token` at unix time `now` and maps it to a [`Principal`].
+    pub(crate) fn remotes(&self) -> impl Iterator<Item = &Arc<RemoteJwks>> {
+        self.issuers.values().filter_map(|i| match &i.keys {
+            Keys::Remote(r) => Some(r),
+            Keys::Static(_) => None,
+        })
+    }
+
+    /// First fetch of every JWKS URL, concurrently. A failure is logged, not returned: the
+    /// broker starts, that issuer's tokens are refused until a fetch succeeds, and the
+    /// background refresh keeps retrying.
+    pub async fn prefetch(&self) {
+        let mut set = tokio::task::JoinSet::new();
+        for r in self.remotes() {
+            let r = r.clone();
+            set.spawn(async move { r.refresh_if_due().await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// Starts one background refresh task per JWKS URL on `tasks`, stopped by `cancel`.
+    pub fn spawn_refresh(&self, tasks: &TaskTracker, cancel: &CancellationToken) {
+        for r in self.remotes() {
+            tasks.spawn(r.clone().run(cancel.clone()));
+        }
+    }
+
+    /// Verifies `token` at unix time `now` against the cached keys and maps it to a
+    /// [`Principal`]. Never fetches; see [`JwtVerifier::verify_refreshing`].
     ///
     /// # Errors
     /// [`IdentityError::Invalid`] with the [`Reason`] for any token that is not exactly right.
     pub fn verify(&self, token: &str, now: u64) -> Result<Principal, IdentityError> {
-        self.check(token, now).map_err(IdentityError::Invalid)
+        self.check(token, now)
+            .map_err(|r| IdentityError::Invalid(r.reason))
     }
 
-    fn check(&self, token: &str, now: u64) -> Result<Principal, Reason> {
+    /// As [`JwtVerifier::verify`], but a `kid` missing from a JWKS URL's cached set triggers
+    /// one refetch (single flight, at most one per cooldown) before the token is refused.
+    ///
+    /// # Errors
+    /// As [`JwtVerifier::verify`].
+    pub async fn verify_refreshing(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Principal, IdentityError> {
+        match self.check(token, now) {
+            Ok(p) => Ok(p),
+            Err(Refusal {
+                refetch: Some((remote, kid)),
+                reason,
+            }) => {
+                if remote.refetch_for(&kid).await {
+                    self.verify(token, now)
+                } else {
+                    Err(IdentityError::Invalid(reason))
+                }
+            }
+            Err(r) => Err(IdentityError::Invalid(r.reason)),
+        }
+    }
+
+    fn check(&self, token: &str, now: u64) -> Result<Principal, Refusal> {
         if token.len() > MAX_TOKEN_LEN {
-            return Err(Reason::TooLarge);
+            return Err(Reason::TooLarge.into());
         }
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(Reason::NotCompactJws);
+            return Err(Reason::NotCompactJws.into());
         };
         let header = decode_object(header_b64, "header")?;
         if header.keys().any(|k| !HEADER_FIELDS.contains(&k.as_str())) {
-            return Err(Reason::HeaderField);
+            return Err(Reason::HeaderField.into());
         }
         if header
             .get("typ")
             .is_some_and(|t| !t.as_str().is_some_and(|t| t == "JWT" || t == "JOSE"))
         {
-            return Err(Reason::HeaderField);
+            return Err(Reason::HeaderField.into());
         }
         let alg = header
             .get("alg")
@@ -129,9 +231,9 @@ impl JwtVerifier {
             .and_then(asymmetric_alg)
             .ok_or(Reason::AlgNotAllowed)?;
         let kid = match header.get("kid") {
-            None => return Err(Reason::MissingKid),
+            None => return Err(Reason::MissingKid.into()),
             Some(Value::String(k)) => k.as_str(),
-            Some(_) => return Err(Reason::HeaderField),
+            Some(_) => return Err(Reason::HeaderField.into()),
         };
         let payload = decode_object(payload_b64, "payload")?;
         let issuer = self
@@ -139,19 +241,35 @@ impl JwtVerifier {
             .get(claims::issuer(&payload)?)
             .ok_or(Reason::UnknownIssuer)?;
         if !issuer.settings.algorithms.contains(&alg) {
-            return Err(Reason::AlgNotAllowed);
+            return Err(Reason::AlgNotAllowed.into());
         }
-        let (key_alg, key) = issuer.keys.get(kid).ok_or(Reason::UnknownKid)?;
+        let keys = match &issuer.keys {
+            Keys::Static(k) => k.clone(),
+            Keys::Remote(r) => match r.current() {
+                Some(k) if k.contains_key(kid) => k,
+                current => {
+                    return Err(Refusal {
+                        reason: if current.is_some() {
+                            Reason::UnknownKid
+                        } else {
+                            Reason::JwksUnavailable
+                        },
+                        refetch: Some((r.clone(), kid.to_owned())),
+                    });
+                }
+            },
+        };
+        let (key_alg, key) = keys.get(kid).ok_or(Reason::UnknownKid)?;
         if *key_alg != alg {
-            return Err(Reason::AlgKeyMismatch);
+            return Err(Reason::AlgKeyMismatch.into());
         }
         if sig_b64.is_empty() || URL_SAFE_NO_PAD.decode(sig_b64).is_err() {
-            return Err(Reason::BadSignature);
+            return Err(Reason::BadSignature.into());
         }
         let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
         match jsonwebtoken::crypto::verify(sig_b64, signed.as_bytes(), key, alg) {
             Ok(true) => {}
-            _ => return Err(Reason::BadSignature),
+            _ => return Err(Reason::BadSignature.into()),
         }
         let s = &issuer.settings;
         let c = claims::parse(&payload, s.job_claim.as_deref())?;
@@ -161,12 +279,12 @@ impl JwtVerifier {
             max_lifetime: s.max_token_lifetime.as_secs(),
         };
         claims::check(&c, rules, now)?;
-        claims::principal(c, &issuer.facts)
+        Ok(claims::principal(c, &issuer.facts)?)
     }
 }
 
 /// The algorithms keybroker can ever accept, by exact JOSE name (`NoNe`, `HS256` are not).
-fn asymmetric_alg(name: &str) -> Option<Algorithm> {
+pub(crate) fn asymmetric_alg(name: &str) -> Option<Algorithm> {
     match name {
         "RS256" => Some(Algorithm::RS256),
         "PS256" => Some(Algorithm::PS256),
@@ -184,34 +302,4 @@ fn decode_object(part: &str, what: &'static str) -> Result<Map<String, Value>, R
         StrictError::DuplicateKey => Reason::DuplicateKey(what),
         StrictError::NotObject => Reason::NotJsonObject(what),
     })
-}
-
-fn load_jwks(
-    s: &IssuerSettings,
-) -> Result<HashMap<String, (Algorithm, DecodingKey)>, IdentityError> {
-    let err = |problem: String| IdentityError::Jwks {
-        issuer: s.issuer.clone(),
-        path: s.jwks_file.display().to_string(),
-        problem,
-    };
-    let text = std::fs::read_to_string(&s.jwks_file).map_err(|e| err(e.to_string()))?;
-    let set: JwkSet = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    let mut keys = HashMap::new();
-    for jwk in &set.keys {
-        let kid = jwk
-            .common
-            .key_id
-            .clone()
-            .ok_or_else(|| err("a key has no kid".into()))?;
-        let alg = jwk
-            .common
-            .key_algorithm
-            .and_then(|a| asymmetric_alg(&a.to_string()))
-            .ok_or_else(|| err(format!("key {kid} has no usable alg")))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {kid}: {e}")))?;
-        if keys.insert(kid.clone(), (alg, key)).is_some() {
-            return Err(err(format!("kid {kid} appears twice")));
-        }
-    }
-    Ok(keys)
 }

@@ -1,18 +1,31 @@
 //! Workload identity: who is calling, as a normalized [`Principal`] for policy and audit.
 //!
-//! Today: JWTs from configured issuers whose keys come from a JWKS file (Kubernetes projected
-//! service-account tokens, SPIFFE JWT-SVIDs, the dev issuer). There is no anonymous mode.
-//! Every rejection carries a [`Reason`] for the server log; the caller only learns
-//! "invalid token".
+//! JWTs from configured issuers whose keys come from a JWKS file or URL (Kubernetes projected
+//! service-account tokens, SPIFFE JWT-SVIDs, the dev issuer), X.509-SVID client certificates
+//! (mTLS), or both, as `[identity] mode` says. There is no anonymous mode. Every rejection
+//! carries a reason for the server log; the caller only learns "invalid token".
 
+mod authn;
 mod claims;
+mod jwks;
 mod jwt;
+mod mtls;
+mod remote;
 mod strict_json;
+mod svid;
+
+#[cfg(test)]
+mod jwks_tests;
+#[cfg(test)]
+mod mtls_tests;
 
 #[cfg(test)]
 mod hostile_tests;
 
+pub use authn::Authenticator;
 pub use jwt::{IssuerSettings, JwtVerifier};
+pub use mtls::{ClientCa, Reloaded};
+pub use svid::{Svid, SvidError, fingerprint};
 
 /// Errors of identity verification. The `Display` text is for the server log; the API layer
 /// answers the caller with a fixed message.
@@ -29,7 +42,21 @@ pub enum IdentityError {
     Jwks {
         /// Issuer URL.
         issuer: String,
-        /// JWKS file.
+        /// JWKS file or URL.
+        path: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// mTLS is required and the connection has no client certificate.
+    #[error("missing client certificate")]
+    MissingCertificate,
+    /// The client certificate breaks an X.509-SVID rule.
+    #[error("client certificate refused: {0}")]
+    Certificate(SvidError),
+    /// The client CA bundle could not be loaded.
+    #[error("client CA bundle {path}: {problem}")]
+    ClientCa {
+        /// The bundle file.
         path: String,
         /// What went wrong.
         problem: String,
@@ -50,7 +77,7 @@ impl IdentityError {
 /// Why a token was refused: one variant per rule, so tests and logs can tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Reason {
-    /// Larger than [`jwt::MAX_TOKEN_LEN`].
+    /// Larger than 8 KiB (`MAX_TOKEN_LEN`).
     #[error("token larger than 8 KiB")]
     TooLarge,
     /// Not exactly three dot-separated parts.
@@ -110,6 +137,12 @@ pub enum Reason {
     /// `sub` disagrees with the `kubernetes.io` namespace/service account.
     #[error("sub disagrees with kubernetes.io claims")]
     SubjectMismatch,
+    /// `both` mode: the token's SPIFFE ID is not the client certificate's.
+    #[error("token SPIFFE ID differs from the client certificate's")]
+    SpiffeIdMismatch,
+    /// The issuer's JWKS URL has not been fetched successfully yet.
+    #[error("issuer's JWKS is not loaded (fetch failing)")]
+    JwksUnavailable,
 }
 
 /// The normalized identity of a caller, handed to policy and audit.
@@ -135,4 +168,6 @@ pub struct Principal {
     pub region: Option<String>,
     /// Jurisdiction of the issuer's cluster (config, not the token).
     pub jurisdiction: Option<String>,
+    /// SHA-256 of the client certificate's DER (lower-case hex), with mTLS.
+    pub cert_fingerprint: Option<String>,
 }

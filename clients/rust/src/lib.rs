@@ -24,6 +24,7 @@ mod client;
 mod config;
 pub mod dev_token;
 mod error;
+pub mod file;
 mod lifecycle;
 pub mod policy;
 mod token;

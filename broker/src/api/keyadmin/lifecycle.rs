@@ -128,7 +128,7 @@ impl KeyAdminApi {
         req: Request<pb::RevokeLeasesRequest>,
         rec: &mut Recorder,
     ) -> Result<Response<pb::RevokeLeasesResponse>, Status> {
-        let call = rec.begin(&self.state, &req)?;
+        let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         self.state.authorize_unkeyed(&call, Action::RevokeLeases)?;
         let r = req.into_inner();

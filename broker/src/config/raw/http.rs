@@ -16,6 +16,8 @@ const MAX_TOKENS: usize = 64;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     listen: String,
+    #[serde(default = "yes")]
+    tls: bool,
     transit: Option<RawTransit>,
 }
 
@@ -26,6 +28,10 @@ struct RawTransit {
     mount: String,
     #[serde(default)]
     tokens: Vec<RawToken>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_mount() -> String {
@@ -55,7 +61,17 @@ pub(super) fn http(cx: &Ctx<'_>, raw: Option<RawHttp>) -> Result<Option<HttpConf
         )
     })?;
     let transit = raw.transit.map(|t| transit(cx, t)).transpose()?;
-    Ok(Some(HttpConfig { listen, transit }))
+    if transit.is_some() && !raw.tls {
+        return Err(cx.invalid(
+            "http.tls",
+            "the transit endpoint carries seal keys and tokens: it needs tls = true",
+        ));
+    }
+    Ok(Some(HttpConfig {
+        listen,
+        tls: raw.tls,
+        transit,
+    }))
 }
 
 fn transit(cx: &Ctx<'_>, raw: RawTransit) -> Result<TransitConfig, ConfigError> {

@@ -1,5 +1,6 @@
-//! `[identity]`: trusted JWT issuers, with the cluster facts a token cannot carry itself
-//! (cluster, region, jurisdiction) and the claim that names the job.
+//! `[identity]`: the mode (JWT, mTLS or both), trusted JWT issuers with the cluster facts a
+//! token cannot carry itself (cluster, region, jurisdiction) and the claim that names the job,
+//! and the mTLS client CA and trust domains (in [`super::mtls`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,8 +8,11 @@ use std::time::Duration;
 use hsm_config::is_valid_jurisdiction;
 use serde::Deserialize;
 
+use super::mtls::{RawTrustDomain, mtls};
 use super::{Ctx, MAX_TTL, MIN_TTL};
-use crate::config::{ConfigError, IdentityConfig, JwtAlgorithm, JwtIssuerConfig};
+use crate::config::{
+    ConfigError, IdentityConfig, IdentityMode, JwksSource, JwtAlgorithm, JwtIssuerConfig,
+};
 
 const MAX_LEEWAY: Duration = Duration::from_secs(30);
 
@@ -27,8 +31,13 @@ const REGISTERED: [&str; 8] = [
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIdentity {
+    mode: Option<String>,
     #[serde(default)]
     jwt_issuers: Vec<RawIssuer>,
+    client_ca_file: Option<PathBuf>,
+    client_ca_poll_interval: Option<String>,
+    #[serde(default)]
+    trust_domains: Vec<RawTrustDomain>,
 }
 
 #[derive(Deserialize)]
@@ -36,7 +45,9 @@ pub(super) struct RawIdentity {
 struct RawIssuer {
     issuer: String,
     audiences: Vec<String>,
-    jwks_file: PathBuf,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_ca_file: Option<PathBuf>,
     algorithms: Vec<String>,
     max_token_lifetime: Option<String>,
     leeway: Option<String>,
@@ -47,12 +58,30 @@ struct RawIssuer {
 }
 
 pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig, ConfigError> {
-    if raw.jwt_issuers.is_empty() {
+    let mode = match raw.mode.as_deref() {
+        None | Some("jwt") => IdentityMode::Jwt,
+        Some("mtls") => IdentityMode::Mtls,
+        Some("both") => IdentityMode::Both,
+        Some(other) => {
+            return Err(cx.invalid(
+                "identity.mode",
+                format!("{other:?} is not a mode: use \"jwt\", \"mtls\" or \"both\""),
+            ));
+        }
+    };
+    if raw.jwt_issuers.is_empty() && mode != IdentityMode::Mtls {
         return Err(cx.invalid(
             "identity.jwt_issuers",
             "at least one [[identity.jwt_issuers]] is required: keybroker has no anonymous mode",
         ));
     }
+    let mtls = mtls(
+        cx,
+        mode,
+        raw.client_ca_file,
+        raw.client_ca_poll_interval,
+        raw.trust_domains,
+    )?;
     let mut jwt_issuers: Vec<JwtIssuerConfig> = Vec::with_capacity(raw.jwt_issuers.len());
     for (i, r) in raw.jwt_issuers.into_iter().enumerate() {
         let field = |name: &str| format!("identity.jwt_issuers[{i}].{name}");
@@ -112,6 +141,36 @@ pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig,
                 format!("{j:?} is not a jurisdiction code: expected upper case like EU, CH, US"),
             ));
         }
+        let jwks = match (r.jwks_file, r.jwks_url) {
+            (Some(file), None) => {
+                if r.jwks_ca_file.is_some() {
+                    return Err(cx.invalid(
+                        field("jwks_ca_file"),
+                        "only applies to jwks_url (a jwks_file is read from disk)",
+                    ));
+                }
+                JwksSource::File(cx.resolve(&field("jwks_file"), file)?)
+            }
+            (None, Some(url)) => JwksSource::Url {
+                url: jwks_url(&url).map_err(|p| cx.invalid(field("jwks_url"), p))?,
+                ca_file: r
+                    .jwks_ca_file
+                    .map(|f| cx.resolve(&field("jwks_ca_file"), f))
+                    .transpose()?,
+            },
+            (Some(_), Some(_)) => {
+                return Err(cx.invalid(
+                    field("jwks_url"),
+                    "set exactly one of jwks_file and jwks_url, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(cx.invalid(
+                    field("jwks_file"),
+                    "set exactly one of jwks_file and jwks_url",
+                ));
+            }
+        };
         jwt_issuers.push(JwtIssuerConfig {
             job_claim,
             cluster: label("cluster", r.cluster)?,
@@ -119,7 +178,7 @@ pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig,
             jurisdiction: r.jurisdiction,
             issuer: r.issuer,
             audiences: r.audiences,
-            jwks_file: cx.resolve(&field("jwks_file"), r.jwks_file)?,
+            jwks,
             algorithms,
             max_token_lifetime: cx.duration(
                 &field("max_token_lifetime"),
@@ -135,7 +194,34 @@ pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig,
             )?,
         });
     }
-    Ok(IdentityConfig { jwt_issuers })
+    Ok(IdentityConfig {
+        mode,
+        jwt_issuers,
+        mtls,
+    })
+}
+
+/// A JWKS URL: `https://host/…`, or `http://` only to a loopback address (tests, development):
+/// keys fetched in clear could be swapped by anyone on the path.
+fn jwks_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err(format!("{text:?} has no host")),
+    };
+    match url.scheme() {
+        "https" => Ok(url.into()),
+        "http" if loopback => Ok(url.into()),
+        "http" => Err(format!(
+            "{text:?}: plain http is allowed only to a loopback address; use https://"
+        )),
+        other => Err(format!("scheme {other:?} is not supported; use https://")),
+    }
 }
 
 fn why_not(alg: &str) -> String {

@@ -29,6 +29,9 @@ pub(crate) enum CliError {
     /// Minting or writing a dev token failed.
     #[error(transparent)]
     DevToken(#[from] DevTokenError),
+    /// A KBEF file is malformed or failed authentication (`encrypt`/`decrypt`).
+    #[error(transparent)]
+    File(#[from] keybroker_client::file::FileFormatError),
     /// Writing the output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

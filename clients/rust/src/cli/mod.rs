@@ -7,6 +7,7 @@ mod datakey;
 mod dev_token;
 mod drill;
 mod error;
+mod files;
 mod keys;
 mod lifecycle;
 mod output;
@@ -80,6 +81,10 @@ enum Command {
     Policy(policy::PolicyCmd),
     /// Print a fresh dev-mode token (only for `keybrokerd dev`).
     DevToken(dev_token::DevTokenArgs),
+    /// Encrypt a file (KBEF format, one data key per file; `-` for stdin/stdout).
+    Encrypt(files::EncryptArgs),
+    /// Decrypt a KBEF file (`-` for stdin/stdout); fails on any tampering.
+    Decrypt(files::DecryptArgs),
 }
 
 impl Cli {
@@ -96,6 +101,8 @@ impl Cli {
             Command::Keys(cmd) => cmd.run(&self.global, format, out).await,
             Command::Leases(cmd) => cmd.run(&self.global, format, out).await,
             Command::Drill(cmd) => cmd.run(&self.global, format, out).await,
+            Command::Encrypt(args) => args.run(&self.global, out).await,
+            Command::Decrypt(args) => args.run(&self.global, out).await,
         }
     }
 }

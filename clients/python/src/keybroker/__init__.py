@@ -1,0 +1,33 @@
+"""keybroker: client of the keybroker key broker, and the KBEF encrypted file format.
+
+    kb = KeyBroker.from_env()
+    with kb.open_encrypted("shard.kbef", "wb", key="datasets/demo", context={"dataset": "demo"}) as f:
+        numpy.save(f, array)
+    with kb.open_encrypted("shard.kbef", "rb") as f:
+        array = numpy.load(f)
+"""
+
+from .client import DataKey, KeyBroker
+from .errors import (
+    BrokerError,
+    ContextMismatchError,
+    FormatError,
+    IntegrityError,
+    KeyBrokerError,
+    LeaseExpiredError,
+)
+from .stream import EncryptedReader, EncryptedWriter, StaticKey
+
+__all__ = [
+    "BrokerError",
+    "ContextMismatchError",
+    "DataKey",
+    "EncryptedReader",
+    "EncryptedWriter",
+    "FormatError",
+    "IntegrityError",
+    "KeyBroker",
+    "KeyBrokerError",
+    "LeaseExpiredError",
+    "StaticKey",
+]
