@@ -206,6 +206,7 @@ impl Broker {
                 replica_id: replica,
                 policy,
                 residency: config.residency.clone(),
+                checkpoint: crate::audit::checkpoint::Latest::default(),
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             tls,
@@ -242,6 +243,7 @@ impl Broker {
                 signer,
                 self.state.audit.clone(),
                 dir,
+                self.state.checkpoint.clone(),
                 self.cancel.clone(),
             ));
         }

@@ -1,7 +1,9 @@
-//! gRPC services: `DataKeys`, `KeyAdmin`, health and reflection, and the request context every
+//! gRPC services: `DataKeys`, `KeyAdmin`, `Audit`, health and reflection, and the request context every
 //! call goes through (request id, authentication).
 
 mod audit;
+mod audit_service;
+mod audit_watch;
 mod authz;
 mod convert;
 mod datakeys;
@@ -36,6 +38,8 @@ pub(crate) struct ApiState {
     pub(crate) replica_id: String,
     pub(crate) policy: PolicyEngine,
     pub(crate) residency: ResidencyConfig,
+    /// The newest signed checkpoint (served by `Audit.GetCheckpoint`).
+    pub(crate) checkpoint: crate::audit::checkpoint::Latest,
 }
 
 /// A request id: the caller's (if well-formed) or a fresh UUID.
@@ -86,8 +90,17 @@ impl RequestId {
 pub(crate) struct CallContext {
     pub(crate) rid: RequestId,
     pub(crate) principal: Principal,
-    /// The policy decision, once authorized (for the audit record).
+    /// What authorization learnt, shared with the call's audit recorder.
+    pub(crate) facts: Arc<CallFacts>,
+}
+
+/// Facts authorization establishes for the audit record, each set once per call.
+#[derive(Debug, Default)]
+pub(crate) struct CallFacts {
+    /// The policy decision.
     pub(crate) decision: std::sync::OnceLock<Decision>,
+    /// The key's HSM id and that HSM's jurisdiction, from the catalog.
+    pub(crate) hsm: std::sync::OnceLock<(String, Option<String>)>,
 }
 
 impl CallContext {
@@ -123,7 +136,7 @@ impl ApiState {
         Ok(CallContext {
             rid,
             principal,
-            decision: std::sync::OnceLock::new(),
+            facts: Arc::default(),
         })
     }
 }
@@ -136,6 +149,7 @@ pub(crate) fn services<H>(
 where
     H: tonic_health::pb::health_server::Health,
 {
+    use keybroker_proto::v1::audit_server::AuditServer;
     use keybroker_proto::v1::data_keys_server::DataKeysServer;
     use keybroker_proto::v1::key_admin_server::KeyAdminServer;
 
@@ -153,8 +167,10 @@ where
                 .max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            KeyAdminServer::new(KeyAdminApi::new(state)).max_decoding_message_size(MAX_MESSAGE),
+            KeyAdminServer::new(KeyAdminApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
         )
+        .add_service(AuditServer::new(audit_service::AuditApi::new(state)))
         .add_service(reflection)
         .add_service(reflection_alpha))
 }
