@@ -29,6 +29,15 @@ pub(crate) enum CliError {
     /// Minting or writing a dev token failed.
     #[error(transparent)]
     DevToken(#[from] DevTokenError),
+    /// Offline audit verification found a problem (the first one).
+    #[error("audit verification failed: {0}")]
+    Audit(#[source] keybroker_client::audit::tiles::VerifyError),
+    /// A checkpoint or verifier key was refused.
+    #[error("audit checkpoint: {0}")]
+    Note(#[source] keybroker_client::audit::note::NoteError),
+    /// An inclusion proof did not verify.
+    #[error("audit proof refused: {0}")]
+    Proof(#[source] keybroker_client::audit::proof::ProofError),
     /// Writing the output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

@@ -3,6 +3,7 @@
 //! [`ClientConfig`] with errors that say which flag or variable is missing.
 
 mod args;
+mod audit;
 mod datakey;
 mod dev_token;
 mod error;
@@ -66,6 +67,9 @@ enum Command {
     /// Create, describe, list and rotate keys.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
+    /// Audit log: verify offline, tail, prove inclusion, print the verifier key.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Print a fresh dev-mode token (only for `keybrokerd dev`).
     DevToken(dev_token::DevTokenArgs),
 }
@@ -81,6 +85,7 @@ impl Cli {
             Command::DevToken(args) => args.run(out),
             Command::Datakey(cmd) => cmd.run(&self.global, format, out).await,
             Command::Keys(cmd) => cmd.run(&self.global, format, out).await,
+            Command::Audit(cmd) => cmd.run(&self.global, format, out).await,
         }
     }
 }
