@@ -382,6 +382,44 @@ when { principal.namespace == "dev" };
     assert_eq!(v["reasons"][0], "policy:dev-namespace-may-do-anything");
     drop(live);
 
+    // The CLI: vkey, tail and prove against the running broker.
+    checkpoint_at_least(&c, 2).await;
+    let token = b.token_file().unwrap();
+    let cli = async |args: &[&str]| {
+        let out = tokio::process::Command::new(bin("keybroker"))
+            .args(args)
+            .env("KEYBROKER_ENDPOINT", &b.endpoint)
+            .env("KEYBROKER_CA", b.ca())
+            .env("KEYBROKER_TOKEN_FILE", &token)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "keybroker {args:?}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let vkey = cli(&["audit", "vkey", "--output", "text"]).await;
+    let published = std::fs::read_to_string(b.config.audit.dir.join("checkpoint.vkey")).unwrap();
+    assert_eq!(vkey, published);
+    let tail = cli(&["audit", "tail", "--from", "0"]).await;
+    let lines: Vec<serde_json::Value> = tail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["lease_id"].as_str(), Some(dk.lease_id.as_str()));
+    let vkey_file = b.dir.path().join("pinned.vkey");
+    std::fs::write(&vkey_file, &vkey).unwrap();
+    let vkey_arg = vkey_file.to_str().unwrap();
+    let proved: serde_json::Value =
+        serde_json::from_str(&cli(&["audit", "prove", "--index", "1", "--vkey", vkey_arg]).await)
+            .unwrap();
+    assert_eq!(proved["verified"], true);
+    assert_eq!(
+        proved["record"]["lease_id"].as_str(),
+        Some(dk.lease_id.as_str())
+    );
+
     std::fs::write(b.dir.path().join("dev-policy.cedar"), NO_AUDIT).unwrap();
     let b = b
         .restart_with_residency("allowed_jurisdictions = [\"EU\"]")

@@ -110,7 +110,7 @@ impl Tree {
         if n == 0 || start.checked_add(n)? > self.size() {
             return None;
         }
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let level = self.levels.get(n.trailing_zeros() as usize)?;
             return level.get(usize::try_from(start / n).ok()?).copied();
         }
