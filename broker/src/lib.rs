@@ -14,4 +14,4 @@ pub mod policy;
 mod server;
 pub mod store;
 
-pub use server::{Broker, StartError, run};
+pub use server::{Broker, ReloadError, Reloader, StartError, run};

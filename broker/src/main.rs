@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use keybroker_broker::config::BrokerConfig;
-use keybroker_broker::{Broker, dev};
+use keybroker_broker::{Broker, Reloader, dev};
 
 #[derive(Parser)]
 #[command(
@@ -81,8 +81,12 @@ fn real_main() -> anyhow::Result<()> {
                     .with_context(|| {
                         format!("server.listen: cannot bind {}", config.server.listen)
                     })?;
+                let shutdown = shutdown_signal()?;
+                let hangups = hangup_signal()?;
+                let broker = Broker::start(&config).await?;
+                reload_on(hangups, broker.reloader());
                 tracing::info!(addr = %listener.local_addr()?, "serving");
-                keybroker_broker::run(config, listener, shutdown_signal()?).await?;
+                broker.serve(listener, shutdown).await?;
                 Ok(())
             })
         }
@@ -91,6 +95,7 @@ fn real_main() -> anyhow::Result<()> {
 
 async fn run_dev(paths: dev::DevPaths, listen: Option<String>) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
+    let hangups = hangup_signal()?;
     let mut config = BrokerConfig::load(&paths.config())?;
     if let Some(l) = listen {
         config.server.listen = l
@@ -108,6 +113,7 @@ async fn run_dev(paths: dev::DevPaths, listen: Option<String>) -> anyhow::Result
     let endpoint = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
     let broker = Broker::start(&config).await?;
     ensure_demo_key(&broker).await?;
+    reload_on(hangups, broker.reloader());
     let token = keybroker_client::dev_token::mint(&paths.dir, Duration::from_secs(24 * 3600))?;
     keybroker_client::dev_token::write_token_file(&paths.token(), &token)?;
     dev::write_client_env(&paths, &endpoint)?;
@@ -155,6 +161,33 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Installs the SIGHUP handler now (the default action would kill the broker).
+fn hangup_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup()).context("installing the SIGHUP handler")
+}
+
+/// On every SIGHUP, reloads what can change while serving; a refused part keeps its old state
+/// (the reloader logs why). The task ends with the runtime.
+fn reload_on(mut hangups: tokio::signal::unix::Signal, reloader: Reloader) {
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let r = reloader.clone();
+            match tokio::task::spawn_blocking(move || r.reload()).await {
+                Ok(refused) if refused.is_empty() => tracing::info!("reload complete"),
+                Ok(refused) => {
+                    tracing::warn!(
+                        refused = refused.len(),
+                        "reload finished with refused parts"
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "reload task failed"),
+            }
+        }
+    });
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (so a signal that arrives before serving starts is

@@ -18,7 +18,7 @@ use crate::config::BrokerConfig;
 use crate::hsm::{HsmPool, HsmSettings, TokenSelector};
 use crate::identity::{IssuerSettings, JwtVerifier};
 use crate::keys::{HsmHandle, KeyService, KeySettings};
-use crate::policy::PolicyEngine;
+use crate::policy::{PolicySlot, Reloaded};
 use crate::store::{SqliteStore, Store};
 
 /// How long shutdown waits for in-flight requests and open streams.
@@ -166,11 +166,8 @@ impl Broker {
             })
             .collect();
         let verifier = JwtVerifier::new(issuers)?;
-        let policy = match &config.policy.file {
-            Some(path) => PolicyEngine::load(path)?,
-            None => PolicyEngine::builtin()?,
-        };
-        tracing::info!(policy_sha256 = policy.sha256(), "policy loaded");
+        let policy = PolicySlot::load(config.policy.file.clone())?;
+        tracing::info!(policy_sha256 = policy.current().sha256(), "policy loaded");
         let keys = KeyService::new(
             store,
             hsms,
@@ -213,6 +210,15 @@ impl Broker {
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         })
+    }
+
+    /// A handle that reloads the policy (and whatever else can change while serving); `main`
+    /// calls it on SIGHUP.
+    #[must_use]
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+        }
     }
 
     /// The key service (dev mode uses it to create the demo key).
@@ -276,6 +282,45 @@ impl Broker {
         self.tasks.close();
         self.tasks.wait().await;
         result.map_err(StartError::from)
+    }
+}
+
+/// Reloads, while serving, what an operator may change without a restart: the Cedar policy.
+/// Each part that fails to reload keeps its old state; requests are never dropped.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    state: Arc<ApiState>,
+}
+
+/// Why one part of a reload was refused (its old state stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new policy file cannot be read, parsed or validated.
+    #[error("policy.file: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+impl Reloader {
+    /// Reloads every part, logs what changed, and returns the parts that were refused. Blocking
+    /// (reads files): call it from `spawn_blocking`.
+    pub fn reload(&self) -> Vec<ReloadError> {
+        let mut refused = Vec::new();
+        match self.state.policy.reload() {
+            Ok(Reloaded::Replaced { old, new }) => {
+                tracing::info!(old_sha256 = %old, policy_sha256 = %new, "policy reloaded");
+            }
+            Ok(Reloaded::Unchanged { sha256 }) => {
+                tracing::info!(policy_sha256 = %sha256, "policy unchanged");
+            }
+            Ok(Reloaded::Builtin) => {
+                tracing::info!("built-in policy in force: nothing to reload");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
+                refused.push(e.into());
+            }
+        }
+        refused
     }
 }
 

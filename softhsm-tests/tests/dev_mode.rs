@@ -30,6 +30,23 @@ fn bin(name: &str) -> PathBuf {
 struct Dev {
     child: Child,
     endpoint: String,
+    /// The broker's log lines (stderr), drained by a thread so the pipe never fills.
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Dev {
+    /// Waits (bounded) for a log line containing `needle`; returns it.
+    fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?} within 30 s: {e}"),
+            }
+        }
+    }
 }
 
 fn start_dev(state: &Path) -> Dev {
@@ -38,9 +55,17 @@ fn start_dev(state: &Path) -> Dev {
         .arg(state)
         .env_remove("SOFTHSM2_CONF")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // The receiver may be gone (test finished); keep draining.
+            let _ = tx.send(line);
+        }
+    });
     let stdout = child.stdout.take().unwrap();
     let mut endpoint = None;
     for line in BufReader::new(stdout).lines() {
@@ -54,7 +79,11 @@ fn start_dev(state: &Path) -> Dev {
     }
     let endpoint = endpoint.expect("dev mode printed no endpoint");
     assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
-    Dev { child, endpoint }
+    Dev {
+        child,
+        endpoint,
+        log,
+    }
 }
 
 fn stop(mut dev: Dev) {
@@ -162,6 +191,142 @@ fn dev_mode_first_run_creates_everything_and_second_run_reuses_it() {
     let keys = json(&cli(&env, &["keys", "list"]));
     assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
     stop(dev);
+}
+
+fn hup(dev: &Dev) {
+    let pid = dev.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn generate_demo(env: &HashMap<String, String>) -> Output {
+    cli(
+        env,
+        &[
+            "datakey",
+            "generate",
+            "datasets/demo",
+            "--context",
+            "dataset=demo",
+        ],
+    )
+}
+
+#[test]
+fn sighup_reloads_the_policy_and_a_broken_policy_keeps_the_one_in_force() {
+    let state = tempfile::tempdir().unwrap();
+    let dev = start_dev(state.path());
+    let env = client_env(state.path());
+    let policy = state.path().join("dev-policy.cedar");
+    let original = std::fs::read_to_string(&policy).unwrap();
+    json(&generate_demo(&env));
+
+    // Read-only policy: GenerateDataKey is no longer permitted, after the reload, without a
+    // restart.
+    std::fs::write(
+        &policy,
+        "@id(\"dev-read-only\")\npermit (principal, action == Keybroker::Action::\"GetKey\", \
+         resource) when { principal.namespace == \"dev\" };\n",
+    )
+    .unwrap();
+    hup(&dev);
+    dev.wait_for_log("policy reloaded");
+    let denied = generate_demo(&env);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("PERMISSION_DENIED"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+
+    // A policy that does not validate is refused; the read-only one stays in force (no
+    // fallback to allow, no crash).
+    std::fs::write(
+        &policy,
+        "@id(\"typo\")\npermit (principal, action, resource) when { principal.namespce == \"dev\" };\n",
+    )
+    .unwrap();
+    hup(&dev);
+    let refused = dev.wait_for_log("policy reload refused");
+    assert!(refused.contains("namespce"), "{refused}");
+    assert!(!generate_demo(&env).status.success());
+
+    // Restoring the original policy works again: a refused reload does not wedge reloading.
+    std::fs::write(&policy, original).unwrap();
+    hup(&dev);
+    dev.wait_for_log("policy reloaded");
+    json(&generate_demo(&env));
+    stop(dev);
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_policies_and_names_every_problem_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("dev.cedar");
+    std::fs::write(&good, keybroker_broker::policy::DEV_POLICY).unwrap();
+    let default = dir.path().join("default.cedar");
+    std::fs::write(&default, keybroker_broker::policy::DEFAULT_POLICY).unwrap();
+    let typo = dir.path().join("typo.cedar");
+    std::fs::write(
+        &typo,
+        keybroker_broker::policy::DEV_POLICY.replace("principal.namespace", "principal.namespce"),
+    )
+    .unwrap();
+    let huge = dir.path().join("huge.cedar");
+    std::fs::write(&huge, vec![b' '; 2 * 1024 * 1024]).unwrap();
+    let no_env = HashMap::new();
+    let ok = json(&cli(
+        &no_env,
+        &[
+            "policy",
+            "check",
+            good.to_str().unwrap(),
+            default.to_str().unwrap(),
+        ],
+    ));
+    // The hash the broker will record for this policy.
+    let engine = keybroker_broker::policy::PolicyEngine::from_text(
+        keybroker_broker::policy::DEV_POLICY,
+        "d",
+    )
+    .unwrap();
+    assert_eq!(ok[0]["sha256"], engine.sha256(), "{ok}");
+    assert_eq!(ok[1]["valid"], true, "{ok}");
+    assert!(!ok[1]["policies"].as_array().unwrap().is_empty());
+
+    let bad = cli(
+        &no_env,
+        &[
+            "policy",
+            "check",
+            good.to_str().unwrap(),
+            typo.to_str().unwrap(),
+            huge.to_str().unwrap(),
+            "/nonexistent/p.cedar",
+        ],
+    );
+    assert!(!bad.status.success());
+    let reports: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    let valid: Vec<bool> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["valid"].as_bool().unwrap())
+        .collect();
+    assert_eq!(valid, [true, false, false, false]);
+    assert!(reports[1]["error"].as_str().unwrap().contains("namespce"));
+    assert!(
+        reports[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than")
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("3 of 4 policy files refused"));
 }
 
 #[test]

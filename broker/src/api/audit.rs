@@ -26,7 +26,10 @@ impl ApiState {
     pub(crate) fn recorder(&self, op: Op) -> Recorder {
         let mut record = AuditRecord::new(op, String::new(), self.replica_id.clone());
         // The policy in force when the call arrived, on every record (allowed or not).
-        self.policy.sha256().clone_into(&mut record.policy_sha256);
+        self.policy
+            .current()
+            .sha256()
+            .clone_into(&mut record.policy_sha256);
         Recorder {
             record,
             log: self.audit.clone(),
@@ -44,6 +47,10 @@ impl Recorder {
     ) -> Result<CallContext, Status> {
         let call = state.begin(req)?;
         self.record.request_id = call.rid.to_string();
+        // The snapshot that will decide (a reload may have happened since the recorder began).
+        call.policy
+            .sha256()
+            .clone_into(&mut self.record.policy_sha256);
         self.record.principal = Some(AuditPrincipal::from(&call.principal));
         self.facts = Some(call.facts.clone());
         Ok(call)

@@ -147,7 +147,7 @@ impl ApiState {
             tracing::info!(request_id = %rid, action = action.as_str(), rule, "residency guard denied");
             return Err(rid.status(Code::PermissionDenied, format!("residency: {rule}")));
         }
-        let decision = self
+        let decision = call
             .policy
             .decide(&call.principal, action, key, ctx)
             .map_err(|e| {
@@ -179,7 +179,7 @@ impl ApiState {
             tracing::info!(request_id = %rid, action = action.as_str(), rule, "residency guard denied");
             return Err(rid.status(Code::PermissionDenied, format!("residency: {rule}")));
         }
-        let decision = self
+        let decision = call
             .policy
             .decide_audit(&call.principal, action)
             .map_err(|e| {

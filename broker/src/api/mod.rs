@@ -18,7 +18,7 @@ use tonic::{Code, Request, Status};
 use crate::config::ResidencyConfig;
 use crate::identity::{JwtVerifier, Principal};
 use crate::keys::{Caller, KeyService};
-use crate::policy::{Decision, PolicyEngine};
+use crate::policy::{Decision, PolicyEngine, PolicySlot};
 
 pub(crate) use datakeys::DataKeysApi;
 pub(crate) use keyadmin::KeyAdminApi;
@@ -36,7 +36,7 @@ pub(crate) struct ApiState {
     pub(crate) verifier: JwtVerifier,
     pub(crate) audit: Arc<dyn crate::audit::AuditLog>,
     pub(crate) replica_id: String,
-    pub(crate) policy: PolicyEngine,
+    pub(crate) policy: PolicySlot,
     pub(crate) residency: ResidencyConfig,
     /// The newest signed checkpoint (served by `Audit.GetCheckpoint`).
     pub(crate) checkpoint: crate::audit::checkpoint::Latest,
@@ -90,6 +90,8 @@ impl RequestId {
 pub(crate) struct CallContext {
     pub(crate) rid: RequestId,
     pub(crate) principal: Principal,
+    /// The policy in force when the call arrived: it decides and is named in the record.
+    pub(crate) policy: Arc<PolicyEngine>,
     /// What authorization learnt, shared with the call's audit recorder.
     pub(crate) facts: Arc<CallFacts>,
 }
@@ -136,6 +138,7 @@ impl ApiState {
         Ok(CallContext {
             rid,
             principal,
+            policy: self.policy.current(),
             facts: Arc::default(),
         })
     }

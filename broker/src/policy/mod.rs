@@ -5,21 +5,22 @@
 //! audit record can name exactly which policy decided. Loading is the only I/O here.
 
 mod input;
+mod slot;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use cedar_policy::{Authorizer, PolicySet, Schema, ValidationMode, Validator};
-use sha2::{Digest as _, Sha256};
+use cedar_policy::{Authorizer, PolicySet, Schema};
 
 use crate::identity::Principal;
 
 pub use input::KeyFacts;
+pub use slot::{PolicySlot, Reloaded};
 
 /// The schema every policy is validated against.
-pub const SCHEMA: &str = include_str!("../../policy/schema.cedarschema");
+pub const SCHEMA: &str = keybroker_client::policy::SCHEMA;
 /// The built-in default policy (used when the config names no policy file).
 pub const DEFAULT_POLICY: &str = include_str!("../../policy/default.cedar");
 /// The dev policy: namespace `dev` may do anything. Written by `keybrokerd dev`.
@@ -37,26 +38,9 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
-    /// The built-in schema does not parse (a build defect, caught by tests).
-    #[error("policy schema: {0}")]
-    Schema(#[source] Box<cedar_policy::CedarSchemaError>),
-    /// The policy text is not Cedar.
-    #[error("policy {origin}: {source}")]
-    Parse {
-        /// File name or `built-in`.
-        origin: String,
-        /// Cedar's parse errors.
-        #[source]
-        source: Box<cedar_policy::ParseErrors>,
-    },
-    /// The policy does not validate against the schema, or breaks our rules (`@id`).
-    #[error("policy {origin}: {problem}")]
-    Invalid {
-        /// File name or `built-in`.
-        origin: String,
-        /// Every problem found, `;`-separated.
-        problem: String,
-    },
+    /// The policy does not parse or validate (the same check as `keybroker policy check`).
+    #[error(transparent)]
+    Check(#[from] keybroker_client::policy::PolicyCheckError),
     /// A request could not be expressed in the schema (a defect in input building).
     #[error("policy request: {0}")]
     Request(String),
@@ -181,40 +165,14 @@ impl PolicyEngine {
     /// Parses `text` (named `origin` in messages) and validates it against [`SCHEMA`].
     ///
     /// # Errors
-    /// [`PolicyError::Parse`] for syntax, [`PolicyError::Invalid`] for schema violations
-    /// (a misspelt attribute, a wrong type, an unknown action) and missing or duplicate `@id`s.
+    /// [`PolicyError::Check`] for syntax, schema violations (a misspelt attribute, a wrong
+    /// type, an unknown action) and missing or duplicate `@id`s.
     pub fn from_text(text: &str, origin: &str) -> Result<Self, PolicyError> {
-        let (schema, _warnings) =
-            Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(Box::new(e)))?;
-        let policies: PolicySet = text.parse().map_err(|source| PolicyError::Parse {
-            origin: origin.to_owned(),
-            source: Box::new(source),
-        })?;
-        let invalid = |problem: String| PolicyError::Invalid {
-            origin: origin.to_owned(),
-            problem,
-        };
-        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
-        if !result.validation_passed() {
-            let problems: Vec<String> = result
-                .validation_errors()
-                .map(ToString::to_string)
-                .collect();
-            return Err(invalid(problems.join("; ")));
-        }
-        let mut ids = BTreeSet::new();
-        for p in policies.policies() {
-            let id = p
-                .annotation("id")
-                .ok_or_else(|| invalid(format!("policy {} has no @id(\"...\")", p.id())))?;
-            if !ids.insert(id.to_owned()) {
-                return Err(invalid(format!("@id({id:?}) is used twice")));
-            }
-        }
+        let checked = keybroker_client::policy::check(text, origin)?;
         Ok(Self {
-            schema,
-            policies,
-            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            schema: checked.schema,
+            policies: checked.policies,
+            sha256: checked.sha256,
             authorizer: Authorizer::new(),
         })
     }

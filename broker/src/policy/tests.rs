@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::{Action, DEV_POLICY, KeyFacts, PolicyEngine, PolicyError};
 use crate::identity::Principal;
+use keybroker_client::policy::PolicyCheckError;
 
 fn trainer(namespace: &str, region: &str, job: &str) -> Principal {
     Principal {
@@ -142,7 +143,10 @@ fn dev_policy_lets_the_dev_namespace_use_and_administer_keys() {
 fn a_typo_in_an_attribute_fails_loading_and_names_it() {
     let typo = DEV_POLICY.replace("principal.namespace", "principal.namepsace");
     let e = PolicyEngine::from_text(&typo, "typo.cedar").unwrap_err();
-    assert!(matches!(e, PolicyError::Invalid { .. }), "{e:?}");
+    assert!(
+        matches!(e, PolicyError::Check(PolicyCheckError::Invalid { .. })),
+        "{e:?}"
+    );
     let msg = e.to_string();
     assert!(
         msg.starts_with("policy typo.cedar:") && msg.contains("namepsace"),
@@ -161,7 +165,7 @@ fn a_typo_in_an_attribute_fails_loading_and_names_it() {
     );
     assert!(matches!(
         PolicyEngine::from_text("permit (", "p.cedar"),
-        Err(PolicyError::Parse { .. })
+        Err(PolicyError::Check(PolicyCheckError::Parse { .. }))
     ));
 }
 

@@ -25,6 +25,7 @@ mod client;
 mod config;
 pub mod dev_token;
 mod error;
+pub mod policy;
 mod token;
 mod types;
 

@@ -9,6 +9,7 @@ mod dev_token;
 mod error;
 mod keys;
 mod output;
+mod policy;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -70,6 +71,9 @@ enum Command {
     /// Audit log: verify offline, tail, prove inclusion, print the verifier key.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Validate Cedar policies offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// Print a fresh dev-mode token (only for `keybrokerd dev`).
     DevToken(dev_token::DevTokenArgs),
 }
@@ -83,6 +87,7 @@ impl Cli {
         let format = self.global.output;
         match &self.command {
             Command::DevToken(args) => args.run(out),
+            Command::Policy(cmd) => cmd.run(format, out),
             Command::Datakey(cmd) => cmd.run(&self.global, format, out).await,
             Command::Keys(cmd) => cmd.run(&self.global, format, out).await,
             Command::Audit(cmd) => cmd.run(&self.global, format, out).await,
