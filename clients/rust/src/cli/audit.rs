@@ -1,4 +1,4 @@
-//! `keybroker audit vkey|verify|tail|prove`: the auditor's commands. `verify` is offline (a
+//! `keybroker audit vkey|verify|tail|prove|consistency`: the auditor's commands. `verify` is offline (a
 //! tiles directory and a verifier key, no broker); the others ask the broker and check what it
 //! says locally.
 
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use keybroker_client::audit::note::{VerifierKey, verify_checkpoint};
-use keybroker_client::audit::proof::verify_inclusion;
+use keybroker_client::audit::proof::{verify_consistency, verify_inclusion};
 use keybroker_client::audit::tiles::verify_dir;
 use serde::Serialize;
 
@@ -48,6 +48,16 @@ pub(crate) enum AuditCmd {
         /// Verifier key file; without it, the broker's own key is used (trust on first use).
         #[arg(long, value_name = "FILE")]
         vkey: Option<PathBuf>,
+    },
+    /// Prove the log was only appended to since a checkpoint you kept: fetch the newest
+    /// checkpoint and a consistency proof from the old one, and check both here.
+    Consistency {
+        /// A checkpoint saved earlier (a copy of `<audit dir>/checkpoint`).
+        #[arg(long, value_name = "FILE")]
+        old_checkpoint: PathBuf,
+        /// Verifier key file.
+        #[arg(long, value_name = "FILE")]
+        vkey: PathBuf,
     },
 }
 
@@ -146,6 +156,52 @@ impl AuditCmd {
                         out,
                         "record {} is in the log of {} records (root {}): verified",
                         o.index, o.tree_size, o.root
+                    )?,
+                }
+                Ok(())
+            }
+            Self::Consistency {
+                old_checkpoint,
+                vkey,
+            } => {
+                let vkey = read_vkey(vkey)?;
+                let text = std::fs::read_to_string(old_checkpoint).map_err(|e| {
+                    CliError::Usage(format!(
+                        "--old-checkpoint {}: {e}",
+                        old_checkpoint.display()
+                    ))
+                })?;
+                let old = verify_checkpoint(&vkey, &text).map_err(CliError::Note)?;
+                let client = super::connect(global).await?;
+                let new = client.audit_checkpoint().await?;
+                let new = verify_checkpoint(&vkey, &new.note).map_err(CliError::Note)?;
+                if new.size < old.size {
+                    return Err(CliError::Usage(format!(
+                        "the newest checkpoint ({} records) is older than the saved one ({})",
+                        new.size, old.size
+                    )));
+                }
+                let proof = if old.size == 0 {
+                    Vec::new()
+                } else {
+                    client.audit_consistency_proof(old.size, new.size).await?
+                };
+                if old.size > 0 {
+                    verify_consistency(old.size, new.size, &old.root, &new.root, &proof)
+                        .map_err(CliError::Proof)?;
+                }
+                let o = serde_json::json!({
+                    "verified": true,
+                    "old_size": old.size,
+                    "new_size": new.size,
+                    "new_root": hex::encode(new.root),
+                });
+                match format {
+                    Format::Json => write_json(out, &o)?,
+                    Format::Text => writeln!(
+                        out,
+                        "the log of {} records extends the saved one of {}: verified",
+                        new.size, old.size
                     )?,
                 }
                 Ok(())
