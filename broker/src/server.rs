@@ -288,6 +288,7 @@ impl Broker {
                 policy,
                 residency: config.residency.clone(),
                 metrics: Arc::new(crate::http::metrics::Metrics::new()),
+                checkpoint: crate::audit::checkpoint::Latest::default(),
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             side_port,
@@ -353,6 +354,7 @@ impl Broker {
                 signer,
                 self.state.audit.clone(),
                 dir,
+                self.state.checkpoint.clone(),
                 self.cancel.clone(),
             ));
         }

@@ -317,28 +317,7 @@ impl TestBroker {
     /// # Errors
     /// Unreadable segment files or a record that is not JSON.
     pub fn audit_records(&self) -> anyhow::Result<Vec<String>> {
-        let dir = self.config.audit.dir.join("log");
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        names.retain(|p| p.extension().is_some_and(|e| e == "seg"));
-        names.sort();
-        let mut out = Vec::new();
-        for name in names {
-            let buf = std::fs::read(&name)?;
-            let mut at = 0;
-            while let Some(h) = buf.get(at..at + 8) {
-                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
-                let Some(body) = buf.get(at + 8..at + 8 + len) else {
-                    break;
-                };
-                let text = String::from_utf8(body.to_vec())?;
-                let _: serde_json::Value = serde_json::from_str(&text)?;
-                out.push(text);
-                at += 8 + len;
-            }
-        }
-        Ok(out)
+        read_audit_segments(&self.config.audit.dir)
     }
 
     /// Stops the broker (keeping its files) so its audit log can be read at rest.
@@ -348,4 +327,35 @@ impl TestBroker {
     pub async fn stop_ref(&mut self) -> anyhow::Result<()> {
         self.halt().await
     }
+}
+
+/// Every intact record of the audit log in `audit_dir`, in index order, as JSON text (read
+/// from the segment files: `len u32 BE | crc32c u32 BE | bytes` frames; a torn tail ends the
+/// scan).
+///
+/// # Errors
+/// Unreadable segment files or a record that is not JSON.
+pub fn read_audit_segments(audit_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let dir = audit_dir.join("log");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    names.retain(|p| p.extension().is_some_and(|e| e == "seg"));
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let buf = std::fs::read(&name)?;
+        let mut at = 0;
+        while let Some(h) = buf.get(at..at + 8) {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let Some(body) = buf.get(at + 8..at + 8 + len) else {
+                break;
+            };
+            let text = String::from_utf8(body.to_vec())?;
+            let _: serde_json::Value = serde_json::from_str(&text)?;
+            out.push(text);
+            at += 8 + len;
+        }
+    }
+    Ok(out)
 }

@@ -58,6 +58,7 @@ async fn python_grpcio_client_works_from_reflection_alone() {
     for s in [
         "keybroker.v1.DataKeys",
         "keybroker.v1.KeyAdmin",
+        "keybroker.v1.Audit",
         "grpc.health.v1.Health",
     ] {
         assert!(services.iter().any(|v| v == s), "{s} not listed: {seen}");

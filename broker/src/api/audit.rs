@@ -11,7 +11,7 @@ use crate::audit::{AuditLog, AuditPrincipal, AuditRecord, Decision, Op};
 use crate::keys::KeyService;
 use crate::keys::context::EncryptionContext;
 
-use super::{ApiState, CallContext, REQUEST_ID_HEADER, RequestId, status};
+use super::{ApiState, CallContext, CallFacts, REQUEST_ID_HEADER, RequestId, status};
 
 /// Facts of one call, appended to the audit log when it ends.
 pub(crate) struct Recorder {
@@ -19,6 +19,8 @@ pub(crate) struct Recorder {
     log: Arc<dyn AuditLog>,
     metrics: Arc<crate::http::metrics::Metrics>,
     started: std::time::Instant,
+    /// What authorization found (policy reasons, the key's HSM), once the call is authenticated.
+    facts: Option<Arc<CallFacts>>,
 }
 
 impl ApiState {
@@ -35,6 +37,7 @@ impl ApiState {
             log: self.audit.clone(),
             metrics: self.metrics.clone(),
             started: std::time::Instant::now(),
+            facts: None,
         }
     }
 }
@@ -53,6 +56,7 @@ impl Recorder {
             .sha256()
             .clone_into(&mut self.record.policy_sha256);
         self.record.principal = Some(AuditPrincipal::from(&call.principal));
+        self.facts = Some(call.facts.clone());
         Ok(call)
     }
 
@@ -114,6 +118,17 @@ impl Recorder {
                 self.record.outcome.code = code_name(s.code());
                 // Status messages are written to be safe for callers: no tokens, no key bytes.
                 self.record.reasons = vec![s.message().to_owned()];
+            }
+        }
+        if let Some(facts) = &self.facts {
+            // The policies that decided: the permits of an allow, the forbids of a deny.
+            if let Some(d) = facts.decision.get() {
+                let ids = d.reasons.iter().map(|id| format!("policy:{id}"));
+                self.record.reasons.extend(ids);
+            }
+            if let (None, Some((id, jurisdiction))) = (&self.record.hsm_id, facts.hsm.get()) {
+                self.record.hsm_id = Some(id.clone());
+                self.record.hsm_jurisdiction.clone_from(jurisdiction);
             }
         }
         let (surface, method) = (

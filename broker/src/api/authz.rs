@@ -12,7 +12,7 @@ use crate::keys::KeyError;
 use crate::keys::context::EncryptionContext;
 use crate::keys::envelope::Envelope;
 use crate::keys::name::KeyName;
-use crate::policy::{Action, KeyFacts};
+use crate::policy::{Action, AuditAction, KeyFacts};
 use crate::store::{KeyRecord, Purpose};
 
 use super::status::key_error;
@@ -128,11 +128,13 @@ impl ApiState {
         record: &KeyRecord,
         ctx: &BTreeMap<String, String>,
     ) -> Result<(), Status> {
-        let jurisdiction = self
+        let known = self
             .keys
             .hsm_info(&record.hsm_id)
-            .map(|h| h.jurisdiction.clone())
-            .unwrap_or_default();
+            .map(|h| h.jurisdiction.clone());
+        // For the audit record: the HSM the key lives on, known before any HSM call.
+        let _first = call.facts.hsm.set((record.hsm_id.clone(), known.clone()));
+        let jurisdiction = known.unwrap_or_default();
         let facts = KeyFacts {
             name: &record.name,
             purpose: purpose_name(record.purpose),
@@ -168,11 +170,41 @@ impl ApiState {
         tracing::info!(request_id = %rid, action = action.as_str(), allowed,
             reasons = ?decision.reasons, policy_sha256 = %decision.policy_sha256, "policy decision");
         // Set once per call; a second authorization of the same call keeps the first.
-        let _first = call.decision.set(decision);
+        let _first = call.facts.decision.set(decision);
         if allowed {
             Ok(())
         } else {
             Err(call.rid.status(Code::PermissionDenied, DENIED.to_owned()))
+        }
+    }
+
+    /// Authorizes reading the audit log as `action`. Of the residency guard only the caller's
+    /// region applies (the log is not on a key's HSM). Not recorded in the audit log: reading
+    /// it is not a key operation; the decision is logged for operators.
+    pub(crate) fn authorize_audit(
+        &self,
+        call: &CallContext,
+        action: AuditAction,
+    ) -> Result<(), Status> {
+        let rid = &call.rid;
+        if let Some(rule) = self.caller_region_violation(call) {
+            tracing::info!(request_id = %rid, action = action.as_str(), rule, "residency guard denied");
+            return Err(rid.status(Code::PermissionDenied, format!("residency: {rule}")));
+        }
+        let decision = call
+            .policy
+            .decide_audit(&call.principal, action)
+            .map_err(|e| {
+                tracing::error!(request_id = %rid, error = %e, "policy input error");
+                rid.status(Code::PermissionDenied, DENIED.to_owned())
+            })?;
+        tracing::info!(request_id = %rid, action = action.as_str(), allowed = decision.allowed,
+            subject = %call.principal.subject, reasons = ?decision.reasons,
+            policy_sha256 = %decision.policy_sha256, "audit read decision");
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(rid.status(Code::PermissionDenied, DENIED.to_owned()))
         }
     }
 
@@ -182,6 +214,11 @@ impl ApiState {
         if !r.allowed_jurisdictions.contains(key.hsm_jurisdiction) {
             return Some("the key's HSM jurisdiction is not in allowed_jurisdictions");
         }
+        self.caller_region_violation(call)
+    }
+
+    fn caller_region_violation(&self, call: &CallContext) -> Option<&'static str> {
+        let r = &self.residency;
         if r.require_caller_region
             && !call
                 .principal

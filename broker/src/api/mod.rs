@@ -1,7 +1,9 @@
-//! gRPC services: `DataKeys`, `KeyAdmin`, health and reflection, and the request context every
+//! gRPC services: `DataKeys`, `KeyAdmin`, `Audit`, health and reflection, and the request context every
 //! call goes through (request id, authentication).
 
 pub(crate) mod audit;
+mod audit_service;
+mod audit_watch;
 mod authz;
 mod convert;
 pub(crate) mod datakeys;
@@ -38,6 +40,8 @@ pub(crate) struct ApiState {
     pub(crate) policy: PolicySlot,
     pub(crate) residency: ResidencyConfig,
     pub(crate) metrics: Arc<crate::http::metrics::Metrics>,
+    /// The newest signed checkpoint (served by `Audit.GetCheckpoint`).
+    pub(crate) checkpoint: crate::audit::checkpoint::Latest,
 }
 
 /// A request id: the caller's (if well-formed) or a fresh UUID.
@@ -95,8 +99,17 @@ pub(crate) struct CallContext {
     pub(crate) principal: Principal,
     /// The policy in force when the call arrived: it decides and is named in the record.
     pub(crate) policy: Arc<PolicyEngine>,
-    /// The policy decision, once authorized (for the audit record).
+    /// What authorization learnt, shared with the call's audit recorder.
+    pub(crate) facts: Arc<CallFacts>,
+}
+
+/// Facts authorization establishes for the audit record, each set once per call.
+#[derive(Debug, Default)]
+pub(crate) struct CallFacts {
+    /// The policy decision.
     pub(crate) decision: std::sync::OnceLock<Decision>,
+    /// The key's HSM id and that HSM's jurisdiction, from the catalog.
+    pub(crate) hsm: std::sync::OnceLock<(String, Option<String>)>,
 }
 
 impl CallContext {
@@ -119,7 +132,7 @@ impl ApiState {
                 rid,
                 principal: principal.clone(),
                 policy: self.policy.current(),
-                decision: std::sync::OnceLock::new(),
+                facts: Arc::default(),
             });
         }
         let token = req
@@ -144,7 +157,7 @@ impl ApiState {
             rid,
             principal,
             policy: self.policy.current(),
-            decision: std::sync::OnceLock::new(),
+            facts: Arc::default(),
         })
     }
 }
@@ -157,6 +170,7 @@ pub(crate) fn services<H>(
 where
     H: tonic_health::pb::health_server::Health,
 {
+    use keybroker_proto::v1::audit_server::AuditServer;
     use keybroker_proto::v1::data_keys_server::DataKeysServer;
     use keybroker_proto::v1::key_admin_server::KeyAdminServer;
 
@@ -174,8 +188,10 @@ where
                 .max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            KeyAdminServer::new(KeyAdminApi::new(state)).max_decoding_message_size(MAX_MESSAGE),
+            KeyAdminServer::new(KeyAdminApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
         )
+        .add_service(AuditServer::new(audit_service::AuditApi::new(state)))
         .add_service(reflection)
         .add_service(reflection_alpha))
 }

@@ -64,6 +64,43 @@ pub fn note(body: &str, name: &str, key_id: [u8; 4], signature: &[u8; 64]) -> St
     format!("{body}\n\u{2014} {name} {}\n", b64(&sig))
 }
 
+/// A signed checkpoint and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// The signed note text, as written to `<dir>/checkpoint`.
+    pub note: String,
+    /// Its origin line (also the key name).
+    pub origin: String,
+    /// Tree size.
+    pub size: u64,
+    /// RFC 6962 root of the first `size` records.
+    pub root: Hash,
+    /// The verifier key of the signer.
+    pub vkey: String,
+}
+
+/// The newest signed checkpoint, shared between the checkpoint task and the Audit service.
+#[derive(Debug, Clone, Default)]
+pub struct Latest(Arc<std::sync::RwLock<Option<Signed>>>);
+
+impl Latest {
+    /// The newest checkpoint, if one was signed yet.
+    #[must_use]
+    pub fn get(&self) -> Option<Signed> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, signed: Signed) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signed);
+    }
+}
+
 /// Signs checkpoints of one log with the HSM key.
 #[derive(Debug, Clone)]
 pub struct Signer {
@@ -133,11 +170,20 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), AuditError> {
     std::fs::rename(&tmp, path).map_err(io("rename", path))
 }
 
-async fn publish(signer: &Signer, log: &dyn AuditLog, dir: &Path) -> Option<u64> {
+async fn publish(signer: &Signer, log: &dyn AuditLog, dir: &Path, latest: &Latest) -> Option<u64> {
     let (size, root) = log.head();
     match signer.sign(size, &root).await {
         Ok(text) => match write_atomic(&dir.join("checkpoint"), &text) {
-            Ok(()) => Some(size),
+            Ok(()) => {
+                latest.set(Signed {
+                    note: text,
+                    origin: signer.origin.clone(),
+                    size,
+                    root,
+                    vkey: signer.vkey(),
+                });
+                Some(size)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "audit checkpoint not written");
                 None
@@ -151,15 +197,22 @@ async fn publish(signer: &Signer, log: &dyn AuditLog, dir: &Path) -> Option<u64>
 }
 
 /// Signs and writes a checkpoint whenever the log grew, at most every [`EVERY`], and once more
-/// when `cancel` fires (after the server stopped taking requests).
-pub async fn run(signer: Signer, log: Arc<dyn AuditLog>, dir: PathBuf, cancel: CancellationToken) {
+/// when `cancel` fires (after the server stopped taking requests). Each one is also handed to
+/// `latest`.
+pub async fn run(
+    signer: Signer,
+    log: Arc<dyn AuditLog>,
+    dir: PathBuf,
+    latest: Latest,
+    cancel: CancellationToken,
+) {
     if let Err(e) = write_atomic(
         &dir.join("checkpoint.vkey"),
         &format!("{}\n", signer.vkey()),
     ) {
         tracing::warn!(error = %e, "audit verifier key not written");
     }
-    let mut last = publish(&signer, log.as_ref(), &dir).await;
+    let mut last = publish(&signer, log.as_ref(), &dir, &latest).await;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -168,7 +221,7 @@ pub async fn run(signer: Signer, log: Arc<dyn AuditLog>, dir: PathBuf, cancel: C
             _ = tick.tick() => {}
         }
         if last != Some(log.head().0) {
-            last = publish(&signer, log.as_ref(), &dir).await.or(last);
+            last = publish(&signer, log.as_ref(), &dir, &latest).await.or(last);
         }
     }
     // The final checkpoint covers every durable record: wait (bounded) for the tiles to catch up.
@@ -178,7 +231,7 @@ pub async fn run(signer: Signer, log: Arc<dyn AuditLog>, dir: PathBuf, cancel: C
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    publish(&signer, log.as_ref(), &dir).await;
+    publish(&signer, log.as_ref(), &dir, &latest).await;
 }
 
 #[cfg(test)]

@@ -4,15 +4,15 @@
 //! until restart (after a failed fsync the page cache may have dropped pages: the file cannot be
 //! trusted again), and readiness goes false.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::merkle::Hash;
+use super::merkle::{Hash, Tree};
 use super::segment::{self, Tail};
-use super::tiles::Publisher;
+use super::tiles::{self, Publisher};
 use super::{AuditError, AuditLog, AuditRecord};
 
 /// Most records one commit takes.
@@ -24,14 +24,16 @@ const QUEUE: usize = 8192;
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     size: AtomicU64,
     commits: AtomicU64,
     poisoned: AtomicBool,
     closed: AtomicBool,
-    /// Size and Merkle root of the durable log (what a checkpoint signs).
+    /// Size and Merkle root of the published log (what a checkpoint signs).
     head: std::sync::Mutex<(u64, Hash)>,
+    /// The published size, for watchers (never waits for them).
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 /// The embedded audit log: segment files in `<dir>/log/`, group commit, fail closed.
@@ -39,6 +41,8 @@ struct Shared {
 pub struct FileAuditLog {
     tx: mpsc::Sender<(AuditRecord, Reply)>,
     shared: Arc<Shared>,
+    dir: PathBuf,
+    tree: Arc<RwLock<Tree>>,
 }
 
 impl FileAuditLog {
@@ -60,9 +64,19 @@ impl FileAuditLog {
 
     fn start(tail: Tail, publisher: Publisher, max_batch: usize) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            size: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            head: std::sync::Mutex::new((0, Hash::default())),
+            published: tokio::sync::watch::Sender::new(0),
+        });
         shared.size.store(tail.next_index, Ordering::SeqCst);
         *lock(&shared.head) = publisher.head();
+        shared.published.send_replace(publisher.head().0);
+        let tree = publisher.tree();
+        let tiles_dir = publisher.dir().to_path_buf();
         let (published, durable) = std::sync::mpsc::channel();
         let tiles_shared = shared.clone();
         let writer = Writer {
@@ -89,7 +103,12 @@ impl FileAuditLog {
                 path: dir,
                 source,
             })?;
-        Ok(Self { tx, shared })
+        Ok(Self {
+            tx,
+            shared,
+            dir: tiles_dir,
+            tree,
+        })
     }
 
     /// How many commits (write + fdatasync) the writer has made.
@@ -124,6 +143,22 @@ impl AuditLog for FileAuditLog {
     fn healthy(&self) -> bool {
         !self.shared.poisoned.load(Ordering::SeqCst) && !self.shared.closed.load(Ordering::SeqCst)
     }
+
+    fn read_published(&self, from: u64, max: usize) -> Result<Vec<Vec<u8>>, AuditError> {
+        tiles::read_entries(&self.dir, self.head().0, from, max)
+    }
+
+    fn published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.published.subscribe()
+    }
+
+    fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
+        tiles::read(&self.tree).inclusion_proof(index, size)
+    }
+
+    fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
+        tiles::read(&self.tree).consistency_proof(old, new)
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,7 +177,9 @@ fn publish(
             records.extend(more);
         }
         publisher.extend(records);
-        *lock(&shared.head) = publisher.head();
+        let head = publisher.head();
+        *lock(&shared.head) = head;
+        shared.published.send_replace(head.0);
         // Rewriting partial tiles on every commit competes with fdatasync for the journal;
         // a pause batches them (checkpoints are once a second anyway).
         std::thread::sleep(PUBLISH_PAUSE);
@@ -346,44 +383,8 @@ mod tests {
         assert!(log.healthy());
         assert_eq!(log.append(record(1)).await.unwrap(), 0);
     }
-
-    /// Throughput: `cargo test -p keybroker-broker --release -- --ignored --nocapture
-    /// group_commit_throughput` (one fdatasync per record vs group commit).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
-    #[ignore = "measurement, not a check"]
-    async fn group_commit_throughput() {
-        for (name, max_batch, clients) in [
-            ("one fsync per record", 1, 64),
-            ("group commit", MAX_BATCH, 1),
-            ("group commit", MAX_BATCH, 16),
-            ("group commit", MAX_BATCH, 64),
-        ] {
-            let dir = tempfile::tempdir_in(
-                std::env::var("AUDIT_BENCH_DIR").unwrap_or_else(|_| ".".into()),
-            )
-            .unwrap();
-            let tail = segment::open(dir.path(), |_| {}).unwrap();
-            let publisher = Publisher::rebuild(dir.path(), Vec::new());
-            let log = FileAuditLog::start(tail, publisher, max_batch).unwrap();
-            let per_client = 20_000 / clients / if max_batch == 1 { 10 } else { 1 };
-            let started = std::time::Instant::now();
-            let mut tasks = tokio::task::JoinSet::new();
-            for c in 0..clients {
-                let log = log.clone();
-                tasks.spawn(async move {
-                    for n in 0..per_client {
-                        log.append(record(c * per_client + n)).await.unwrap();
-                    }
-                });
-            }
-            while tasks.join_next().await.is_some() {}
-            let secs = started.elapsed().as_secs_f64();
-            let total = (clients * per_client) as f64;
-            println!(
-                "{name:>22}, {clients:>2} clients: {total} records in {secs:.2}s = {:.0} records/s, {} commits",
-                total / secs,
-                log.commits()
-            );
-        }
-    }
 }
+
+#[cfg(test)]
+#[path = "log_bench.rs"]
+mod bench;

@@ -103,11 +103,94 @@ impl Tree {
     pub fn root(&self) -> Hash {
         self.root_at(self.size()).unwrap_or_default()
     }
+
+    /// MTH of the `n > 0` leaves from `start` (RFC 6962 §2.1), using stored complete subtrees
+    /// where the range is one; `None` past the end of the tree.
+    fn range_hash(&self, start: u64, n: u64) -> Option<Hash> {
+        if n == 0 || start.checked_add(n)? > self.size() {
+            return None;
+        }
+        if n.is_power_of_two() && start.is_multiple_of(n) {
+            let level = self.levels.get(n.trailing_zeros() as usize)?;
+            return level.get(usize::try_from(start / n).ok()?).copied();
+        }
+        let k = split(n);
+        Some(node_hash(
+            &self.range_hash(start, k)?,
+            &self.range_hash(start + k, n - k)?,
+        ))
+    }
+
+    /// RFC 6962 audit path (RFC 9162 §2.1.3.1) of leaf `index` in the tree of the first `size`
+    /// leaves; `None` unless `index < size <= self.size()`.
+    #[must_use]
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
+        if index >= size || size > self.size() {
+            return None;
+        }
+        let mut proof = Vec::new();
+        self.path(index, 0, size, &mut proof)?;
+        Some(proof)
+    }
+
+    /// PATH(m, D[start:start+n]), appended leaf-first.
+    fn path(&self, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) -> Option<()> {
+        if n <= 1 {
+            return Some(());
+        }
+        let k = split(n);
+        if m < k {
+            self.path(m, start, k, out)?;
+            out.push(self.range_hash(start + k, n - k)?);
+        } else {
+            self.path(m - k, start + k, n - k, out)?;
+            out.push(self.range_hash(start, k)?);
+        }
+        Some(())
+    }
+
+    /// RFC 6962 consistency proof (RFC 9162 §2.1.4.1) between the trees of the first `old`
+    /// and `new` leaves; `None` unless `0 < old <= new <= self.size()`. Empty when equal.
+    #[must_use]
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
+        if old == 0 || old > new || new > self.size() {
+            return None;
+        }
+        let mut proof = Vec::new();
+        if old < new {
+            self.subproof(old, 0, new, true, &mut proof)?;
+        }
+        Some(proof)
+    }
+
+    /// SUBPROOF(m, D[start:start+n], b).
+    fn subproof(&self, m: u64, start: u64, n: u64, b: bool, out: &mut Vec<Hash>) -> Option<()> {
+        if m == n {
+            if !b {
+                out.push(self.range_hash(start, n)?);
+            }
+            return Some(());
+        }
+        let k = split(n);
+        if m <= k {
+            self.subproof(m, start, k, b, out)?;
+            out.push(self.range_hash(start + k, n - k)?);
+        } else {
+            self.subproof(m - k, start + k, n - k, false, out)?;
+            out.push(self.range_hash(start, k)?);
+        }
+        Some(())
+    }
+}
+
+/// The largest power of two smaller than `n` (`n >= 2`).
+fn split(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code")]
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
     use super::*;
 
@@ -184,5 +267,80 @@ mod tests {
         // Level 8 holds the roots of full 256-leaf subtrees (the level-1 tile hashes).
         assert_eq!(tree.level(8).len(), 4);
         assert_eq!(tree.level(8)[1], reference(&leaves[256..512]));
+    }
+
+    fn tree_of(n: u64) -> Tree {
+        let mut tree = Tree::default();
+        for i in 0..n {
+            tree.push_record(&i.to_be_bytes());
+        }
+        tree
+    }
+
+    fn theirs(h: &Hash) -> tlog_tiles::Hash {
+        tlog_tiles::Hash(*h)
+    }
+
+    /// Every inclusion and consistency proof of small trees is accepted by an implementation
+    /// we did not write (Cloudflare's port of Go's sumdb/tlog), and a wrong leaf is not.
+    #[test]
+    fn proofs_verify_with_an_independent_implementation() {
+        let tree = tree_of(70);
+        for size in 1..=70u64 {
+            let root = theirs(&tree.root_at(size).unwrap());
+            for index in 0..size {
+                let proof: Vec<_> = tree
+                    .inclusion_proof(index, size)
+                    .unwrap()
+                    .iter()
+                    .map(theirs)
+                    .collect();
+                let leaf = theirs(&leaf_hash(&index.to_be_bytes()));
+                tlog_tiles::check_record(&proof, size, root, index, leaf)
+                    .unwrap_or_else(|e| panic!("inclusion {index} in {size}: {e:?}"));
+                let wrong = theirs(&leaf_hash(b"not the record"));
+                assert!(tlog_tiles::check_record(&proof, size, root, index, wrong).is_err());
+            }
+            for old in 1..=size {
+                let proof: Vec<_> = tree
+                    .consistency_proof(old, size)
+                    .unwrap()
+                    .iter()
+                    .map(theirs)
+                    .collect();
+                let old_root = theirs(&tree.root_at(old).unwrap());
+                tlog_tiles::check_tree(&proof, size, root, old, old_root)
+                    .unwrap_or_else(|e| panic!("consistency {old} -> {size}: {e:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn proofs_outside_the_tree_are_refused() {
+        let tree = tree_of(10);
+        assert_eq!(tree.inclusion_proof(10, 10), None);
+        assert_eq!(tree.inclusion_proof(0, 11), None);
+        assert_eq!(tree.inclusion_proof(0, 0), None);
+        assert_eq!(tree.consistency_proof(0, 5), None);
+        assert_eq!(tree.consistency_proof(6, 5), None);
+        assert_eq!(tree.consistency_proof(5, 11), None);
+        assert_eq!(tree.consistency_proof(5, 5), Some(Vec::new()));
+        assert_eq!(tree.inclusion_proof(0, 1), Some(Vec::new()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn large_tree_proofs_verify_independently(size in 1u64..3000, seed in 0u64..u64::MAX) {
+            let tree = tree_of(size);
+            let index = seed % size;
+            let old = 1 + (seed / 7) % size;
+            let root = theirs(&tree.root_at(size).unwrap());
+            let proof: Vec<_> = tree.inclusion_proof(index, size).unwrap().iter().map(theirs).collect();
+            let leaf = theirs(&leaf_hash(&index.to_be_bytes()));
+            proptest::prop_assert!(tlog_tiles::check_record(&proof, size, root, index, leaf).is_ok());
+            let proof: Vec<_> = tree.consistency_proof(old, size).unwrap().iter().map(theirs).collect();
+            let old_root = theirs(&tree.root_at(old).unwrap());
+            proptest::prop_assert!(tlog_tiles::check_tree(&proof, size, root, old, old_root).is_ok());
+        }
     }
 }

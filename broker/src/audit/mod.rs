@@ -73,4 +73,23 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
 
     /// Size and RFC 6962 root of the published tree (what a checkpoint signs).
     fn head(&self) -> (u64, merkle::Hash);
+
+    /// Up to `max` published records from index `from` (fewer at the end of the published
+    /// log), as the exact bytes that are hashed. Blocking: reads files.
+    ///
+    /// # Errors
+    /// Unreadable or damaged published data.
+    fn read_published(&self, from: u64, max: usize) -> Result<Vec<Vec<u8>>, AuditError>;
+
+    /// The published size, updated as the log grows. Sending never waits for receivers, so a
+    /// slow reader cannot hold the writer back.
+    fn published(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// RFC 6962 inclusion proof of `index` in the tree of `size` records; `None` unless
+    /// `index < size <= ` the tree's size.
+    fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<merkle::Hash>>;
+
+    /// RFC 6962 consistency proof from `old` to `new` records; `None` unless
+    /// `0 < old <= new <= ` the tree's size.
+    fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<merkle::Hash>>;
 }

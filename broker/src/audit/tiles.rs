@@ -7,6 +7,7 @@
 //! (rebuilt from the segments), so they are written atomically (temp + rename) but not fsynced.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use super::AuditError;
 use super::merkle::Tree;
@@ -85,7 +86,9 @@ pub fn write_new(
             let start = n * TILE_WIDTH;
             let width = (count_new - start).min(TILE_WIDTH);
             let path = dir.join(tile_path(level, n, width));
-            if width == TILE_WIDTH && path.exists() {
+            // A crash between a full tile and its bundle leaves only the tile: write both.
+            let complete = path.exists() && (level > 0 || dir.join(bundle_path(n, width)).exists());
+            if width == TILE_WIDTH && complete {
                 continue;
             }
             let bytes: Vec<u8> = slice(hashes, start, width, dir)?.concat();
@@ -106,7 +109,8 @@ pub fn write_new(
 #[derive(Debug)]
 pub(crate) struct Publisher {
     dir: PathBuf,
-    tree: Tree,
+    /// Shared with proof readers; only this publisher writes it.
+    tree: Arc<RwLock<Tree>>,
     bundle_start: u64,
     bundle: Vec<Vec<u8>>,
 }
@@ -127,7 +131,7 @@ impl Publisher {
         let bundle = records.into_iter().skip(keep).collect();
         Self {
             dir: dir.to_path_buf(),
-            tree,
+            tree: Arc::new(RwLock::new(tree)),
             bundle_start,
             bundle,
         }
@@ -135,16 +139,23 @@ impl Publisher {
 
     /// Appends durable records and writes the tiles that changed.
     pub(crate) fn extend(&mut self, records: Vec<Vec<u8>>) {
-        let old = self.tree.size();
-        for r in records {
-            self.tree.push_record(&r);
-            self.bundle.push(r);
-        }
-        if let Err(e) = write_new(&self.dir, &self.tree, self.bundle_start, &self.bundle, old) {
+        let (old, new) = {
+            let mut tree = write(&self.tree);
+            let old = tree.size();
+            for r in records {
+                tree.push_record(&r);
+                self.bundle.push(r);
+            }
+            (old, tree.size())
+        };
+        // Readers (proofs) only read the tree: they may run while the files are written.
+        let tree = read(&self.tree);
+        if let Err(e) = write_new(&self.dir, &tree, self.bundle_start, &self.bundle, old) {
             tracing::warn!(error = %e, "audit tiles: write failed");
         }
+        drop(tree);
         // Records of bundles that are now full are on disk; keep only the open bundle.
-        let new_start = self.tree.size() / TILE_WIDTH * TILE_WIDTH;
+        let new_start = new / TILE_WIDTH * TILE_WIDTH;
         if new_start > self.bundle_start {
             let done = usize::try_from(new_start - self.bundle_start).unwrap_or(usize::MAX);
             self.bundle.drain(..done.min(self.bundle.len()));
@@ -154,8 +165,82 @@ impl Publisher {
 
     /// Size and root hash of the tree.
     pub(crate) fn head(&self) -> (u64, super::merkle::Hash) {
-        (self.tree.size(), self.tree.root())
+        let tree = read(&self.tree);
+        (tree.size(), tree.root())
     }
+
+    /// The tiles directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tree, for proofs.
+    pub(crate) fn tree(&self) -> Arc<RwLock<Tree>> {
+        self.tree.clone()
+    }
+}
+
+/// Read access to a shared tree (a panicked writer leaves it usable: pushes are atomic enough
+/// for readers, who only ask about sizes the head already reported).
+pub(crate) fn read(tree: &RwLock<Tree>) -> std::sync::RwLockReadGuard<'_, Tree> {
+    tree.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write(tree: &RwLock<Tree>) -> std::sync::RwLockWriteGuard<'_, Tree> {
+    tree.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Splits an entry bundle into its records; `None` if a length prefix runs past the end.
+#[must_use]
+pub fn parse_bundle(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        out.push(rest.get(..len)?);
+        bytes = rest.get(len..)?;
+    }
+    Some(out)
+}
+
+/// Up to `max` records from index `from`, read from the entry bundles of a tree of `size`
+/// records (the published size: its bundles are on disk).
+///
+/// # Errors
+/// An unreadable bundle, or [`AuditError::Corrupt`] for one that does not hold what the size
+/// says it must.
+pub fn read_entries(
+    dir: &Path,
+    size: u64,
+    from: u64,
+    max: usize,
+) -> Result<Vec<Vec<u8>>, AuditError> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next < size && out.len() < max {
+        let n = next / TILE_WIDTH;
+        let width = (size - n * TILE_WIDTH).min(TILE_WIDTH);
+        let path = dir.join(bundle_path(n, width));
+        let bytes = std::fs::read(&path).map_err(|source| AuditError::Io {
+            what: "read",
+            path: path.clone(),
+            source,
+        })?;
+        let records = parse_bundle(&bytes)
+            .filter(|r| r.len() as u64 == width)
+            .ok_or_else(|| AuditError::Corrupt {
+                path: path.clone(),
+                problem: format!("entry bundle does not hold {width} records"),
+            })?;
+        let skip = usize::try_from(next - n * TILE_WIDTH).unwrap_or(usize::MAX);
+        for r in records.into_iter().skip(skip).take(max - out.len()) {
+            out.push(r.to_vec());
+            next += 1;
+        }
+    }
+    Ok(out)
 }
 
 fn short(dir: &Path) -> AuditError {
@@ -246,5 +331,32 @@ mod tests {
         );
         assert!(dir.path().join("tile/1/000.p/2").exists());
         assert!(dir.path().join("tile/entries/001").exists());
+    }
+
+    #[test]
+    fn entries_read_back_across_bundles_and_a_short_bundle_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<Vec<u8>> = (0..600u32).map(|i| i.to_string().into_bytes()).collect();
+        let mut publisher = Publisher::rebuild(dir.path(), records[..10].to_vec());
+        publisher.extend(records[10..].to_vec());
+        let got = read_entries(dir.path(), 600, 250, 20).unwrap();
+        assert_eq!(got, records[250..270].to_vec());
+        assert_eq!(read_entries(dir.path(), 600, 590, 100).unwrap().len(), 10);
+        assert!(read_entries(dir.path(), 600, 600, 100).unwrap().is_empty());
+        // An older size still reads: partial bundles of past sizes stay.
+        assert_eq!(
+            read_entries(dir.path(), 10, 0, 1000).unwrap(),
+            records[..10].to_vec()
+        );
+        std::fs::write(dir.path().join(bundle_path(2, 88)), [0, 5, b'a']).unwrap();
+        assert!(matches!(
+            read_entries(dir.path(), 600, 520, 1),
+            Err(AuditError::Corrupt { .. })
+        ));
+        assert_eq!(
+            parse_bundle(&[0, 1, b'x', 0, 0]),
+            Some(vec![&b"x"[..], b""])
+        );
+        assert_eq!(parse_bundle(&[0]), None);
     }
 }

@@ -13,7 +13,7 @@ use cedar_policy::{
     Schema,
 };
 
-use super::{Action, PolicyError};
+use super::{Action, AuditAction, PolicyError};
 use crate::identity::Principal;
 
 /// What policy may know about a key (existing, or about to be created).
@@ -98,5 +98,33 @@ pub(super) fn build(
     ])
     .map_err(|e| req_err(&e))?;
     let request = Request::new(p_uid, a_uid, k_uid, ctx, Some(schema)).map_err(|e| req_err(&e))?;
+    Ok((request, entities))
+}
+
+/// The request and entities of reading the audit log (`Keybroker::AuditLog::"log"`).
+pub(super) fn build_audit(
+    schema: &Schema,
+    principal: &Principal,
+    action: AuditAction,
+) -> Result<(Request, Entities), PolicyError> {
+    let req_err = |e: &dyn std::fmt::Display| PolicyError::Request(e.to_string());
+    let p_uid = uid("Keybroker::Workload", &principal.subject)?;
+    let log_uid = uid("Keybroker::AuditLog", "log")?;
+    let a_uid = uid("Keybroker::Action", action.as_str())?;
+    let workload = Entity::new_with_tags(p_uid.clone(), workload_attrs(principal), [], [])
+        .map_err(|e| req_err(&e))?;
+    let log = Entity::new_no_attrs(log_uid.clone(), std::collections::HashSet::new());
+    let entities =
+        Entities::from_entities([workload, log], Some(schema)).map_err(|e| req_err(&e))?;
+    let ctx = Context::from_pairs([
+        (
+            "encryption_context".to_owned(),
+            RestrictedExpression::new_set([]),
+        ),
+        ("job".to_owned(), opt(principal.job_id.as_ref())),
+    ])
+    .map_err(|e| req_err(&e))?;
+    let request =
+        Request::new(p_uid, a_uid, log_uid, ctx, Some(schema)).map_err(|e| req_err(&e))?;
     Ok((request, entities))
 }

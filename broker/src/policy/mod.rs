@@ -124,6 +124,27 @@ impl Action {
     }
 }
 
+/// Reading the audit log, as a Cedar action on the `Keybroker::AuditLog` entity. Kept apart
+/// from [`Action`]: its resource is the log, not a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    /// `Audit.Watch`: the records.
+    WatchAudit,
+    /// `Audit.GetCheckpoint`, `GetInclusionProof`, `GetConsistencyProof`: hashes only.
+    ReadAuditProofs,
+}
+
+impl AuditAction {
+    /// The Cedar action id.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WatchAudit => "WatchAudit",
+            Self::ReadAuditProofs => "ReadAuditProofs",
+        }
+    }
+}
+
 /// The outcome of one evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -207,9 +228,31 @@ impl PolicyEngine {
         context: &BTreeMap<String, String>,
     ) -> Result<Decision, PolicyError> {
         let (request, entities) = input::build(&self.schema, principal, action, key, context)?;
+        Ok(self.evaluate(&request, &entities))
+    }
+
+    /// Decides whether `principal` may read the audit log as `action`.
+    ///
+    /// # Errors
+    /// [`PolicyError::Request`] when the input cannot be expressed in the schema; callers
+    /// treat that as a deny.
+    pub fn decide_audit(
+        &self,
+        principal: &Principal,
+        action: AuditAction,
+    ) -> Result<Decision, PolicyError> {
+        let (request, entities) = input::build_audit(&self.schema, principal, action)?;
+        Ok(self.evaluate(&request, &entities))
+    }
+
+    fn evaluate(
+        &self,
+        request: &cedar_policy::Request,
+        entities: &cedar_policy::Entities,
+    ) -> Decision {
         let response = self
             .authorizer
-            .is_authorized(&request, &self.policies, &entities);
+            .is_authorized(request, &self.policies, entities);
         let diagnostics = response.diagnostics();
         if let Some(e) = diagnostics.errors().next() {
             // An evaluation error skips that policy; log it, the decision still stands.
@@ -224,10 +267,10 @@ impl PolicyEngine {
             })
             .collect();
         reasons.sort();
-        Ok(Decision {
+        Decision {
             allowed: response.decision() == cedar_policy::Decision::Allow,
             reasons,
             policy_sha256: self.sha256.clone(),
-        })
+        }
     }
 }

@@ -225,3 +225,32 @@ fn key_admins_may_run_every_lifecycle_action_also_on_restricted_keys() {
     // Restricted keys still release nothing, even to admins.
     assert!(!decide(&admin, Action::GenerateDataKey, &restricted).0);
 }
+
+#[test]
+fn auditors_admins_and_dev_read_the_audit_log_and_workloads_do_not() {
+    use super::AuditAction;
+    let engine = PolicyEngine::builtin().unwrap();
+    let dev_engine = PolicyEngine::from_text(DEV_POLICY, "dev").unwrap();
+    let in_ns = |ns: &str| Principal {
+        subject: format!("system:serviceaccount:{ns}:x"),
+        namespace: Some(ns.into()),
+        region: Some("eu-west-1".into()),
+        job_id: Some("job-1".into()),
+        ..Principal::default()
+    };
+    for a in [AuditAction::WatchAudit, AuditAction::ReadAuditProofs] {
+        for (engine, ns, want) in [
+            (&engine, "keybroker-audit", true),
+            (&engine, "keybroker-admin", true),
+            (&engine, "ml-train", false),
+            (&dev_engine, "dev", true),
+            (&dev_engine, "ml-train", false),
+        ] {
+            let d = engine.decide_audit(&in_ns(ns), a).unwrap();
+            assert_eq!(d.allowed, want, "{a:?} by {ns}");
+            if want {
+                assert!(!d.reasons.is_empty(), "an allow names its policy");
+            }
+        }
+    }
+}

@@ -69,6 +69,10 @@ impl Client {
         Ok((req, request_id))
     }
 
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub(crate) fn data_keys(&self) -> DataKeysClient<Channel> {
         DataKeysClient::new(self.channel.clone())
     }

@@ -20,6 +20,7 @@
 //! ```
 
 mod admin;
+pub mod audit;
 mod client;
 mod config;
 pub mod dev_token;

@@ -32,6 +32,15 @@ pub(crate) enum CliError {
     /// A KBEF file is malformed or failed authentication (`encrypt`/`decrypt`).
     #[error(transparent)]
     File(#[from] keybroker_client::file::FileFormatError),
+    /// Offline audit verification found a problem (the first one).
+    #[error("audit verification failed: {0}")]
+    Audit(#[source] keybroker_client::audit::tiles::VerifyError),
+    /// A checkpoint or verifier key was refused.
+    #[error("audit checkpoint: {0}")]
+    Note(#[source] keybroker_client::audit::note::NoteError),
+    /// An inclusion proof did not verify.
+    #[error("audit proof refused: {0}")]
+    Proof(#[source] keybroker_client::audit::proof::ProofError),
     /// Writing the output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

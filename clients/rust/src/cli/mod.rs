@@ -3,6 +3,7 @@
 //! [`ClientConfig`] with errors that say which flag or variable is missing.
 
 mod args;
+mod audit;
 mod datakey;
 mod dev_token;
 mod drill;
@@ -76,6 +77,9 @@ enum Command {
     /// Revocation and key-compromise drills.
     #[command(subcommand)]
     Drill(drill::DrillCmd),
+    /// Audit log: verify offline, tail, prove inclusion, print the verifier key.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Validate Cedar policies offline.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
@@ -103,6 +107,7 @@ impl Cli {
             Command::Drill(cmd) => cmd.run(&self.global, format, out).await,
             Command::Encrypt(args) => args.run(&self.global, out).await,
             Command::Decrypt(args) => args.run(&self.global, out).await,
+            Command::Audit(cmd) => cmd.run(&self.global, format, out).await,
         }
     }
 }
