@@ -319,9 +319,15 @@ async fn a_full_audit_disk_refuses_key_release_goes_not_serving_and_recovers_on_
             .into_inner();
         ServingStatus::try_from(r.status).unwrap()
     };
-    // The monitor's first probe runs at once; give it a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(status(&mut health).await, ServingStatus::Serving);
+    // The monitor's first probe runs at once: poll (bounded) until it has reported.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status(&mut health).await != ServingStatus::Serving {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never SERVING before the disk filled"
+        );
+        tokio::task::yield_now().await;
+    }
 
     let filler = fill(fs.path());
     let mut released = 0;
