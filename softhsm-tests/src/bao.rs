@@ -183,6 +183,17 @@ impl Bao {
         Ok(())
     }
 
+    /// The exit status, if the bao process has ended.
+    ///
+    /// # Errors
+    /// wait failures.
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
     /// Starts bao again on the same config and storage.
     ///
     /// # Errors

@@ -134,6 +134,65 @@ async fn bao_auto_unseals_through_transit_and_rewraps_after_rotation() {
     assert!(!all.contains(&hex::encode(Sha256::digest(TOKEN.as_bytes()))));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disabled_seal_key_keeps_bao_sealed_until_it_is_enabled() {
+    let b = broker().await;
+    let c = b.client().await.unwrap();
+    c.create_key(SEAL_KEY, KeyPurpose::Seal, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stanza = format!(
+        "seal \"transit\" {{\n  address = \"https://localhost:{}\"\n  token = \"{TOKEN}\"\n  \
+         key_name = \"{SEAL_KEY}\"\n  mount_path = \"transit/\"\n  tls_ca_cert = \"{}\"\n  \
+         tls_server_name = \"localhost\"\n}}\n",
+        b.http_addr.unwrap().port(),
+        b.ca().display()
+    );
+    let mut bao = Bao::start(dir.path(), &stanza).unwrap();
+    tokio::task::block_in_place(|| {
+        bao.wait_sealed(true, Duration::from_secs(60)).unwrap();
+        bao.init().unwrap();
+        bao.wait_sealed(false, Duration::from_secs(60)).unwrap();
+        bao.stop().unwrap();
+    });
+    let before = records(&b).len();
+
+    // Disabled: bao's next start reaches keybroker and is refused; it must not unseal.
+    c.disable_key(SEAL_KEY, 0).await.unwrap();
+    tokio::task::block_in_place(|| bao.restart()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let refused = records(&b)[before..]
+            .iter()
+            .any(|r| r["surface"] == "transit" && r["outcome"]["code"] == "failed_precondition");
+        let sealed = tokio::task::block_in_place(|| bao.sealed()).unwrap();
+        assert_ne!(sealed, Some(false), "bao unsealed with a disabled seal key");
+        if refused {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bao never asked keybroker:\n{}",
+            bao.log()
+        );
+        tokio::task::yield_now().await;
+    }
+    let exited = tokio::task::block_in_place(|| bao.exited()).unwrap();
+    eprintln!("with the seal key disabled, bao {exited:?} (None: running, sealed)");
+
+    // Enabled again: bao unseals (a bao that gave up at start is started again, as a
+    // supervisor would).
+    c.enable_key(SEAL_KEY, 0).await.unwrap();
+    tokio::task::block_in_place(|| {
+        if bao.exited().unwrap().is_some() {
+            bao.restart().unwrap();
+        }
+        bao.wait_sealed(false, Duration::from_secs(60)).unwrap();
+        bao.stop().unwrap();
+    });
+}
+
 #[tokio::test]
 async fn transit_answers_hostile_requests_with_4xx_and_an_errors_body() {
     let b = broker().await;
