@@ -276,6 +276,48 @@ async fn bao_stays_sealed_while_keybroker_is_down_and_unseals_when_it_is_back() 
     broker.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_seal_key_keeps_bao_sealed_through_the_plugin_until_enabled() {
+    let broker = TestBroker::start().await.unwrap();
+    let admin = broker.client().await.unwrap();
+    admin
+        .create_key(SEAL_KEY, KeyPurpose::Seal, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bao = start_bao(dir.path(), &broker, &broker.endpoint);
+    poll("bao's API", LIMIT, || status(&bao)).await;
+    block_in_place(|| bao.init()).unwrap();
+    wait_unsealed(&mut bao);
+    stop(&mut bao);
+    let before = records(&broker).len();
+
+    admin.disable_key(SEAL_KEY, 0).await.unwrap();
+    block_in_place(|| bao.restart()).unwrap();
+    poll("a refused seal call", LIMIT, || {
+        let st = status(&bao);
+        assert!(
+            st.as_ref().is_none_or(|s| s["sealed"] == true),
+            "bao unsealed with a disabled seal key: {st:?}"
+        );
+        records(&broker)[before..]
+            .iter()
+            .any(|r| r["key_name"] == SEAL_KEY && r["outcome"]["code"] == "failed_precondition")
+            .then_some(())
+    })
+    .await;
+    let exited = block_in_place(|| bao.exited()).unwrap();
+    eprintln!("plugin, seal key disabled: bao {exited:?} (None: running, sealed)");
+
+    admin.enable_key(SEAL_KEY, 0).await.unwrap();
+    if block_in_place(|| bao.exited()).unwrap().is_some() {
+        block_in_place(|| bao.restart()).unwrap();
+    }
+    wait_unsealed(&mut bao);
+    stop(&mut bao);
+    broker.stop().await.unwrap();
+}
+
 /// A TCP forwarder from `127.0.0.1:port` to `target`; stopping it closes the port and every
 /// forwarded connection, as a keybroker outage would.
 struct Forwarder {
