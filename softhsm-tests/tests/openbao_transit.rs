@@ -64,6 +64,18 @@ fn records(b: &TestBroker) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A real bao whose `seal "transit"` points at `b`'s side port, with the test token.
+fn start_bao(b: &TestBroker, dir: &std::path::Path) -> Bao {
+    let stanza = format!(
+        "seal \"transit\" {{\n  address = \"https://localhost:{}\"\n  token = \"{TOKEN}\"\n  \
+         key_name = \"{SEAL_KEY}\"\n  mount_path = \"transit/\"\n  tls_ca_cert = \"{}\"\n  \
+         tls_server_name = \"localhost\"\n}}\n",
+        b.http_addr.unwrap().port(),
+        b.ca().display()
+    );
+    Bao::start(dir, &stanza).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bao_auto_unseals_through_transit_and_rewraps_after_rotation() {
     let b = broker().await;
@@ -72,14 +84,7 @@ async fn bao_auto_unseals_through_transit_and_rewraps_after_rotation() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let stanza = format!(
-        "seal \"transit\" {{\n  address = \"https://localhost:{}\"\n  token = \"{TOKEN}\"\n  \
-         key_name = \"{SEAL_KEY}\"\n  mount_path = \"transit/\"\n  tls_ca_cert = \"{}\"\n  \
-         tls_server_name = \"localhost\"\n}}\n",
-        b.http_addr.unwrap().port(),
-        b.ca().display()
-    );
-    let mut bao = Bao::start(dir.path(), &stanza).unwrap();
+    let mut bao = start_bao(&b, dir.path());
     let unsealed_after = tokio::task::block_in_place(|| {
         // Up and sealed (not initialized), then init: an auto-unseal bao unseals itself.
         bao.wait_sealed(true, Duration::from_secs(60)).unwrap();
@@ -142,14 +147,7 @@ async fn disabled_seal_key_keeps_bao_sealed_until_it_is_enabled() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let stanza = format!(
-        "seal \"transit\" {{\n  address = \"https://localhost:{}\"\n  token = \"{TOKEN}\"\n  \
-         key_name = \"{SEAL_KEY}\"\n  mount_path = \"transit/\"\n  tls_ca_cert = \"{}\"\n  \
-         tls_server_name = \"localhost\"\n}}\n",
-        b.http_addr.unwrap().port(),
-        b.ca().display()
-    );
-    let mut bao = Bao::start(dir.path(), &stanza).unwrap();
+    let mut bao = start_bao(&b, dir.path());
     tokio::task::block_in_place(|| {
         bao.wait_sealed(true, Duration::from_secs(60)).unwrap();
         bao.init().unwrap();
