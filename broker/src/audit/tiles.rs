@@ -12,39 +12,9 @@ use std::sync::{Arc, RwLock};
 use super::AuditError;
 use super::merkle::Tree;
 
-/// Entries per full tile (2^8).
-pub const TILE_WIDTH: u64 = 256;
-
-/// `N` as C2SP path elements: groups of three digits, all but the last prefixed with `x`.
-#[must_use]
-pub fn index_path(mut n: u64) -> String {
-    let mut out = format!("{:03}", n % 1000);
-    while n >= 1000 {
-        n /= 1000;
-        out = format!("x{:03}/{out}", n % 1000);
-    }
-    out
-}
-
-fn with_width(base: String, width: u64) -> String {
-    if width == TILE_WIDTH {
-        base
-    } else {
-        format!("{base}.p/{width}")
-    }
-}
-
-/// Path of hash tile `n` at `level` with `width` hashes.
-#[must_use]
-pub fn tile_path(level: u32, n: u64, width: u64) -> String {
-    with_width(format!("tile/{level}/{}", index_path(n)), width)
-}
-
-/// Path of entry bundle `n` with `width` entries.
-#[must_use]
-pub fn bundle_path(n: u64, width: u64) -> String {
-    with_width(format!("tile/entries/{}", index_path(n)), width)
-}
+// The C2SP path layout is shared with the offline verifier, so writer and verifier cannot
+// disagree on where a tile lives.
+pub use keybroker_client::audit::tiles::{TILE_WIDTH, bundle_path, index_path, tile_path};
 
 /// Encodes records as an entry bundle.
 #[must_use]
