@@ -11,6 +11,7 @@ pub mod hsm;
 mod http;
 pub mod identity;
 pub mod keys;
+pub mod logging;
 pub mod policy;
 mod server;
 pub mod store;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use keybroker_broker::config::BrokerConfig;
+use keybroker_broker::logging::{self, LogHandle};
 use keybroker_broker::{Broker, Reloader, dev};
 
 #[derive(Parser)]
@@ -55,9 +56,9 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
     match cli.command {
         Some(Cmd::CheckConfig { file }) => {
+            init_default_logging();
             let report = keybroker_broker::config::check_config(&file)?;
             println!("{report}");
             Ok(())
@@ -82,6 +83,7 @@ fn real_main() -> anyhow::Result<()> {
                 .config
                 .context("pass --config FILE, or use `keybrokerd dev`")?;
             let config = BrokerConfig::load(&path)?;
+            let log = logging::init(config.log.format, &config.log.level)?;
             runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&config.server.listen)
                     .await
@@ -91,7 +93,7 @@ fn real_main() -> anyhow::Result<()> {
                 let shutdown = shutdown_signal()?;
                 let hangups = hangup_signal()?;
                 let broker = Broker::start(&config).await?;
-                reload_on(hangups, broker.reloader());
+                reload_on(hangups, broker.reloader(), path, log);
                 tracing::info!(addr = %listener.local_addr()?, "serving");
                 broker.serve(listener, shutdown).await?;
                 Ok(())
@@ -108,6 +110,7 @@ async fn run_dev(
     let shutdown = shutdown_signal()?;
     let hangups = hangup_signal()?;
     let mut config = BrokerConfig::load(&paths.config())?;
+    let log = logging::init(config.log.format, &config.log.level)?;
     if let Some(l) = listen {
         config.server.listen = l
             .parse()
@@ -129,7 +132,7 @@ async fn run_dev(
     let endpoint = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
     let broker = Broker::start(&config).await?;
     ensure_demo_key(&broker).await?;
-    reload_on(hangups, broker.reloader());
+    reload_on(hangups, broker.reloader(), paths.config(), log);
     let token = keybroker_client::dev_token::mint(&paths.dir, Duration::from_secs(24 * 3600))?;
     keybroker_client::dev_token::write_token_file(&paths.token(), &token)?;
     dev::write_client_env(&paths, &endpoint)?;
@@ -173,13 +176,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYBROKER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Logging for the subcommands that load no broker config: text, `KEYBROKER_LOG` or `info`.
+fn init_default_logging() {
+    let _ = logging::init(
+        keybroker_broker::config::LogFormat::Text,
+        &keybroker_broker::config::LogConfig::default().level,
+    );
 }
 
 /// Installs the SIGHUP handler now (the default action would kill the broker).
@@ -188,14 +190,25 @@ fn hangup_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
     signal(SignalKind::hangup()).context("installing the SIGHUP handler")
 }
 
-/// On every SIGHUP, reloads what can change while serving; a refused part keeps its old state
-/// (the reloader logs why). The task ends with the runtime.
-fn reload_on(mut hangups: tokio::signal::unix::Signal, reloader: Reloader) {
+/// On every SIGHUP, reloads what can change while serving: the log level (`[log] level` of
+/// `config`, unless `KEYBROKER_LOG` pins it), the policy and the client CA bundle. A refused
+/// part keeps its old state and the log says why. The task ends with the runtime.
+fn reload_on(
+    mut hangups: tokio::signal::unix::Signal,
+    reloader: Reloader,
+    config: PathBuf,
+    log: LogHandle,
+) {
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
-            let r = reloader.clone();
-            match tokio::task::spawn_blocking(move || r.reload()).await {
+            let (r, config, log) = (reloader.clone(), config.clone(), log.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                reload_log_level(&config, &log);
+                r.reload()
+            })
+            .await;
+            match done {
                 Ok(refused) if refused.is_empty() => tracing::info!("reload complete"),
                 Ok(refused) => {
                     tracing::warn!(
@@ -207,6 +220,20 @@ fn reload_on(mut hangups: tokio::signal::unix::Signal, reloader: Reloader) {
             }
         }
     });
+}
+
+/// Re-reads `[log] level` from `config`; a config that no longer loads keeps the old level.
+fn reload_log_level(config: &std::path::Path, log: &LogHandle) {
+    match BrokerConfig::load(config).map(|c| c.log.level) {
+        Ok(level) => match log.set_level(&level) {
+            Ok(true) => tracing::info!(level = %level, "log level reloaded"),
+            Ok(false) => tracing::info!("log level unchanged"),
+            Err(e) => tracing::error!(error = %e, "log level refused; the previous one stays"),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; the previous log level stays");
+        }
+    }
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (so a signal that arrives before serving starts is

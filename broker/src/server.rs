@@ -244,6 +244,7 @@ impl Broker {
         keys.recover_pending_versions()
             .await
             .map_err(StartError::Recovery)?;
+        let metrics = Arc::new(crate::http::metrics::Metrics::new());
         let audit_dir = config.audit.dir.clone();
         let audit = tokio::task::spawn_blocking(move || FileAuditLog::open(&audit_dir, |_| {}))
             .await
@@ -252,6 +253,7 @@ impl Broker {
                 path: config.audit.dir.clone(),
                 source: std::io::Error::other(e),
             })??;
+        audit.observe_commits(metrics.clone());
         let audit: Arc<dyn AuditLog> = Arc::new(audit);
         let tls = crate::tls::server_config(
             &config.server.tls_cert,
@@ -287,7 +289,7 @@ impl Broker {
                 replica_id: replica,
                 policy,
                 residency: config.residency.clone(),
-                metrics: Arc::new(crate::http::metrics::Metrics::new()),
+                metrics,
                 checkpoint: crate::audit::checkpoint::Latest::default(),
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
@@ -349,6 +351,11 @@ impl Broker {
             self.state.replica_id.clone(),
         );
         self.tasks.spawn(scheduler.run(self.cancel.clone()));
+        self.tasks.spawn(crate::http::sampler::run(
+            self.state.clone(),
+            self.cancel.clone(),
+            HEALTH_PROBE_EVERY,
+        ));
         if let Some((signer, dir)) = self.checkpoints {
             self.tasks.spawn(crate::audit::checkpoint::run(
                 signer,
@@ -381,6 +388,7 @@ impl Broker {
         let incoming = crate::tls::incoming(listener, self.tls, &self.tasks, self.cancel.clone());
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
+            .layer(crate::api::request_span::RequestSpanLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;

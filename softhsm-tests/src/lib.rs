@@ -21,6 +21,7 @@
 
 pub mod bao;
 pub mod broker;
+pub mod dev;
 pub mod https;
 pub mod svid;
 

@@ -8,6 +8,7 @@ mod authz;
 mod convert;
 pub(crate) mod datakeys;
 mod keyadmin;
+pub(crate) mod request_span;
 mod status;
 mod wrap;
 
@@ -60,12 +61,7 @@ impl RequestId {
             .metadata()
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
-            .filter(|v| {
-                !v.is_empty()
-                    && v.len() <= 64
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
+            .filter(|v| request_span::well_formed(v));
         Self(given.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned))
     }
 

@@ -24,6 +24,13 @@ const QUEUE: usize = 8192;
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
+/// Told about every durable group commit (metrics: batch size, write + fdatasync latency).
+/// Called on the writer thread: it must be quick and must not block.
+pub trait CommitObserver: Send + Sync + std::fmt::Debug {
+    /// `records` became durable in one write + `fdatasync` that took `took`.
+    fn committed(&self, records: usize, took: std::time::Duration);
+}
+
 #[derive(Debug)]
 struct Shared {
     size: AtomicU64,
@@ -34,6 +41,7 @@ struct Shared {
     head: std::sync::Mutex<(u64, Hash)>,
     /// The published size, for watchers (never waits for them).
     published: tokio::sync::watch::Sender<u64>,
+    observer: std::sync::OnceLock<Arc<dyn CommitObserver>>,
 }
 
 /// The embedded audit log: segment files in `<dir>/log/`, group commit, fail closed.
@@ -71,6 +79,7 @@ impl FileAuditLog {
             closed: AtomicBool::new(false),
             head: std::sync::Mutex::new((0, Hash::default())),
             published: tokio::sync::watch::Sender::new(0),
+            observer: std::sync::OnceLock::new(),
         });
         shared.size.store(tail.next_index, Ordering::SeqCst);
         *lock(&shared.head) = publisher.head();
@@ -109,6 +118,11 @@ impl FileAuditLog {
             dir: tiles_dir,
             tree,
         })
+    }
+
+    /// Reports every later commit to `observer` (set once; a second call is ignored).
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.shared.observer.set(observer);
     }
 
     /// How many commits (write + fdatasync) the writer has made.
@@ -238,8 +252,12 @@ impl Writer {
         if accepted.is_empty() {
             return;
         }
+        let started = std::time::Instant::now();
         match self.tail.write_durable(&frames, accepted.len() as u64) {
             Ok(()) => {
+                if let Some(observer) = self.shared.observer.get() {
+                    observer.committed(accepted.len(), started.elapsed());
+                }
                 self.shared
                     .size
                     .store(self.tail.next_index, Ordering::SeqCst);

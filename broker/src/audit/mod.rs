@@ -15,7 +15,7 @@ pub mod tiles;
 
 use std::path::PathBuf;
 
-pub use log::FileAuditLog;
+pub use log::{CommitObserver, FileAuditLog};
 pub use record::{AuditPrincipal, AuditRecord, Decision, Op, Outcome, Surface};
 
 /// Errors of the audit log.

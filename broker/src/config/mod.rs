@@ -10,6 +10,7 @@ mod check;
 mod destruction_tests;
 mod error;
 mod http;
+mod log;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ use hsm_config::Inventory;
 pub use check::{CheckItem, CheckReport, check_config};
 pub use error::ConfigError;
 pub use http::{HttpConfig, TransitConfig, TransitToken};
+pub use log::{LogConfig, LogFormat};
 pub(crate) use raw::is_trust_domain;
 
 /// The validated broker configuration. Every path is absolute.
@@ -54,6 +56,8 @@ pub struct BrokerConfig {
     pub policy: PolicyConfig,
     /// The HTTPS side port (transit seal endpoint), when configured.
     pub http: Option<HttpConfig>,
+    /// Operator log format and levels.
+    pub log: LogConfig,
 }
 
 /// `[audit]`.

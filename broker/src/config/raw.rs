@@ -13,10 +13,12 @@ use serde::Deserialize;
 
 mod http;
 mod identity;
+mod log;
 mod mtls;
 
 use http::{RawHttp, http};
 use identity::{RawIdentity, identity};
+use log::{RawLog, log};
 pub(crate) use mtls::is_trust_domain;
 
 use super::{
@@ -50,6 +52,8 @@ struct RawConfig {
     #[serde(default)]
     policy: RawPolicy,
     http: Option<RawHttp>,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,6 +145,7 @@ pub(super) struct Validated {
     audit: AuditConfig,
     policy: PolicyConfig,
     http: Option<super::HttpConfig>,
+    log: super::LogConfig,
 }
 
 struct Ctx<'a> {
@@ -242,6 +247,7 @@ impl Validated {
                     .transpose()?,
             },
             http: http(&cx, raw.http)?,
+            log: log(&cx, raw.log)?,
             display_path: path.to_path_buf(),
             config_path,
         })
@@ -298,6 +304,7 @@ impl Validated {
             audit: self.audit,
             policy: self.policy,
             http: self.http,
+            log: self.log,
         })
     }
 }

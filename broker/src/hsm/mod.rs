@@ -19,6 +19,7 @@ use tracing::instrument;
 use zeroize::Zeroizing;
 
 pub use error::{HsmError, HsmErrorKind, triage};
+pub use pool::PoolSnapshot;
 
 /// Which token of the module to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,6 +313,12 @@ impl HsmPool {
     #[must_use]
     pub fn sessions_in_use(&self) -> usize {
         self.inner.in_use()
+    }
+
+    /// Sessions in use and idle, waits for a session and failures by PKCS#11 return code.
+    #[must_use]
+    pub fn snapshot(&self) -> PoolSnapshot {
+        self.inner.snapshot()
     }
 
     /// Last known health, without I/O.

@@ -14,7 +14,7 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::TokenSelector;
 use super::error::{HsmError, HsmErrorKind, is_stale_handle};
@@ -22,7 +22,10 @@ use super::module::ModuleLife;
 use super::ops;
 
 mod recovery;
+mod stats;
 use recovery::{open_main, rescan_and_open};
+pub use stats::PoolSnapshot;
+use stats::PoolStats;
 
 /// Ordinary calls on an unhealthy pool retry the re-initialization at most this often;
 /// `check()` always retries.
@@ -77,6 +80,7 @@ pub(crate) struct Inner {
     healthy: AtomicBool,
     /// Serializes recovery; holds the time of the last attempt.
     recovery: tokio::sync::Mutex<Option<Instant>>,
+    stats: PoolStats,
 }
 
 /// What a pooled operation sees: the session, its token slot, and the key cache.
@@ -217,12 +221,19 @@ impl Inner {
             create: Mutex::new(()),
             healthy: AtomicBool::new(true),
             recovery: tokio::sync::Mutex::new(None),
+            stats: PoolStats::default(),
         })
     }
 
     /// Sessions handed out right now (for metrics).
     pub(crate) fn in_use(&self) -> usize {
         self.size.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Sessions in use and idle, waits and failures by return code (for metrics).
+    pub(crate) fn snapshot(&self) -> PoolSnapshot {
+        let idle = lock(&self.state).idle.len();
+        self.stats.snapshot(self.in_use(), idle)
     }
 
     pub(crate) fn is_healthy(&self) -> bool {
@@ -274,7 +285,10 @@ impl Inner {
                         reason: "the PKCS#11 library keeps re-initializing",
                     });
                 }
-                Err(Failure::Hsm(error)) => error,
+                Err(Failure::Hsm(error)) => {
+                    self.stats.failed(&error);
+                    error
+                }
             };
             match error.kind() {
                 HsmErrorKind::Caller => return Err(error),
@@ -295,12 +309,20 @@ impl Inner {
 
     /// A session on loan, or `None` when the pool is being reopened (then call `ready`).
     async fn acquire(self: &Arc<Self>) -> Result<Option<SessionGuard>, HsmError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| HsmError::Unavailable {
-                reason: "the session pool is closed",
-            })?;
+        let closed = || HsmError::Unavailable {
+            reason: "the session pool is closed",
+        };
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(closed()),
+            Err(TryAcquireError::NoPermits) => {
+                self.stats.waited();
+                Arc::clone(&self.permits)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| closed())?
+            }
+        };
         let mut state = lock(&self.state);
         let Some(slot) = state.slot else {
             return Ok(None);

@@ -4,6 +4,7 @@
 
 pub(crate) mod metrics;
 mod ops;
+pub(crate) mod sampler;
 pub(crate) mod transit;
 
 pub(crate) use ops::router as ops_router;

@@ -150,6 +150,21 @@ impl JwtVerifier {
         })
     }
 
+    /// Per issuer: JWKS fetch attempts and failed fetches since start (for metrics; always 0
+    /// for an issuer whose keys are a file, so every issuer has a sample).
+    pub(crate) fn jwks_stats(&self) -> Vec<(String, u64, u64)> {
+        self.issuers
+            .iter()
+            .map(|(name, i)| match &i.keys {
+                Keys::Remote(r) => {
+                    let (fetches, failures) = r.stats();
+                    (name.clone(), fetches, failures)
+                }
+                Keys::Static(_) => (name.clone(), 0, 0),
+            })
+            .collect()
+    }
+
     /// First fetch of every JWKS URL, concurrently. A failure is logged, not returned: the
     /// broker starts, that issuer's tokens are refused until a fetch succeeds, and the
     /// background refresh keeps retrying.

@@ -111,6 +111,9 @@ pub(crate) struct RemoteJwks {
     clock: Clock,
     keys: RwLock<Option<Arc<KeyMap>>>,
     gate: tokio::sync::Mutex<Schedule>,
+    /// Fetch attempts and failed ones since start (for metrics).
+    fetches: AtomicU64,
+    failures: AtomicU64,
 }
 
 impl RemoteJwks {
@@ -138,7 +141,17 @@ impl RemoteJwks {
                 last_attempt: None,
                 next_refresh: now,
             }),
+            fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         })
+    }
+
+    /// Fetch attempts and failures since start.
+    pub(crate) fn stats(&self) -> (u64, u64) {
+        (
+            self.fetches.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
     }
 
     /// The last good key set, if any fetch ever succeeded.
@@ -195,6 +208,7 @@ impl RemoteJwks {
 
     async fn fetch_locked(&self, schedule: &mut Schedule, now: Instant) {
         schedule.last_attempt = Some(now);
+        self.fetches.fetch_add(1, Ordering::Relaxed);
         match self.fetch().await {
             Ok((keys, max_age)) => {
                 let fresh = freshness(max_age, &self.limits);
@@ -206,6 +220,7 @@ impl RemoteJwks {
                 schedule.next_refresh = now + fresh;
             }
             Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 let kept = self.current().map_or(0, |k| k.len());
                 tracing::warn!(issuer = %self.issuer, url = %self.url, error = %e,
                     kept_keys = kept, retry_in = ?self.limits.cooldown,

@@ -352,6 +352,25 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// The database cannot be reached.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Keys by state and unexpired leases at unix time `now`, for `/metrics`. The default
+    /// reports nothing (a backend that does not count yet).
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn gauges(&self, now: i64) -> Result<CatalogGauges, StoreError> {
+        let _ = now;
+        Ok(CatalogGauges::default())
+    }
+}
+
+/// Catalog counts for the metrics sampler.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogGauges {
+    /// Number of keys per state (`ENABLED`, `DISABLED`, …; states with no key are absent).
+    pub keys_by_state: Vec<(String, i64)>,
+    /// Leases whose expiry is still ahead, when the backend counts them.
+    pub active_leases: Option<i64>,
 }
 
 impl Purpose {

@@ -15,11 +15,12 @@ use sqlx::sqlite::{
 };
 
 mod gate;
+mod gauges;
 mod lifecycle;
 
 use super::{
-    GateOutcome, KeyRecord, KeyState, NewKey, Purpose, ReleaseGate, RevocationTarget,
-    SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
+    CatalogGauges, GateOutcome, KeyRecord, KeyState, NewKey, Purpose, ReleaseGate,
+    RevocationTarget, SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
 };
 
 /// The SQLite catalog.
@@ -394,6 +395,10 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn gauges(&self, now: i64) -> Result<CatalogGauges, StoreError> {
+        gauges::count(&self.pool, now).await
     }
 }
 
