@@ -6,6 +6,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod dev;
+pub mod hardening;
 mod health;
 pub mod hsm;
 mod http;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use keybroker_broker::config::BrokerConfig;
+use keybroker_broker::hardening::{self, Hardened, HardeningOptions};
 use keybroker_broker::logging::{self, LogHandle};
 use keybroker_broker::{Broker, Reloader, dev};
 
@@ -19,6 +20,9 @@ struct Cli {
     /// Broker config (TOML). Required unless a subcommand is given.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Start even as root (refused by default; dev mode always allows it).
+    #[arg(long)]
+    allow_root: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -68,6 +72,11 @@ fn real_main() -> anyhow::Result<()> {
             listen,
             http_listen,
         }) => {
+            // Dev mode: core dumps off, root allowed, memory not locked (dev secrets only).
+            let hardened = hardening::harden(HardeningOptions {
+                allow_root: true,
+                lock_memory: false,
+            })?;
             let paths = dev::prepare(&state_dir).context("preparing the dev state dir")?;
             // SoftHSM reads SOFTHSM2_CONF once, when the module loads; set it before any thread
             // exists (the runtime is built below).
@@ -76,14 +85,20 @@ fn real_main() -> anyhow::Result<()> {
             unsafe {
                 std::env::set_var("SOFTHSM2_CONF", paths.softhsm_conf());
             }
-            runtime()?.block_on(run_dev(paths, listen, http_listen))
+            runtime()?.block_on(run_dev(paths, listen, http_listen, &hardened))
         }
         None => {
             let path = cli
                 .config
                 .context("pass --config FILE, or use `keybrokerd dev`")?;
+            // Before anything secret is read, and before the runtime's threads exist.
+            let hardened = hardening::harden(HardeningOptions {
+                allow_root: cli.allow_root,
+                lock_memory: true,
+            })?;
             let config = BrokerConfig::load(&path)?;
             let log = logging::init(config.log.format, &config.log.level)?;
+            report(&hardened);
             runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&config.server.listen)
                     .await
@@ -106,11 +121,13 @@ async fn run_dev(
     paths: dev::DevPaths,
     listen: Option<String>,
     http_listen: Option<String>,
+    hardened: &Hardened,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let hangups = hangup_signal()?;
     let mut config = BrokerConfig::load(&paths.config())?;
     let log = logging::init(config.log.format, &config.log.level)?;
+    report(hardened);
     if let Some(l) = listen {
         config.server.listen = l
             .parse()
@@ -174,6 +191,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+/// Logs what hardening did (logging starts after it).
+fn report(hardened: &Hardened) {
+    for w in &hardened.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        memory_locked = hardened.memory_locked,
+        "process hardened: core dumps off"
+    );
 }
 
 /// Logging for the subcommands that load no broker config: text, `KEYBROKER_LOG` or `info`.

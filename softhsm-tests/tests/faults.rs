@@ -64,6 +64,7 @@ fn keybrokerd_exits_non_zero_on_a_wrong_pin() {
     let out = std::process::Command::new(softhsm_tests::workspace_bin("keybrokerd").unwrap())
         .arg("--config")
         .arg(&cfg)
+        .arg("--allow-root") // CI runs as root
         .env("SOFTHSM2_CONF", softhsm_tests::process_softhsm_conf())
         .output()
         .unwrap();

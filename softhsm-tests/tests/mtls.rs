@@ -309,6 +309,7 @@ impl Daemon {
         let mut child = tokio::process::Command::new(bin("keybrokerd"))
             .arg("--config")
             .arg(&config)
+            .arg("--allow-root") // CI runs as root
             .env("KEYBROKER_LOG", "info")
             .env("NO_COLOR", "1")
             .stderr(std::process::Stdio::piped())

@@ -356,3 +356,208 @@ fn sighup_reloads_the_log_level_from_the_config_file() {
         "only the request after the reload is logged: {output:#?}"
     );
 }
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(|u| u == "0"))
+        .unwrap()
+}
+
+/// `keybrokerd --config` on a fresh token; stderr lines go to the returned channel.
+fn start_production(
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead as _;
+    let token = softhsm_tests::SoftHsmToken::new("harden").unwrap();
+    let pin = token.pin.clone();
+    let config = softhsm_tests::broker::write_config(dir, &token, &pin).unwrap();
+    drop(token); // its files stay in the process token dir
+    let mut child = std::process::Command::new(softhsm_tests::workspace_bin("keybrokerd").unwrap())
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .env("SOFTHSM2_CONF", softhsm_tests::process_softhsm_conf())
+        .env("KEYBROKER_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains(needle);
+                seen.push(line);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no line with {needle:?}: {e}; got {seen:#?}"),
+        }
+    }
+}
+
+#[test]
+fn production_mode_refuses_root_without_allow_root() {
+    if !running_as_root() {
+        // The refusal needs uid 0 (CI runs as root); the pure rule is unit-tested.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, rx) = start_production(dir.path(), &[]);
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let lines: Vec<String> = rx.iter().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("refusing to run as root")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn production_mode_runs_without_core_dumps_and_with_locked_memory_or_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, rx) = start_production(dir.path(), &["--allow-root"]);
+    let lines = wait_line(&rx, "serving");
+    let hardened = lines
+        .iter()
+        .find(|l| l.contains("process hardened"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let pid = child.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    if hardened.contains("memory_locked=true") {
+        assert!(locked_kb > 0, "{status}");
+    } else {
+        assert!(
+            lines.iter().any(|l| l.contains("memory NOT locked")),
+            "no warning: {lines:#?}"
+        );
+    }
+    if running_as_root() {
+        assert!(lines.iter().any(|l| l.contains("running as root")));
+        assert!(
+            hardened.contains("memory_locked=true"),
+            "root may lock: {hardened}"
+        );
+    }
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn sigterm_under_load_keeps_every_acknowledged_operation_and_the_final_checkpoint_covers_the_log() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let state = tempfile::tempdir().unwrap();
+    let dev = DevBroker::start(state.path(), &[], &[]).unwrap();
+    let env = dev.client_env().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt
+        .block_on(keybroker_client::Client::connect(
+            keybroker_client::ClientConfig {
+                ca: Some(env["KEYBROKER_CA"].clone().into()),
+                token_file: Some(env["KEYBROKER_TOKEN_FILE"].clone().into()),
+                ..keybroker_client::ClientConfig::new(dev.endpoint.clone())
+            },
+        ))
+        .unwrap();
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let context: std::collections::BTreeMap<String, String> =
+        [("dataset".to_owned(), "load".to_owned())].into();
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (client, acked, stop, context) =
+            (client.clone(), acked.clone(), stop.clone(), context.clone());
+        workers.push(rt.spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(k) = client
+                    .generate_data_key("datasets/demo", &context, None)
+                    .await
+                {
+                    acked.lock().unwrap().push(k.lease_id.clone());
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 100 {
+        assert!(Instant::now() < deadline, "load did not start");
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+    // SIGTERM while the workers keep sending.
+    let (status, output) = dev.stop().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        rt.block_on(w).unwrap();
+    }
+    assert!(status.success(), "exit {status:?}: {output:#?}");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 100);
+
+    let audit_dir = state.path().join("audit");
+    let records = softhsm_tests::broker::read_audit_segments(&audit_dir).unwrap();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|lease| !records.iter().any(|r| r.contains(lease.as_str())))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged, not audited: {missing:?}",
+        acked.len()
+    );
+    // The final checkpoint covers the whole log, and an offline verifier agrees.
+    let checkpoint = std::fs::read_to_string(audit_dir.join("checkpoint")).unwrap();
+    let size: usize = checkpoint.lines().nth(1).unwrap().parse().unwrap();
+    assert_eq!(size, records.len(), "{checkpoint}");
+    let verify = std::process::Command::new(softhsm_tests::workspace_bin("keybroker").unwrap())
+        .args(["--output", "json", "audit", "verify"])
+        .arg(&audit_dir)
+        .arg("--vkey")
+        .arg(audit_dir.join("checkpoint.vkey"))
+        .output()
+        .unwrap();
+    let verified = json(&verify);
+    assert_eq!(verified["verified"], true);
+    assert_eq!(verified["tree_size"], size);
+}

@@ -41,6 +41,19 @@ pub enum ConfigError {
     /// The HSM inventory named by `hsm_inventory` is unreadable or invalid.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    /// A config file others could change (group- or world-writable): whoever can write it
+    /// chooses the policy, the issuers and the HSM module the broker loads.
+    #[error(
+        "{}: mode {mode:04o} lets group or others write it; run chmod go-w {}",
+        path.display(),
+        path.display()
+    )]
+    Permissions {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// `check-config`: a file the config refers to is missing, unreadable or malformed.
     #[error("{}: {field}: {}: {problem}", path.display(), file.display())]
     Check {

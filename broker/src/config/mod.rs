@@ -7,6 +7,8 @@
 
 mod check;
 #[cfg(test)]
+mod deploy_tests;
+#[cfg(test)]
 mod destruction_tests;
 mod error;
 mod http;
@@ -58,6 +60,25 @@ pub struct BrokerConfig {
     pub http: Option<HttpConfig>,
     /// Operator log format and levels.
     pub log: LogConfig,
+}
+
+/// Refuses a config file that group or others may write. (Reading is allowed: a config holds
+/// no secret — PINs come from env or a 0600 file, transit tokens are stored as hashes — and
+/// read-only mounts such as Kubernetes ConfigMaps are 0444.)
+fn not_writable_by_others(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(ConfigError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// `[audit]`.
@@ -276,11 +297,14 @@ impl BrokerConfig {
     /// # Errors
     /// [`ConfigError::Read`] when the file cannot be read; otherwise as [`BrokerConfig::parse`].
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        not_writable_by_others(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path)?;
+        not_writable_by_others(&config.hsm_inventory)?;
+        Ok(config)
     }
 
     /// Parses and validates config `text` as if read from `path` (used for messages and to

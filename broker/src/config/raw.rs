@@ -11,6 +11,8 @@ use std::time::Duration;
 use hsm_config::{Inventory, is_valid_jurisdiction};
 use serde::Deserialize;
 
+#[cfg(test)]
+mod docs_tests;
 mod http;
 mod identity;
 mod log;

@@ -23,7 +23,7 @@ pub(super) struct RawHttp {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTransit {
+pub(super) struct RawTransit {
     #[serde(default = "default_mount")]
     mount: String,
     #[serde(default)]
@@ -40,7 +40,7 @@ fn default_mount() -> String {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawToken {
+pub(super) struct RawToken {
     name: String,
     sha256: String,
     namespace: Option<String>,

@@ -42,7 +42,7 @@ pub(super) struct RawIdentity {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawIssuer {
+pub(super) struct RawIssuer {
     issuer: String,
     audiences: Vec<String>,
     jwks_file: Option<PathBuf>,
