@@ -113,7 +113,7 @@ fn every_table_field_is_a_listed_section() {
     let listed: Vec<&str> = sections().iter().map(|(s, _)| *s).collect();
     for (section, fields) in sections() {
         for field in fields {
-            let name = dotted(&section, &field);
+            let name = dotted(section, &field);
             let probe = format!("{PROBE} = 0");
             let mut toml_text = String::new();
             // Build the parent path as nested inline tables, ending in the probed field.
