@@ -467,11 +467,9 @@ fn production_mode_runs_without_core_dumps_and_with_locked_memory_or_a_warning()
         );
     }
     if running_as_root() {
+        // (Locked memory is not asserted for root: a container without CAP_IPC_LOCK gets the
+        // warning, checked above.)
         assert!(lines.iter().any(|l| l.contains("running as root")));
-        assert!(
-            hardened.contains("memory_locked=true"),
-            "root may lock: {hardened}"
-        );
     }
     assert!(
         std::process::Command::new("kill")
