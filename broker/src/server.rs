@@ -20,7 +20,6 @@ use crate::identity::{Authenticator, ClientCa, IssuerSettings, JwtVerifier};
 use crate::keys::clock::{Clock, SystemClock};
 use crate::keys::{HsmHandle, KeyService, KeySettings, Scheduler};
 use crate::policy::{PolicySlot, Reloaded};
-use crate::store::{SqliteStore, Store};
 
 /// How long shutdown waits for in-flight requests and open streams.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,8 +46,13 @@ pub enum StartError {
         source: crate::hsm::HsmError,
     },
     /// Catalog failed to open.
-    #[error("store.sqlite_path: {0}")]
-    Store(#[from] crate::store::StoreError),
+    #[error("{field}: {source}")]
+    Store {
+        /// Config field of the catalog.
+        field: &'static str,
+        /// Cause.
+        source: crate::store::StoreError,
+    },
     /// The Cedar policy failed to load or validate.
     #[error("policy.file: {0}")]
     Policy(#[from] crate::policy::PolicyError),
@@ -179,7 +183,9 @@ impl Broker {
             ),
             None => None,
         };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.sqlite_path).await?);
+        let store = crate::store::open(&config.store)
+            .await
+            .map_err(|(field, source)| StartError::Store { field, source })?;
         let issuers = config
             .identity
             .jwt_issuers

@@ -22,6 +22,7 @@
 pub mod bao;
 pub mod broker;
 pub mod https;
+pub mod postgres;
 pub mod svid;
 
 use std::path::{Path, PathBuf};
