@@ -23,6 +23,7 @@ pub mod bao;
 pub mod broker;
 pub mod https;
 pub mod postgres;
+pub mod replicas;
 pub mod svid;
 
 use std::path::{Path, PathBuf};

@@ -7,10 +7,12 @@ CREATE TABLE audit_head (
     id       SMALLINT PRIMARY KEY CHECK (id = 1),
     size     BIGINT NOT NULL CHECK (size >= 0),
     root     BYTEA NOT NULL,      -- RFC 6962 root of the first `size` entries
-    frontier BYTEA NOT NULL       -- roots of the perfect subtrees, largest first (32 bytes each)
+    frontier BYTEA NOT NULL,      -- roots of the perfect subtrees, largest first (32 bytes each)
+    origin   TEXT NOT NULL        -- checkpoint origin line: the log's name, the same on every replica
 );
-INSERT INTO audit_head (id, size, root, frontier)
-VALUES (1, 0, decode('e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'hex'), '');
+INSERT INTO audit_head (id, size, root, frontier, origin)
+VALUES (1, 0, decode('e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 'hex'), '',
+        'keybroker/' || gen_random_uuid() || '/audit');
 
 CREATE TABLE audit_entries (
     idx  BIGINT PRIMARY KEY CHECK (idx >= 0),

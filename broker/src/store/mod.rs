@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 pub use gate::{GateOutcome, ReleaseGate, RevocationTarget, SettingsUpdate, Who};
-pub use open::open;
+pub use open::{Opened, open};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -9,16 +9,29 @@ use zeroize::Zeroizing;
 use super::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::config::{PgUrlSource, StoreConfig};
 
+/// An open catalog.
+#[derive(Clone)]
+pub struct Opened {
+    /// The catalog.
+    pub store: Arc<dyn Store>,
+    /// The PostgreSQL pool, when the catalog is shared by replicas (the audit log is sequenced
+    /// in the same database then).
+    pub postgres: Option<sqlx::PgPool>,
+}
+
 /// Opens the catalog of `config`, applying migrations. Returns the config field an error is
 /// about, for the start-up message.
 ///
 /// # Errors
 /// The database cannot be opened or reached, the URL file is unreadable, a migration fails.
-pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, (&'static str, StoreError)> {
+pub async fn open(config: &StoreConfig) -> Result<Opened, (&'static str, StoreError)> {
     match config {
         StoreConfig::Sqlite { path } => SqliteStore::open(path)
             .await
-            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map(|s| Opened {
+                store: Arc::new(s),
+                postgres: None,
+            })
             .map_err(|e| ("store.sqlite_path", e)),
         StoreConfig::Postgres(pg) => {
             let (field, options) = match &pg.url {
@@ -48,7 +61,10 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, (&'static str,
                 .await
                 .map_err(|e| (field, e))?;
             tracing::info!(max_connections = pg.max_connections, "catalog: PostgreSQL");
-            Ok(Arc::new(store))
+            Ok(Opened {
+                postgres: Some(store.pool().clone()),
+                store: Arc::new(store),
+            })
         }
     }
 }
