@@ -274,3 +274,156 @@ async fn three_replicas_share_keys_one_gapless_log_and_survive_a_publisher_kill(
         acked.len()
     );
 }
+
+/// `trials` times: disable on A, then the very next request on B and on C (sent after A
+/// acknowledged) must be denied; enable on A, and the next ones must pass. Returns the time
+/// from A's acknowledgement to each denial.
+async fn disable_on_a_denies_on_b_and_c(trials: usize) -> Vec<Duration> {
+    let cluster = Cluster::new().unwrap();
+    let replicas = three(&cluster).await;
+    let mut c = Vec::new();
+    for r in &replicas {
+        c.push(cluster.client(r).await.unwrap());
+    }
+    c[0].create_key(KEY, KeyPurpose::DataKey, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    let mut latencies = Vec::with_capacity(trials * 2);
+    for _ in 0..trials {
+        c[0].disable_key(KEY, 0).await.unwrap();
+        let acked = Instant::now();
+        let (b, cc) = tokio::join!(
+            async {
+                let r = c[1].generate_data_key(KEY, &ctx(), None).await;
+                (r, acked.elapsed())
+            },
+            async {
+                let r = c[2].generate_data_key(KEY, &ctx(), None).await;
+                (r, acked.elapsed())
+            }
+        );
+        for (r, t) in [b, cc] {
+            match r {
+                Err(e) => assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}"),
+                Ok(_) => panic!("a request sent after DisableKey was acknowledged succeeded"),
+            }
+            latencies.push(t);
+        }
+        c[0].enable_key(KEY, 0).await.unwrap();
+        c[1].generate_data_key(KEY, &ctx(), None).await.unwrap();
+        c[2].generate_data_key(KEY, &ctx(), None).await.unwrap();
+    }
+    latencies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disable_key_on_one_replica_denies_the_next_request_on_every_other() {
+    let l = disable_on_a_denies_on_b_and_c(10).await;
+    assert_eq!(l.len(), 20);
+}
+
+/// Measurement (not an assertion on time): `cargo nextest run -p softhsm-tests --test replicas
+/// --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measurement: prints the DisableKey propagation distribution"]
+async fn measure_disable_propagation_over_many_trials() {
+    let mut l = disable_on_a_denies_on_b_and_c(100).await;
+    l.sort();
+    let pick = |q: f64| l[((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1];
+    eprintln!(
+        "DisableKey on A -> denial on B and C: {} denials, p50 {:?}, p99 {:?}, max {:?} \
+         (time from A's acknowledgement until the denying response; every request sent after \
+         the acknowledgement was denied)",
+        l.len(),
+        pick(0.50),
+        pick(0.99),
+        l[l.len() - 1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_down_makes_every_replica_refuse_and_all_recover_when_it_returns() {
+    let mut cluster = Cluster::new().unwrap();
+    let replicas = three(&cluster).await;
+    let mut c = Vec::new();
+    for r in &replicas {
+        c.push(cluster.client(r).await.unwrap());
+    }
+    c[0].create_key(KEY, KeyPurpose::DataKey, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    for client in &c {
+        client.generate_data_key(KEY, &ctx(), None).await.unwrap();
+    }
+    cluster.pg.stop_server().unwrap();
+    for client in &c {
+        let e = client
+            .generate_data_key(KEY, &ctx(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(Code::Unavailable), "{e}");
+    }
+    // Readiness follows (the health monitor probes the catalog and the audit log).
+    for r in &replicas {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while serving(&cluster, r).await {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} still ready without its database",
+                r.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    cluster.pg.start_server().unwrap();
+    for (client, r) in c.iter().zip(&replicas) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.generate_data_key(KEY, &ctx(), None).await {
+                Ok(_) => break,
+                Err(e) => assert_eq!(e.code(), Some(Code::Unavailable), "{e}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {} did not recover",
+                r.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !serving(&cluster, r).await {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} not ready again",
+                r.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    gapless(&cluster);
+}
+
+/// `grpc.health.v1` status of the whole server.
+async fn serving(cluster: &Cluster, r: &Replica) -> bool {
+    let ca = std::fs::read(cluster.dir.path().join("tls/ca.pem")).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let port = r.endpoint.rsplit(':').next().unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    resp.into_inner().status
+        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+}
