@@ -46,6 +46,8 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let base = crate::broker::write_config(dir.path(), &token, &token.pin)?;
         let text = std::fs::read_to_string(&base)?;
+        // The single-node layout on the same token, for comparisons.
+        std::fs::write(dir.path().join("broker-sqlite.toml"), &text)?;
         let text = text.replace(
             "[store]\nsqlite_path = \"catalog.db\"\n",
             "[store]\nkind = \"postgres\"\nurl_file = \"pg-url\"\nmax_connections = 8\n",
@@ -63,8 +65,20 @@ impl Cluster {
     /// # Errors
     /// The process failed to start or did not report serving within 60 s.
     pub async fn start(&self, name: &str) -> anyhow::Result<Replica> {
+        self.start_from(name, "broker.toml").await
+    }
+
+    /// Starts a single-node broker on SQLite (`catalog.db`) on the same token, for comparisons.
+    ///
+    /// # Errors
+    /// As [`Cluster::start`].
+    pub async fn start_sqlite(&self, name: &str) -> anyhow::Result<Replica> {
+        self.start_from(name, "broker-sqlite.toml").await
+    }
+
+    async fn start_from(&self, name: &str, base: &str) -> anyhow::Result<Replica> {
         let config = self.dir.path().join(format!("broker-{name}.toml"));
-        let text = std::fs::read_to_string(self.dir.path().join("broker.toml"))?;
+        let text = std::fs::read_to_string(self.dir.path().join(base))?;
         std::fs::write(
             &config,
             format!("{text}\n[audit]\ndir = \"audit-{name}\"\n"),

@@ -427,3 +427,58 @@ async fn serving(cluster: &Cluster, r: &Replica) -> bool {
     resp.into_inner().status
         == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
 }
+
+/// GenerateDataKey calls acknowledged in `secs` seconds by `workers` concurrent clients spread
+/// round-robin over `replicas`.
+async fn throughput(cluster: &Cluster, replicas: &[Replica], key: &str, workers: usize, secs: u64) -> u64 {
+    let mut clients = Vec::new();
+    for w in 0..workers {
+        clients.push(cluster.client(&replicas[w % replicas.len()]).await.unwrap());
+    }
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in clients {
+        let key = key.to_owned();
+        tasks.spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < end {
+                c.generate_data_key(&key, &ctx(), None).await.unwrap();
+                n += 1;
+            }
+            n
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = tasks.join_next().await {
+        total += n.unwrap();
+    }
+    total
+}
+
+/// Measurement: `cargo nextest run -p softhsm-tests --test replicas --run-ignored only
+/// --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measurement: prints replicated vs single-node throughput"]
+async fn measure_replicated_vs_single_node_throughput() {
+    let cluster = Cluster::new().unwrap();
+    let single = cluster.start_sqlite("single").await.unwrap();
+    let c = cluster.client(&single).await.unwrap();
+    c.create_key("bench/sqlite", KeyPurpose::DataKey, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    let sqlite = throughput(&cluster, std::slice::from_ref(&single), "bench/sqlite", 16, 10).await;
+    single.kill().await.unwrap();
+    let replicas = three(&cluster).await;
+    let c = cluster.client(&replicas[0]).await.unwrap();
+    c.create_key("bench/pg", KeyPurpose::DataKey, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    let pg = throughput(&cluster, &replicas, "bench/pg", 16, 10).await;
+    eprintln!(
+        "GenerateDataKey, 16 clients, 10 s: single node SQLite {:.0}/s, 3 replicas on PostgreSQL \
+         {:.0}/s, ratio {:.2}",
+        sqlite as f64 / 10.0,
+        pg as f64 / 10.0,
+        pg as f64 / sqlite as f64
+    );
+}

@@ -108,7 +108,12 @@ pub(super) async fn run(
                     listener = listen(&pool).await;
                 }
             }
-            _ = committed.changed() => {}
+            r = committed.changed() => {
+                if r.is_err() {
+                    // The writer is gone: the log is closed.
+                    break;
+                }
+            }
             () = tokio::time::sleep(RESYNC) => {
                 if listener.is_none() {
                     listener = listen(&pool).await;
