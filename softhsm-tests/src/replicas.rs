@@ -105,15 +105,14 @@ impl Cluster {
             if std::env::var_os("KEYBROKER_LOG").is_some() {
                 eprintln!("[{name}] {line}");
             }
-            if line.contains("serving") {
-                if let Some(port) = line
+            if line.contains("serving")
+                && let Some(port) = line
                     .split("addr=")
                     .nth(1)
                     .and_then(|a| a.split_whitespace().next())
                     .and_then(|a| a.rsplit(':').next())
-                {
-                    break port.trim_matches('"').to_owned();
-                }
+            {
+                break port.trim_matches('"').to_owned();
             }
         };
         // Keep draining its log so the pipe never fills.

@@ -54,10 +54,10 @@ async fn verified_at_least(dir: &Path, size: u64) -> u64 {
     loop {
         if let Ok(text) = std::fs::read_to_string(dir.join("checkpoint.vkey")) {
             let vkey = VerifierKey::parse(text.trim()).unwrap();
-            if let Ok(v) = verify_dir(dir, &vkey) {
-                if v.checkpoint.size >= size {
-                    return v.checkpoint.size;
-                }
+            if let Ok(v) = verify_dir(dir, &vkey)
+                && v.checkpoint.size >= size
+            {
+                return v.checkpoint.size;
             }
         }
         assert!(
@@ -263,10 +263,17 @@ async fn three_replicas_share_keys_one_gapless_log_and_survive_a_publisher_kill(
         base64::engine::general_purpose::STANDARD.encode(tree.root_at(old_size).unwrap()),
         old_root
     );
-    assert_eq!(
-        tree.consistency_proof(old_size, size).map(|p| p.len() > 0),
-        Some(true)
-    );
+    // And the RFC 6962 consistency proof from it to the successor's tree verifies.
+    let proof = tree.consistency_proof(old_size, size).unwrap();
+    keybroker_client::audit::proof::verify_consistency(
+        old_size,
+        size,
+        &tree.root_at(old_size).unwrap(),
+        &tree.root(),
+        &proof,
+    )
+    .unwrap();
+    assert!(old_size < size, "the successor signed a larger tree");
     assert!(killed_dir.join("checkpoint").exists());
     eprintln!(
         "replicas: {} acknowledged GenerateDataKey over 3 replicas (publisher killed mid-run); \
@@ -430,7 +437,13 @@ async fn serving(cluster: &Cluster, r: &Replica) -> bool {
 
 /// GenerateDataKey calls acknowledged in `secs` seconds by `workers` concurrent clients spread
 /// round-robin over `replicas`.
-async fn throughput(cluster: &Cluster, replicas: &[Replica], key: &str, workers: usize, secs: u64) -> u64 {
+async fn throughput(
+    cluster: &Cluster,
+    replicas: &[Replica],
+    key: &str,
+    workers: usize,
+    secs: u64,
+) -> u64 {
     let mut clients = Vec::new();
     for w in 0..workers {
         clients.push(cluster.client(&replicas[w % replicas.len()]).await.unwrap());
@@ -466,7 +479,14 @@ async fn measure_replicated_vs_single_node_throughput() {
     c.create_key("bench/sqlite", KeyPurpose::DataKey, &BTreeMap::new(), None)
         .await
         .unwrap();
-    let sqlite = throughput(&cluster, std::slice::from_ref(&single), "bench/sqlite", 16, 10).await;
+    let sqlite = throughput(
+        &cluster,
+        std::slice::from_ref(&single),
+        "bench/sqlite",
+        16,
+        10,
+    )
+    .await;
     single.kill().await.unwrap();
     let replicas = three(&cluster).await;
     let c = cluster.client(&replicas[0]).await.unwrap();

@@ -384,14 +384,18 @@ mod start_retry_tests {
     #[test]
     fn only_a_general_error_at_start_is_retried() {
         let general = CkError::Pkcs11(RvError::GeneralError, Function::Login);
-        assert!(is_transient_at_start(&HsmError::LoginFailed { source: general }));
+        assert!(is_transient_at_start(&HsmError::LoginFailed {
+            source: general
+        }));
         let general = CkError::Pkcs11(RvError::GeneralError, Function::OpenSession);
         assert!(is_transient_at_start(&HsmError::Pkcs11 {
             op: "open session",
             source: general
         }));
         let wrong_pin = CkError::Pkcs11(RvError::PinIncorrect, Function::Login);
-        assert!(!is_transient_at_start(&HsmError::LoginFailed { source: wrong_pin }));
+        assert!(!is_transient_at_start(&HsmError::LoginFailed {
+            source: wrong_pin
+        }));
         assert!(!is_transient_at_start(&HsmError::TokenNotFound {
             selector: "label \"x\"".into()
         }));
