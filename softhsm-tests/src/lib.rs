@@ -23,6 +23,8 @@ pub mod bao;
 pub mod broker;
 pub mod dev;
 pub mod https;
+pub mod postgres;
+pub mod replicas;
 pub mod svid;
 
 use std::path::{Path, PathBuf};
