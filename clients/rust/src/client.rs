@@ -3,6 +3,7 @@
 //! its code and request id. Data-key calls live here, key administration in `admin`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::time::Duration;
 
 use keybroker_proto::v1 as pb;
@@ -12,6 +13,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
+use crate::retry::RetryPolicy;
 use crate::token::TokenSource;
 use crate::types::{DataKey, DecryptedKey, ReEncrypted, Wrapped, timestamp};
 use crate::{ClientConfig, ClientError};
@@ -24,6 +26,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct Client {
     channel: Channel,
     token: Option<TokenSource>,
+    retry: RetryPolicy,
 }
 
 impl Client {
@@ -40,7 +43,30 @@ impl Client {
             token.token().await?;
         }
         let channel = cfg.channel().await?;
-        Ok(Self { channel, token })
+        Ok(Self {
+            channel,
+            token,
+            retry: cfg.retry,
+        })
+    }
+
+    /// A client whose channel connects on first use to a port nothing listens on: for unit
+    /// tests that never reach the network.
+    #[cfg(test)]
+    pub(crate) fn unconnected() -> Self {
+        Self {
+            channel: Channel::from_static("http://127.0.0.1:9").connect_lazy(),
+            token: None,
+            retry: RetryPolicy::none(),
+        }
+    }
+
+    /// The same client with another retry policy (e.g. [`RetryPolicy::none`] for a caller that
+    /// runs its own retry loop).
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// Wraps `msg` in a request with a fresh request id and the current bearer token.
@@ -49,8 +75,45 @@ impl Client {
         msg: T,
     ) -> Result<(tonic::Request<T>, String), ClientError> {
         let request_id = uuid::Uuid::new_v4().to_string();
+        let req = self.request_with_id(msg, &request_id).await?;
+        Ok((req, request_id))
+    }
+
+    /// Sends `msg` through `send` under the client's retry policy (see `retry`): every attempt
+    /// re-reads the token (it may have been rotated meanwhile) and carries the same request id,
+    /// so the broker's audit records of the attempts can be matched. Returns the response
+    /// message.
+    pub(crate) async fn call<M, R, F, Fut>(
+        &self,
+        idempotent: bool,
+        msg: &M,
+        send: F,
+    ) -> Result<(R, String), ClientError>
+    where
+        M: Clone,
+        F: Fn(tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let rid = uuid::Uuid::new_v4().to_string();
+        let resp = self
+            .retry
+            .run(idempotent, |_attempt| async {
+                let req = self.request_with_id(msg.clone(), &rid).await?;
+                send(req)
+                    .await
+                    .map_err(|s| ClientError::from_status(&s, &rid))
+            })
+            .await?;
+        Ok((resp.into_inner(), rid))
+    }
+
+    async fn request_with_id<T>(
+        &self,
+        msg: T,
+        request_id: &str,
+    ) -> Result<tonic::Request<T>, ClientError> {
         let mut req = tonic::Request::new(msg);
-        let rid: AsciiMetadataValue = MetadataValue::try_from(request_id.as_str())
+        let rid: AsciiMetadataValue = MetadataValue::try_from(request_id)
             .map_err(|_| ClientError::Config("request id is not a valid header value".into()))?;
         req.metadata_mut().insert(REQUEST_ID_HEADER, rid);
         if let Some(source) = &self.token {
@@ -66,7 +129,7 @@ impl Client {
             value.set_sensitive(true);
             req.metadata_mut().insert("authorization", value);
         }
-        Ok((req, request_id))
+        Ok(req)
     }
 
     pub(crate) fn channel(&self) -> Channel {
@@ -99,21 +162,21 @@ impl Client {
             context: to_map(context),
             ttl: ttl.map(to_pb_duration).transpose()?,
         };
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .generate_data_key(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        // Not idempotent: every call mints a new key and counts a wrap against the version.
+        let (resp, rid) = self
+            .call(false, &msg, |req| async {
+                self.data_keys().generate_data_key(req).await
+            })
+            .await?;
         let plaintext = Zeroizing::new(resp.plaintext);
-        let (lease_id, expires_at) = lease(resp.lease, &rid)?;
+        let (lease_id, expires_at, lease_ttl) = lease(resp.lease, &rid)?;
         Ok(DataKey {
             plaintext,
             ciphertext: resp.ciphertext,
             key_version: resp.key_version,
             lease_id,
             expires_at,
+            lease_ttl,
         })
     }
 
@@ -130,13 +193,13 @@ impl Client {
             key: key.to_owned(),
             context: to_map(context),
         };
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .generate_data_key_without_plaintext(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        let (resp, _rid) = self
+            .call(false, &msg, |req| async {
+                self.data_keys()
+                    .generate_data_key_without_plaintext(req)
+                    .await
+            })
+            .await?;
         Ok(Wrapped {
             ciphertext: resp.ciphertext,
             key_version: resp.key_version,
@@ -160,21 +223,21 @@ impl Client {
             context: to_map(context),
             ttl: ttl.map(to_pb_duration).transpose()?,
         };
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .decrypt(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        // Idempotent: opening the same wrapped key gives the same plaintext.
+        let (resp, rid) = self
+            .call(true, &msg, |req| async {
+                self.data_keys().decrypt(req).await
+            })
+            .await?;
         let plaintext = Zeroizing::new(resp.plaintext);
-        let (lease_id, expires_at) = lease(resp.lease, &rid)?;
+        let (lease_id, expires_at, lease_ttl) = lease(resp.lease, &rid)?;
         Ok(DecryptedKey {
             plaintext,
             key: resp.key,
             key_version: resp.key_version,
             lease_id,
             expires_at,
+            lease_ttl,
         })
     }
 
@@ -196,13 +259,11 @@ impl Client {
         };
         // The request owns a copy of the plaintext; it is consumed by the call and cannot be
         // zeroized afterwards (prost owns the buffer), so keep payloads small.
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .encrypt(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        let (resp, _rid) = self
+            .call(false, &msg, |req| async {
+                self.data_keys().encrypt(req).await
+            })
+            .await?;
         Ok(Wrapped {
             ciphertext: resp.ciphertext,
             key_version: resp.key_version,
@@ -223,13 +284,12 @@ impl Client {
             ciphertext: ciphertext.to_vec(),
             context: to_map(context),
         };
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .re_encrypt(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        // Idempotent in effect: the same plaintext re-wrapped; a repeat only wraps it again.
+        let (resp, _rid) = self
+            .call(true, &msg, |req| async {
+                self.data_keys().re_encrypt(req).await
+            })
+            .await?;
         Ok(ReEncrypted {
             ciphertext: resp.ciphertext,
             key: resp.key,
@@ -253,14 +313,16 @@ pub(crate) fn to_pb_duration(d: Duration) -> Result<prost_types::Duration, Clien
         .map_err(|_| ClientError::Config(format!("duration {d:?} is too large")))
 }
 
-/// Lease id and expiry of a response; a release of plaintext without a lease is malformed.
+/// Lease id, expiry and length of a response; a release of plaintext without a lease is
+/// malformed.
 fn lease(
     lease: Option<pb::Lease>,
     request_id: &str,
-) -> Result<(String, Option<time::OffsetDateTime>), ClientError> {
+) -> Result<(String, Option<time::OffsetDateTime>, Option<Duration>), ClientError> {
     let lease = lease.ok_or_else(|| ClientError::MalformedResponse {
         problem: "plaintext released without a lease",
         request_id: request_id.to_owned(),
     })?;
-    Ok((lease.lease_id, lease.expires_at.and_then(timestamp)))
+    let ttl = (lease.ttl_seconds > 0).then(|| Duration::from_secs(lease.ttl_seconds.into()));
+    Ok((lease.lease_id, lease.expires_at.and_then(timestamp), ttl))
 }
