@@ -342,5 +342,6 @@ async fn sweep(inner: Weak<Inner>) {
     }
 }
 
+mod files;
 #[cfg(test)]
 mod tests;

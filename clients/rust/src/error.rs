@@ -59,6 +59,10 @@ pub enum ClientError {
         request_id: String,
     },
 
+    /// An encrypted file could not be set up (header out of bounds, no randomness).
+    #[error(transparent)]
+    File(#[from] crate::file::FileFormatError),
+
     /// The broker answered, but the response is malformed (e.g. a missing lease).
     #[error("malformed response from broker: {problem} (request id: {request_id})")]
     MalformedResponse {
