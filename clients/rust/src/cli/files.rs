@@ -3,11 +3,13 @@
 //! streamed with one segment in memory. `-` is stdin/stdout. A file output is written under
 //! `OUT.partial` and renamed only on success, so a failed decryption never leaves plaintext
 //! under the requested name. A progress bar goes to stderr for file inputs of 64 MiB or more
-//! when stderr is a terminal, or always with `--progress` (never for stdin).
+//! when stderr is a terminal, or always with `--progress` (then a plain line a second when
+//! stderr is not a terminal); never for stdin, whose size is unknown.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal as _, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keybroker_client::DataKeyCache;
@@ -71,13 +73,13 @@ impl EncryptArgs {
         let (header, dk) = cache
             .new_file(&self.key_name, &context, self.segment_size)
             .await?;
-        let bar = progress_bar(size, self.progress);
+        let mut progress = Progress::new(size, self.progress);
         let result = with_output(&self.dest, stdout, |out| {
             file::encrypt_stream(&mut input, out, &header, dk.plaintext(), &mut |n| {
-                bar.set_position(n);
+                progress.update(n);
             })
         });
-        bar.finish_and_clear();
+        progress.finish();
         result
     }
 }
@@ -112,11 +114,11 @@ impl DecryptArgs {
         let lease_end = Some(cache.lease_end(&dk));
         let plain = size.map(|s| plaintext_len(s, header.as_bytes().len(), header.segment_size));
         let dec = file::Decryptor::new(header, dk.plaintext(), lease_end).map_err(file_err)?;
-        let bar = progress_bar(plain, self.progress);
+        let mut progress = Progress::new(plain, self.progress);
         let result = with_output(&self.dest, stdout, |out| {
-            dec.decrypt_stream(&mut input, out, &mut |n| bar.set_position(n))
+            dec.decrypt_stream(&mut input, out, &mut |n| progress.update(n))
         });
-        bar.finish_and_clear();
+        progress.finish();
         result
     }
 }
@@ -124,62 +126,76 @@ impl DecryptArgs {
 /// Inputs at least this large get a progress bar on a terminal without `--progress`.
 const PROGRESS_THRESHOLD: u64 = 64 << 20;
 
-/// A bar over `total` plaintext bytes on stderr, or a hidden one: no size (stdin), or neither
-/// `--progress` nor a terminal with a large input.
-fn progress_bar(total: Option<u64>, forced: bool) -> ProgressBar {
-    let Some(total) = total else {
-        return ProgressBar::hidden();
-    };
-    let wanted = forced || (std::io::stderr().is_terminal() && total >= PROGRESS_THRESHOLD);
-    if !wanted {
-        return ProgressBar::hidden();
-    }
-    let target = if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        // Forced into a log or pipe: one plain line per second instead of cursor tricks.
-        ProgressDrawTarget::term_like_with_hz(Box::new(LineLog), 1)
-    };
-    let bar = ProgressBar::with_draw_target(Some(total), target);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar
+/// Progress on stderr: an indicatif bar on a terminal, one plain line a second when forced
+/// into a log or pipe, or nothing.
+enum Progress {
+    Hidden,
+    Bar(ProgressBar),
+    Lines {
+        total: u64,
+        start: Instant,
+        last: Instant,
+    },
 }
 
-/// A "terminal" for a non-terminal stderr: every redraw becomes a new line.
-#[derive(Debug)]
-struct LineLog;
+impl Progress {
+    /// `total` plaintext bytes; no size (stdin) means no progress, and without `forced` only a
+    /// terminal with a large input gets one.
+    fn new(total: Option<u64>, forced: bool) -> Self {
+        let Some(total) = total else {
+            return Self::Hidden;
+        };
+        let tty = std::io::stderr().is_terminal();
+        if !(forced || (tty && total >= PROGRESS_THRESHOLD)) {
+            return Self::Hidden;
+        }
+        if !tty {
+            let now = Instant::now();
+            return Self::Lines {
+                total,
+                start: now,
+                last: now,
+            };
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        Self::Bar(bar)
+    }
 
-impl indicatif::TermLike for LineLog {
-    fn width(&self) -> u16 {
-        100
+    #[cfg(test)]
+    fn is_hidden(&self) -> bool {
+        matches!(self, Self::Hidden)
     }
-    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
+
+    fn update(&mut self, done: u64) {
+        match self {
+            Self::Hidden => {}
+            Self::Bar(bar) => bar.set_position(done),
+            Self::Lines { total, start, last } => {
+                if last.elapsed() >= Duration::from_secs(1) || done == *total {
+                    *last = Instant::now();
+                    let secs = start.elapsed().as_secs_f64().max(1e-9);
+                    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{:.0}/{:.0} MiB ({:.0} MiB/s)",
+                        mib(done),
+                        mib(*total),
+                        mib(done) / secs
+                    );
+                }
+            }
+        }
     }
-    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn write_line(&self, s: &str) -> std::io::Result<()> {
-        writeln!(std::io::stderr(), "{s}")
-    }
-    fn write_str(&self, s: &str) -> std::io::Result<()> {
-        write!(std::io::stderr(), "{s}")
-    }
-    fn clear_line(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+
+    fn finish(self) {
+        if let Self::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -282,8 +298,8 @@ mod tests {
 
     #[test]
     fn no_progress_bar_without_a_size_even_when_forced() {
-        assert!(progress_bar(None, true).is_hidden());
-        assert!(!progress_bar(Some(1), true).is_hidden());
+        assert!(Progress::new(None, true).is_hidden());
+        assert!(!Progress::new(Some(1), true).is_hidden());
     }
 
     #[test]
