@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use keybroker_broker::config::{HttpConfig, TransitConfig, TransitToken};
+use keybroker_broker::config::{HttpConfig, TransitAuth, TransitConfig, TransitToken};
 use keybroker_client::KeyPurpose;
 use sha2::{Digest as _, Sha256};
 use softhsm_tests::bao::Bao;
@@ -30,6 +30,7 @@ async fn broker() -> TestBroker {
             tls: true,
             transit: Some(TransitConfig {
                 mount: "transit".to_owned(),
+                auth: TransitAuth::Token,
                 tokens: vec![TransitToken {
                     name: "bao".to_owned(),
                     sha256: Sha256::digest(TOKEN.as_bytes()).into(),
@@ -38,6 +39,7 @@ async fn broker() -> TestBroker {
                     cluster: None,
                     region: Some("test-1".to_owned()),
                     jurisdiction: Some("EU".to_owned()),
+                    spiffe_id: None,
                 }],
             }),
         });

@@ -1,4 +1,5 @@
-//! `Client`: a connected broker client. Every call carries a fresh `x-request-id` (uuid v4)
+//! `Client`: a connected broker client. Every call carries a fresh `x-request-id` (uuid v4, or
+//! `<prefix>-<n>` for a client made by `with_request_id_prefix`)
 //! and, when a token file is configured, `authorization: Bearer <token>`; a gRPC error keeps
 //! its code and request id. Data-key calls live here, key administration in `admin`.
 
@@ -27,7 +28,20 @@ pub struct Client {
     channel: Channel,
     token: Option<TokenSource>,
     retry: RetryPolicy,
+    request_ids: Option<std::sync::Arc<RequestIds>>,
 }
+
+/// Request ids `<prefix>-<n>` for one tagged run of calls (see
+/// [`Client::with_request_id_prefix`]).
+#[derive(Debug)]
+struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Longest request id prefix: the broker accepts ids up to 64 characters, and `-<n>` (up to 21)
+/// must fit.
+pub const MAX_REQUEST_ID_PREFIX: usize = 43;
 
 impl Client {
     /// Connects to the broker described by `cfg`. The token file, when configured, is read
@@ -47,6 +61,7 @@ impl Client {
             channel,
             token,
             retry: cfg.retry,
+            request_ids: None,
         })
     }
 
@@ -58,6 +73,7 @@ impl Client {
             channel: Channel::from_static("http://127.0.0.1:9").connect_lazy(),
             token: None,
             retry: RetryPolicy::none(),
+            request_ids: None,
         }
     }
 
@@ -69,12 +85,53 @@ impl Client {
         self
     }
 
+    /// A client (sharing this one's connection and token) whose calls carry the request ids
+    /// `<prefix>-0`, `<prefix>-1`, … instead of random ones, so that their audit records can be
+    /// found again (drill reports name the audit indices of their calls). Clones share the
+    /// counter.
+    ///
+    /// # Errors
+    /// `Config` when `prefix` is empty, longer than [`MAX_REQUEST_ID_PREFIX`] or not made of
+    /// `[A-Za-z0-9_-]`.
+    pub fn with_request_id_prefix(&self, prefix: &str) -> Result<Self, ClientError> {
+        if prefix.is_empty()
+            || prefix.len() > MAX_REQUEST_ID_PREFIX
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ClientError::Config(format!(
+                "request id prefix must be 1-{MAX_REQUEST_ID_PREFIX} of [A-Za-z0-9_-]"
+            )));
+        }
+        Ok(Self {
+            request_ids: Some(std::sync::Arc::new(RequestIds {
+                prefix: prefix.to_owned(),
+                next: std::sync::atomic::AtomicU64::new(0),
+            })),
+            ..self.clone()
+        })
+    }
+
+    /// The request id the next call will carry, when ids are prefixed; calls made after this
+    /// one returned get later ids.
+    #[must_use]
+    pub fn next_request_id(&self) -> Option<String> {
+        self.request_ids.as_ref().map(|r| {
+            format!(
+                "{}-{}",
+                r.prefix,
+                r.next.load(std::sync::atomic::Ordering::SeqCst)
+            )
+        })
+    }
+
     /// Wraps `msg` in a request with a fresh request id and the current bearer token.
     pub(crate) async fn request<T>(
         &self,
         msg: T,
     ) -> Result<(tonic::Request<T>, String), ClientError> {
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = self.new_request_id();
         let req = self.request_with_id(msg, &request_id).await?;
         Ok((req, request_id))
     }
@@ -94,7 +151,7 @@ impl Client {
         F: Fn(tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        let rid = uuid::Uuid::new_v4().to_string();
+        let rid = self.new_request_id();
         let resp = self
             .retry
             .run(idempotent, |_attempt| async {
@@ -105,6 +162,18 @@ impl Client {
             })
             .await?;
         Ok((resp.into_inner(), rid))
+    }
+
+    /// The next request id: `<prefix>-<n>` when prefixed, else a random uuid.
+    fn new_request_id(&self) -> String {
+        match &self.request_ids {
+            Some(r) => format!(
+                "{}-{}",
+                r.prefix,
+                r.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            ),
+            None => uuid::Uuid::new_v4().to_string(),
+        }
     }
 
     async fn request_with_id<T>(
