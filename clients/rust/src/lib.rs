@@ -34,7 +34,7 @@ mod token;
 mod types;
 
 pub use cache::{DataKeyCache, LeasedKey};
-pub use client::{Client, REQUEST_ID_HEADER};
+pub use client::{Client, MAX_REQUEST_ID_PREFIX, REQUEST_ID_HEADER};
 pub use config::ClientConfig;
 pub use error::{ClientError, code_name};
 pub use lifecycle::RevokeTarget;
