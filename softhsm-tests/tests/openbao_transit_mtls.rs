@@ -12,18 +12,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use keybroker_broker::config::{
-    HttpConfig, IdentityMode, MtlsConfig, TransitAuth, TransitConfig, TransitToken,
-    TrustDomainConfig,
+    HttpConfig, IdentityMode, TransitAuth, TransitConfig, TransitToken,
 };
 use keybroker_client::{Client, ClientConfig, KeyPurpose};
 use sha2::{Digest as _, Sha256};
 use softhsm_tests::bao::Bao;
 use softhsm_tests::broker::TestBroker;
 use softhsm_tests::https::{Reply, request_as};
-use softhsm_tests::svid::{SvidSpec, TestCa};
+use softhsm_tests::svid::{SvidSpec, TestCa, mtls_config};
 
 const SEAL_KEY: &str = "seal/bao-mtls";
 const BAO_ID: &str = "spiffe://eu1.test/ns/openbao/sa/bao";
@@ -47,16 +45,7 @@ async fn broker(ca: &TestCa, mode: IdentityMode, auth: TransitAuth) -> TestBroke
             std::fs::write(c.policy.file.as_ref().unwrap(), POLICY).unwrap();
         }
         c.identity.mode = mode;
-        c.identity.mtls = Some(MtlsConfig {
-            client_ca_file: bundle,
-            client_ca_poll_interval: Duration::from_secs(3600),
-            trust_domains: vec![TrustDomainConfig {
-                domain: "eu1.test".into(),
-                cluster: Some("bao-a".into()),
-                region: Some("eu-west-1".into()),
-                jurisdiction: Some("EU".into()),
-            }],
-        });
+        c.identity.mtls = Some(mtls_config(bundle));
         let tokens = if auth == TransitAuth::Mtls {
             Vec::new()
         } else {
@@ -136,17 +125,40 @@ fn mint(ca: &TestCa, dir: &Path, name: &str, id: &str) -> (PathBuf, PathBuf) {
     ca.mint(SvidSpec::new(id), dir, name).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bao_auto_unseals_through_transit_with_a_client_certificate_and_no_token() {
+/// A CA, a broker in `mode`/`auth` trusting it, bao's certificate (in `pki`) and the SEAL key.
+struct Setup {
+    ca: TestCa,
+    b: TestBroker,
+    pki: tempfile::TempDir,
+    bao_cert: (PathBuf, PathBuf),
+}
+
+async fn setup(mode: IdentityMode, auth: TransitAuth) -> Setup {
     let ca = TestCa::new().unwrap();
-    let b = broker(&ca, IdentityMode::Mtls, TransitAuth::Mtls).await;
+    let b = broker(&ca, mode, auth).await;
     let pki = tempfile::tempdir().unwrap();
     let bao_cert = mint(&ca, pki.path(), "bao", BAO_ID);
-    client(&b, &bao_cert, false)
+    client(&b, &bao_cert, mode == IdentityMode::Both)
         .await
         .create_key(SEAL_KEY, KeyPurpose::Seal, &BTreeMap::new(), None)
         .await
         .unwrap();
+    Setup {
+        ca,
+        b,
+        pki,
+        bao_cert,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bao_auto_unseals_through_transit_with_a_client_certificate_and_no_token() {
+    let Setup {
+        b,
+        pki: _pki,
+        bao_cert,
+        ..
+    } = setup(IdentityMode::Mtls, TransitAuth::Mtls).await;
 
     let stanza = format!(
         "seal \"transit\" {{\n  address = \"https://localhost:{}\"\n  key_name = \"{SEAL_KEY}\"\n  \
@@ -160,11 +172,8 @@ async fn bao_auto_unseals_through_transit_with_a_client_certificate_and_no_token
     let dir = tempfile::tempdir().unwrap();
     let mut bao = Bao::start(dir.path(), &stanza).unwrap();
     let unsealed_after = tokio::task::block_in_place(|| {
-        bao.wait_sealed(true, Duration::from_secs(60)).unwrap();
-        bao.init().unwrap();
-        bao.wait_sealed(false, Duration::from_secs(60)).unwrap();
-        bao.restart().unwrap();
-        bao.wait_sealed(false, Duration::from_secs(60)).unwrap()
+        bao.init_unsealed().unwrap();
+        bao.restart_unsealed().unwrap()
     });
     eprintln!("bao restart to unsealed through transit with mTLS: {unsealed_after:?}");
     let log = bao.log();
@@ -193,15 +202,12 @@ async fn bao_auto_unseals_through_transit_with_a_client_certificate_and_no_token
 
 #[tokio::test]
 async fn transit_refuses_calls_without_the_right_client_certificate() {
-    let ca = TestCa::new().unwrap();
-    let b = broker(&ca, IdentityMode::Mtls, TransitAuth::Mtls).await;
-    let pki = tempfile::tempdir().unwrap();
-    let bao_cert = mint(&ca, pki.path(), "bao", BAO_ID);
-    client(&b, &bao_cert, false)
-        .await
-        .create_key(SEAL_KEY, KeyPurpose::Seal, &BTreeMap::new(), None)
-        .await
-        .unwrap();
+    let Setup {
+        ca,
+        b,
+        pki,
+        bao_cert,
+    } = setup(IdentityMode::Mtls, TransitAuth::Mtls).await;
 
     // A valid certificate works: the same endpoint, so every refusal below is about identity.
     let ok = encrypt(&b, Some(&bao_cert), None).await.unwrap();
@@ -281,16 +287,13 @@ async fn transit_refuses_calls_without_the_right_client_certificate() {
 
 #[tokio::test]
 async fn both_mode_binds_the_token_to_its_certificate() {
-    let ca = TestCa::new().unwrap();
-    let b = broker(&ca, IdentityMode::Both, TransitAuth::Both).await;
-    let pki = tempfile::tempdir().unwrap();
-    let bao_cert = mint(&ca, pki.path(), "bao", BAO_ID);
+    let Setup {
+        ca,
+        b,
+        pki,
+        bao_cert,
+    } = setup(IdentityMode::Both, TransitAuth::Both).await;
     let trainer = mint(&ca, pki.path(), "trainer", OTHER_ID);
-    client(&b, &bao_cert, true)
-        .await
-        .create_key(SEAL_KEY, KeyPurpose::Seal, &BTreeMap::new(), None)
-        .await
-        .unwrap();
 
     let ok = encrypt(&b, Some(&bao_cert), Some(TOKEN)).await.unwrap();
     assert_eq!(ok.status, 200, "{}", ok.text);

@@ -112,8 +112,11 @@ async fn handle(
     match route {
         // Refused callers of encrypt/decrypt go through the API too, so the refusal is in the
         // audit log like any other.
-        Route::Encrypt(key) => t.encrypt(auth, key, &headers, &body).await,
-        Route::Decrypt(key) => t.decrypt(auth, key, &headers, &body).await,
+        Route::Encrypt(key) | Route::Decrypt(key) => match auth {
+            Ok(p) if matches!(route, Route::Encrypt(_)) => t.encrypt(p, key, &headers, &body).await,
+            Ok(p) => t.decrypt(p, key, &headers, &body).await,
+            Err(why) => t.refuse(&route, why, &headers).await,
+        },
         Route::RenewSelf | Route::Unknown if auth.is_err() => {
             // Vault answers a missing or wrong token with 403; bao does not retry a 4xx.
             tracing::info!(
@@ -144,6 +147,34 @@ enum Route<'a> {
 }
 
 impl Transit {
+    /// A caller that did not authenticate: the API refuses it (so the refusal is in the audit
+    /// log like any other) and the answer is 403.
+    async fn refuse(&self, route: &Route<'_>, why: &'static str, headers: &HeaderMap) -> Response {
+        let result = if matches!(route, Route::Encrypt(_)) {
+            let mut rec = self.recorder(Op::Encrypt);
+            let req = self.request(pb::EncryptRequest::default(), Err(why), headers);
+            let result = self.api.encrypt(req, &mut rec).await.map(|_| ());
+            rec.finish(result.map(tonic::Response::new))
+                .await
+                .map(|_| ())
+        } else {
+            let mut rec = self.recorder(Op::Decrypt);
+            let req = self.request(pb::DecryptRequest::default(), Err(why), headers);
+            let result = self.api.decrypt(req, &mut rec).await.map(|_| ());
+            rec.finish(result.map(tonic::Response::new))
+                .await
+                .map(|_| ())
+        };
+        match result {
+            Ok(()) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                request_id(headers),
+            ),
+            Err(status) => from_status(&status),
+        }
+    }
+
     /// The caller's principal, by the endpoint's `auth` mode, or why there is none.
     fn authenticate(
         &self,
@@ -208,21 +239,12 @@ impl Transit {
 
     async fn encrypt(
         &self,
-        auth: Result<Principal, &'static str>,
+        principal: Principal,
         key: &str,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Response {
         let rid = request_id(headers);
-        if auth.is_err() {
-            let req = self.request(pb::EncryptRequest::default(), auth, headers);
-            let mut rec = self.recorder(Op::Encrypt);
-            let result = self.api.encrypt(req, &mut rec).await;
-            return match rec.finish(result).await {
-                Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error", rid),
-                Err(status) => from_status(&status),
-            };
-        }
         let parsed: EncryptBody = match serde_json::from_slice(body) {
             Ok(b) => b,
             Err(_) => {
@@ -245,7 +267,7 @@ impl Transit {
                 context: std::collections::HashMap::new(),
                 plaintext: plaintext.to_vec(),
             },
-            auth,
+            Ok(principal),
             headers,
         );
         let mut rec = self.recorder(Op::Encrypt);
@@ -270,21 +292,12 @@ impl Transit {
 
     async fn decrypt(
         &self,
-        auth: Result<Principal, &'static str>,
+        principal: Principal,
         key: &str,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Response {
         let rid = request_id(headers);
-        if auth.is_err() {
-            let req = self.request(pb::DecryptRequest::default(), auth, headers);
-            let mut rec = self.recorder(Op::Decrypt);
-            let result = self.api.decrypt(req, &mut rec).await;
-            return match rec.finish(result).await {
-                Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error", rid),
-                Err(status) => from_status(&status),
-            };
-        }
         let parsed: DecryptBody = match serde_json::from_slice(body) {
             Ok(b) => b,
             Err(_) => {
@@ -305,7 +318,7 @@ impl Transit {
                 context: std::collections::HashMap::new(),
                 ttl: None,
             },
-            auth,
+            Ok(principal),
             headers,
         );
         let mut rec = self.recorder(Op::Decrypt);
