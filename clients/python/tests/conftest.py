@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
@@ -50,10 +51,22 @@ class DevBroker:
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevBroker]:
+    with _dev_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+@pytest.fixture
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevBroker]:
+    """A dev broker for one test, for tests that leave it unusable (revoked principal)."""
+    with _dev_broker(tmp_path_factory.mktemp("own-broker")) as b:
+        yield b
+
+
+@contextmanager
+def _dev_broker(state: Path) -> Iterator[DevBroker]:
     binary = Path(os.environ.get("KEYBROKER_BIN", REPO / "target" / "debug" / "keybrokerd"))
     if not binary.is_file():
         pytest.fail(f"broker binary {binary} missing: run `cargo build --workspace --bins` first")
-    state = tmp_path_factory.mktemp("broker")
     log = open(state / "broker.log", "wb")
     proc = subprocess.Popen(
         [str(binary), "dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",

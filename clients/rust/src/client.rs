@@ -4,6 +4,7 @@
 //! its code and request id. Data-key calls live here, key administration in `admin`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::time::Duration;
 
 use keybroker_proto::v1 as pb;
@@ -13,6 +14,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
+use crate::retry::RetryPolicy;
 use crate::token::TokenSource;
 use crate::types::{DataKey, DecryptedKey, ReEncrypted, Wrapped, timestamp};
 use crate::{ClientConfig, ClientError};
@@ -25,6 +27,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct Client {
     channel: Channel,
     token: Option<TokenSource>,
+    retry: RetryPolicy,
     request_ids: Option<std::sync::Arc<RequestIds>>,
 }
 
@@ -57,8 +60,29 @@ impl Client {
         Ok(Self {
             channel,
             token,
+            retry: cfg.retry,
             request_ids: None,
         })
+    }
+
+    /// A client whose channel connects on first use to a port nothing listens on: for unit
+    /// tests that never reach the network.
+    #[cfg(test)]
+    pub(crate) fn unconnected() -> Self {
+        Self {
+            channel: Channel::from_static("http://127.0.0.1:9").connect_lazy(),
+            token: None,
+            retry: RetryPolicy::none(),
+            request_ids: None,
+        }
+    }
+
+    /// The same client with another retry policy (e.g. [`RetryPolicy::none`] for a caller that
+    /// runs its own retry loop).
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// A client (sharing this one's connection and token) whose calls carry the request ids
@@ -107,16 +131,58 @@ impl Client {
         &self,
         msg: T,
     ) -> Result<(tonic::Request<T>, String), ClientError> {
-        let request_id = match &self.request_ids {
+        let request_id = self.new_request_id();
+        let req = self.request_with_id(msg, &request_id).await?;
+        Ok((req, request_id))
+    }
+
+    /// Sends `msg` through `send` under the client's retry policy (see `retry`): every attempt
+    /// re-reads the token (it may have been rotated meanwhile) and carries the same request id,
+    /// so the broker's audit records of the attempts can be matched. Returns the response
+    /// message.
+    pub(crate) async fn call<M, R, F, Fut>(
+        &self,
+        idempotent: bool,
+        msg: &M,
+        send: F,
+    ) -> Result<(R, String), ClientError>
+    where
+        M: Clone,
+        F: Fn(tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let rid = self.new_request_id();
+        let resp = self
+            .retry
+            .run(idempotent, |_attempt| async {
+                let req = self.request_with_id(msg.clone(), &rid).await?;
+                send(req)
+                    .await
+                    .map_err(|s| ClientError::from_status(&s, &rid))
+            })
+            .await?;
+        Ok((resp.into_inner(), rid))
+    }
+
+    /// The next request id: `<prefix>-<n>` when prefixed, else a random uuid.
+    fn new_request_id(&self) -> String {
+        match &self.request_ids {
             Some(r) => format!(
                 "{}-{}",
                 r.prefix,
                 r.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             ),
             None => uuid::Uuid::new_v4().to_string(),
-        };
+        }
+    }
+
+    async fn request_with_id<T>(
+        &self,
+        msg: T,
+        request_id: &str,
+    ) -> Result<tonic::Request<T>, ClientError> {
         let mut req = tonic::Request::new(msg);
-        let rid: AsciiMetadataValue = MetadataValue::try_from(request_id.as_str())
+        let rid: AsciiMetadataValue = MetadataValue::try_from(request_id)
             .map_err(|_| ClientError::Config("request id is not a valid header value".into()))?;
         req.metadata_mut().insert(REQUEST_ID_HEADER, rid);
         if let Some(source) = &self.token {
@@ -132,7 +198,7 @@ impl Client {
             value.set_sensitive(true);
             req.metadata_mut().insert("authorization", value);
         }
-        Ok((req, request_id))
+        Ok(req)
     }
 
     pub(crate) fn channel(&self) -> Channel {
@@ -165,21 +231,21 @@ impl Client {
             context: to_map(context),
             ttl: ttl.map(to_pb_duration).transpose()?,
         };
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .generate_data_key(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        // Not idempotent: every call mints a new key and counts a wrap against the version.
+        let (resp, rid) = self
+            .call(false, &msg, |req| async {
+                self.data_keys().generate_data_key(req).await
+            })
+            .await?;
         let plaintext = Zeroizing::new(resp.plaintext);
-        let (lease_id, expires_at) = lease(resp.lease, &rid)?;
+        let (lease_id, expires_at, lease_ttl) = lease(resp.lease, &rid)?;
         Ok(DataKey {
             plaintext,
             ciphertext: resp.ciphertext,
             key_version: resp.key_version,
             lease_id,
             expires_at,
+            lease_ttl,
         })
     }
 
@@ -196,13 +262,13 @@ impl Client {
             key: key.to_owned(),
             context: to_map(context),
         };
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .generate_data_key_without_plaintext(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        let (resp, _rid) = self
+            .call(false, &msg, |req| async {
+                self.data_keys()
+                    .generate_data_key_without_plaintext(req)
+                    .await
+            })
+            .await?;
         Ok(Wrapped {
             ciphertext: resp.ciphertext,
             key_version: resp.key_version,
@@ -226,21 +292,21 @@ impl Client {
             context: to_map(context),
             ttl: ttl.map(to_pb_duration).transpose()?,
         };
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .decrypt(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        // Idempotent: opening the same wrapped key gives the same plaintext.
+        let (resp, rid) = self
+            .call(true, &msg, |req| async {
+                self.data_keys().decrypt(req).await
+            })
+            .await?;
         let plaintext = Zeroizing::new(resp.plaintext);
-        let (lease_id, expires_at) = lease(resp.lease, &rid)?;
+        let (lease_id, expires_at, lease_ttl) = lease(resp.lease, &rid)?;
         Ok(DecryptedKey {
             plaintext,
             key: resp.key,
             key_version: resp.key_version,
             lease_id,
             expires_at,
+            lease_ttl,
         })
     }
 
@@ -262,13 +328,11 @@ impl Client {
         };
         // The request owns a copy of the plaintext; it is consumed by the call and cannot be
         // zeroized afterwards (prost owns the buffer), so keep payloads small.
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .encrypt(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        let (resp, _rid) = self
+            .call(false, &msg, |req| async {
+                self.data_keys().encrypt(req).await
+            })
+            .await?;
         Ok(Wrapped {
             ciphertext: resp.ciphertext,
             key_version: resp.key_version,
@@ -289,13 +353,12 @@ impl Client {
             ciphertext: ciphertext.to_vec(),
             context: to_map(context),
         };
-        let (req, rid) = self.request(msg).await?;
-        let resp = self
-            .data_keys()
-            .re_encrypt(req)
-            .await
-            .map_err(|s| ClientError::from_status(&s, &rid))?
-            .into_inner();
+        // Idempotent in effect: the same plaintext re-wrapped; a repeat only wraps it again.
+        let (resp, _rid) = self
+            .call(true, &msg, |req| async {
+                self.data_keys().re_encrypt(req).await
+            })
+            .await?;
         Ok(ReEncrypted {
             ciphertext: resp.ciphertext,
             key: resp.key,
@@ -319,14 +382,16 @@ pub(crate) fn to_pb_duration(d: Duration) -> Result<prost_types::Duration, Clien
         .map_err(|_| ClientError::Config(format!("duration {d:?} is too large")))
 }
 
-/// Lease id and expiry of a response; a release of plaintext without a lease is malformed.
+/// Lease id, expiry and length of a response; a release of plaintext without a lease is
+/// malformed.
 fn lease(
     lease: Option<pb::Lease>,
     request_id: &str,
-) -> Result<(String, Option<time::OffsetDateTime>), ClientError> {
+) -> Result<(String, Option<time::OffsetDateTime>, Option<Duration>), ClientError> {
     let lease = lease.ok_or_else(|| ClientError::MalformedResponse {
         problem: "plaintext released without a lease",
         request_id: request_id.to_owned(),
     })?;
-    Ok((lease.lease_id, lease.expires_at.and_then(timestamp)))
+    let ttl = (lease.ttl_seconds > 0).then(|| Duration::from_secs(lease.ttl_seconds.into()));
+    Ok((lease.lease_id, lease.expires_at.and_then(timestamp), ttl))
 }

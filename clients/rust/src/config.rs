@@ -8,6 +8,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use zeroize::Zeroizing;
 
 use crate::ClientError;
+use crate::retry::RetryPolicy;
 
 /// How to reach and authenticate to a broker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub struct ClientConfig {
     /// Allow `http://` endpoints (no TLS). Off by default: tokens and key material would cross
     /// the network in clear. Meant for tests only.
     pub allow_insecure: bool,
+    /// Retries of data-key calls on retryable codes (see [`RetryPolicy`]).
+    pub retry: RetryPolicy,
 }
 
 /// How long to wait for the TCP+TLS connection to be set up.

@@ -96,6 +96,9 @@ struct Claims {
     jti: String,
     #[serde(rename = "kubernetes.io")]
     kubernetes: KubernetesClaim,
+    /// Training job id, for brokers whose issuer sets `job_claim = "job"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job: Option<String>,
 }
 
 /// The `kubernetes.io` claim of a projected service-account token.
@@ -121,6 +124,19 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// lacks a field, `SigningKey` when the key is not PKCS#8 Ed25519, `Ttl` for a zero or
 /// over-long `ttl`, `Sign` when signing fails.
 pub fn mint(state_dir: &Path, ttl: Duration) -> Result<Zeroizing<String>, DevTokenError> {
+    mint_for_job(state_dir, ttl, None)
+}
+
+/// Like [`mint`], with a `job` claim naming the training job (read by a broker whose issuer
+/// has `job_claim = "job"`; `RevokeLeases` by job then applies to the token).
+///
+/// # Errors
+/// As [`mint`].
+pub fn mint_for_job(
+    state_dir: &Path,
+    ttl: Duration,
+    job: Option<&str>,
+) -> Result<Zeroizing<String>, DevTokenError> {
     if ttl.is_zero() || ttl > MAX_TTL {
         return Err(DevTokenError::Ttl(ttl));
     }
@@ -155,6 +171,7 @@ pub fn mint(state_dir: &Path, ttl: Duration) -> Result<Zeroizing<String>, DevTok
                 name: issuer.service_account,
             },
         },
+        job: job.map(str::to_owned),
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(issuer.kid);

@@ -59,6 +59,10 @@ pub enum ClientError {
         request_id: String,
     },
 
+    /// An encrypted file could not be set up (header out of bounds, no randomness).
+    #[error(transparent)]
+    File(#[from] crate::file::FileFormatError),
+
     /// The broker answered, but the response is malformed (e.g. a missing lease).
     #[error("malformed response from broker: {problem} (request id: {request_id})")]
     MalformedResponse {
@@ -70,17 +74,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True when the same request may succeed if retried later: only gRPC `UNAVAILABLE`
-    /// (HSM or audit log temporarily unable to serve, broker restarting).
+    /// True when the same request may succeed if retried later, whatever the call:
+    /// `UNAVAILABLE` (HSM or audit log temporarily unable to serve, broker restarting) and
+    /// `RESOURCE_EXHAUSTED` (a limit refused it before any work). `DEADLINE_EXCEEDED` is
+    /// retryable only for idempotent calls: see [`crate::retry::retryable`].
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Status {
-                code: tonic::Code::Unavailable,
-                ..
-            }
-        )
+        crate::retry::retryable(self, false)
     }
 
     /// The gRPC status code, for `Status` errors.
@@ -150,7 +150,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_unavailable_is_retryable() {
+    fn unavailable_and_resource_exhausted_are_retryable() {
         let mk = |code| ClientError::Status {
             code,
             message: String::new(),
@@ -158,7 +158,8 @@ mod tests {
         };
         assert!(mk(tonic::Code::Unavailable).is_retryable());
         assert!(!mk(tonic::Code::PermissionDenied).is_retryable());
-        assert!(!mk(tonic::Code::ResourceExhausted).is_retryable());
+        assert!(mk(tonic::Code::ResourceExhausted).is_retryable());
+        assert!(!mk(tonic::Code::DeadlineExceeded).is_retryable());
         assert!(!ClientError::Config("x".into()).is_retryable());
     }
 

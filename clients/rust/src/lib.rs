@@ -21,6 +21,7 @@
 
 mod admin;
 pub mod audit;
+pub mod cache;
 mod client;
 mod config;
 pub mod dev_token;
@@ -28,13 +29,16 @@ mod error;
 pub mod file;
 mod lifecycle;
 pub mod policy;
+pub mod retry;
 mod token;
 mod types;
 
-pub use client::{Client, REQUEST_ID_HEADER};
+pub use cache::{DataKeyCache, LeasedKey};
+pub use client::{Client, MAX_REQUEST_ID_PREFIX, REQUEST_ID_HEADER};
 pub use config::ClientConfig;
 pub use error::{ClientError, code_name};
 pub use lifecycle::RevokeTarget;
+pub use retry::RetryPolicy;
 pub use types::{
     DataKey, DecryptedKey, KeyInfo, KeyPage, KeyPurpose, KeyState, KeyVersionInfo, ReEncrypted,
     Revocation, Wrapped,

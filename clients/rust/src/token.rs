@@ -1,6 +1,9 @@
-//! Bearer token source: reads the token file and re-reads it when its modification time
-//! changes, because the kubelet rotates projected service-account tokens in place (via a
-//! symlink swap, so the mtime seen through the path changes). The token lives in `Zeroizing`.
+//! Bearer token source: reads the token file and re-reads it when it changes, because the
+//! kubelet rotates projected service-account tokens (it writes a new file in a fresh directory
+//! and swaps the `..data` symlink). "Changed" means another file (device, inode) or another
+//! mtime or length seen through the path, so a swap is caught even when the new file has the
+//! old file's mtime (coarse timestamps, or copied with `cp -p`). The token lives in
+//! `Zeroizing`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,9 +14,30 @@ use zeroize::Zeroizing;
 
 use crate::ClientError;
 
-/// A token as read from the file, with the mtime it was read at.
-struct Cached {
+/// What identifies one version of the token file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
     mtime: SystemTime,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: meta.modified()?,
+        })
+    }
+}
+
+/// A token as read from the file, with the file's stamp when it was read.
+struct Cached {
+    stamp: Stamp,
     token: Zeroizing<String>,
 }
 
@@ -47,7 +71,7 @@ impl TokenSource {
         &self.path
     }
 
-    /// The current token: the cached one when the file's mtime is unchanged, else re-read.
+    /// The current token: the cached one when the file is unchanged, else re-read.
     ///
     /// # Errors
     /// `TokenFile` when the file is missing or unreadable, `InvalidToken` when it is empty or
@@ -57,17 +81,14 @@ impl TokenSource {
             path: self.path.clone(),
             source,
         };
-        let mtime = tokio::fs::metadata(&self.path)
-            .await
-            .map_err(io_err)?
-            .modified()
-            .map_err(io_err)?;
+        let meta = tokio::fs::metadata(&self.path).await.map_err(io_err)?;
+        let stamp = Stamp::of(&meta).map_err(io_err)?;
         {
             let cache = self
                 .cache
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(cached) = cache.as_ref().filter(|c| c.mtime == mtime) {
+            if let Some(cached) = cache.as_ref().filter(|c| c.stamp == stamp) {
                 return Ok(cached.token.clone());
             }
         }
@@ -78,7 +99,7 @@ impl TokenSource {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *cache = Some(Cached {
-            mtime,
+            stamp,
             token: token.clone(),
         });
         Ok(token)
@@ -122,6 +143,35 @@ mod tests {
             .open(&path)?
             .set_modified(later)?;
         assert_eq!(src.token().await?.as_str(), "second");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn rereads_token_swapped_in_with_the_same_mtime_like_kubelet() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("..data");
+        let path = dir.path().join("token");
+        let first = dir.path().join("..2026_11_26_01");
+        std::fs::create_dir(&first)?;
+        std::fs::write(first.join("token"), "aaaa")?;
+        std::os::unix::fs::symlink(&first, &data)?;
+        std::os::unix::fs::symlink("..data/token", &path)?;
+        let src = TokenSource::new(path.clone());
+        assert_eq!(src.token().await?.as_str(), "aaaa");
+
+        // Rotation: a new directory, same length and mtime, then an atomic symlink swap.
+        let second = dir.path().join("..2026_11_26_02");
+        std::fs::create_dir(&second)?;
+        std::fs::write(second.join("token"), "bbbb")?;
+        let mtime = std::fs::metadata(first.join("token"))?.modified()?;
+        std::fs::File::options()
+            .write(true)
+            .open(second.join("token"))?
+            .set_modified(mtime)?;
+        let tmp = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&second, &tmp)?;
+        std::fs::rename(&tmp, &data)?;
+        assert_eq!(src.token().await?.as_str(), "bbbb");
         Ok(())
     }
 

@@ -22,6 +22,9 @@ pub struct DataKey {
     pub lease_id: String,
     /// When the lease ends and the plaintext must be dropped.
     pub expires_at: Option<OffsetDateTime>,
+    /// The lease's length as the broker granted it (for clients that do not trust their clock
+    /// to agree with the broker's `expires_at`).
+    pub lease_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for DataKey {
@@ -48,6 +51,8 @@ pub struct DecryptedKey {
     pub lease_id: String,
     /// When the lease ends and the plaintext must be dropped.
     pub expires_at: Option<OffsetDateTime>,
+    /// The lease's length as the broker granted it.
+    pub lease_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for DecryptedKey {
@@ -272,6 +277,7 @@ mod tests {
             key_version: 1,
             lease_id: "l-1".into(),
             expires_at: None,
+            lease_ttl: None,
         };
         let s = format!("{dk:?}");
         assert!(s.contains("[redacted]") && !s.contains("171"), "{s}");
@@ -281,6 +287,7 @@ mod tests {
             key_version: 1,
             lease_id: "l".into(),
             expires_at: None,
+            lease_ttl: None,
         };
         assert!(format!("{d:?}").contains("[redacted]"));
     }

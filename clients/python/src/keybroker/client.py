@@ -9,6 +9,7 @@ best effort that bounds how long *our* copies live.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import threading
 import time
@@ -23,8 +24,12 @@ from .errors import BrokerError, ContextMismatchError, KeyBrokerError
 from .stream import EncryptedReader, EncryptedWriter
 from .v1 import datakeys_pb2, datakeys_pb2_grpc
 
-#: Codes worth a retry: the broker was unreachable or draining. Everything else is final.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+#: Codes worth a retry for any call: the broker was unreachable or draining, or a limit refused
+#: the request before any work. DEADLINE_EXCEEDED is retried only for idempotent calls
+#: (Decrypt): the broker may have done the work, and a second GenerateDataKey would mint (and
+#: count) another key. Everything else (PERMISSION_DENIED for a revoked job, ...) is final.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RETRYABLE_IF_IDEMPOTENT = RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 @dataclass(eq=False)
@@ -156,7 +161,7 @@ class KeyBroker:
                 return hit
         req = datakeys_pb2.DecryptRequest(ciphertext=ciphertext, context=dict(context), ttl=self._duration(ttl))
         start = self._clock()
-        resp = self._call("Decrypt", self._stub.Decrypt, req)
+        resp = self._call("Decrypt", self._stub.Decrypt, req, idempotent=True)
         dk = self._leased(resp.plaintext, ciphertext, resp.key, resp.key_version, resp.lease, start)
         with self._lock:
             old = self._cache.pop(ck, None)
@@ -264,21 +269,24 @@ class KeyBroker:
             _margin=min(self._margin * ttl, 30.0),
         )
 
-    def _call(self, name: str, method: Any, req: Any) -> Any:
-        metadata = []
-        tok = self._token_file.get() if self._token_file else self._token
-        if tok:
-            metadata.append(("authorization", f"Bearer {tok}"))
-        delay = 0.1
+    def _call(self, name: str, method: Any, req: Any, *, idempotent: bool = False) -> Any:
+        retryable = RETRYABLE_IF_IDEMPOTENT if idempotent else RETRYABLE
+        ceiling = 0.1
         for attempt in range(self._retries):
+            metadata = []
+            tok = self._token_file.get() if self._token_file else self._token
+            if tok:
+                metadata.append(("authorization", f"Bearer {tok}"))
             self.calls[name] += 1
             try:
                 return method(req, metadata=metadata, timeout=self._timeout)
             except grpc.RpcError as e:
                 code = e.code()  # type: ignore[attr-defined]
-                if code in RETRYABLE and attempt + 1 < self._retries:
-                    time.sleep(delay)  # backoff before a retry, not synchronisation
-                    delay *= 2
+                if code in retryable and attempt + 1 < self._retries:
+                    # Exponential backoff with full jitter (not synchronisation: a pause before
+                    # the retry, so clients that failed together do not retry together).
+                    time.sleep(random.uniform(0, ceiling))
+                    ceiling = min(ceiling * 2, 2.0)
                     continue
                 raise BrokerError(code.name if code else "UNKNOWN", e.details() or "") from None  # type: ignore[attr-defined]
         raise BrokerError("UNAVAILABLE", "retries exhausted")

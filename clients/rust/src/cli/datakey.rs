@@ -180,6 +180,7 @@ mod tests {
             key_version: 2,
             lease_id: "lease-1".into(),
             expires_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).ok(),
+            lease_ttl: None,
         };
         let text = render(|o| print_generated(&dk, Format::Json, o))?;
         let v: serde_json::Value = serde_json::from_str(&text)?;
@@ -206,6 +207,7 @@ mod tests {
             key_version: 1,
             lease_id: "lease-2".into(),
             expires_at: None,
+            lease_ttl: None,
         };
         let v: serde_json::Value =
             serde_json::from_str(&render(|o| print_decrypted(&dk, Format::Json, o))?)?;

@@ -176,6 +176,7 @@ fn client_config(g: &GlobalArgs) -> Result<ClientConfig, CliError> {
         key,
         token_file,
         allow_insecure: false,
+        retry: keybroker_client::RetryPolicy::default(),
     })
 }
 

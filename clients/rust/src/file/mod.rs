@@ -10,7 +10,7 @@ mod tests;
 
 pub use header::{
     DATA_KEY_LEN, DEFAULT_SEGMENT_SIZE, Header, MAGIC, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
-    NONCE_PREFIX_LEN, SALT_LEN, TAG_LEN, VERSION,
+    NONCE_PREFIX_LEN, PREFIX_LEN, SALT_LEN, TAG_LEN, VERSION,
 };
 pub use segments::{Decryptor, encrypt_stream, read_header};
 
