@@ -1,7 +1,8 @@
 //! SQLite backend of the catalog: the embedded single-node default.
 //!
 //! WAL mode with `synchronous=FULL`: a lease row is durable before the plaintext it covers
-//! leaves the broker. Migrations are embedded and run at open.
+//! leaves the broker; release gates are group-committed (one fsync per batch, see `group`).
+//! Migrations are embedded and run at open.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +16,7 @@ use sqlx::sqlite::{
 };
 
 mod gate;
+mod group;
 mod lifecycle;
 
 use super::{
@@ -26,6 +28,8 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The release gate's group commit.
+    group: group::GroupCommit,
 }
 
 impl SqliteStore {
@@ -46,7 +50,8 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let group = group::GroupCommit::start(pool.clone());
+        Ok(Self { pool, group })
     }
 
     /// An in-memory catalog (unit tests).
@@ -60,7 +65,8 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let group = group::GroupCommit::start(pool.clone());
+        Ok(Self { pool, group })
     }
 
     async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
@@ -304,7 +310,7 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError> {
-        gate::release(&self.pool, gate).await
+        self.group.release(gate).await
     }
 
     async fn is_revoked(&self, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {
