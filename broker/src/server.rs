@@ -257,6 +257,7 @@ impl Broker {
             &config.server.tls_cert,
             &config.server.tls_key,
             client_ca.as_ref().map(|(ca, _)| ca.verifier()),
+            crate::tls::ALPN_GRPC,
         )
         .map_err(StartError::Tls)?;
         let side_port = match &config.http {
@@ -268,10 +269,25 @@ impl Broker {
                     }
                 })?,
                 tls: if http.tls {
-                    Some(crate::http::tls_config(
-                        &config.server.tls_cert,
-                        &config.server.tls_key,
-                    )?)
+                    // Client certificates are asked for (not required: load balancers probe
+                    // /readyz without one) when the transit endpoint authenticates by them.
+                    let client_auth = client_ca
+                        .as_ref()
+                        .filter(|_| {
+                            http.transit
+                                .as_ref()
+                                .is_some_and(|t| t.auth.needs_certificate())
+                        })
+                        .map(|(ca, _)| ca.optional_verifier());
+                    Some(
+                        crate::tls::server_config(
+                            &config.server.tls_cert,
+                            &config.server.tls_key,
+                            client_auth,
+                            crate::tls::ALPN_HTTP,
+                        )
+                        .map_err(|e| crate::http::HttpError::Tls(e.to_string()))?,
+                    )
                 } else {
                     None
                 },

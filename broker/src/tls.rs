@@ -1,5 +1,5 @@
-//! The gRPC listener's TLS, with a rustls `ServerConfig` of our own (tonic's `ServerTlsConfig`
-//! cannot swap its client CA at runtime).
+//! TLS of the gRPC listener and of the HTTP side port, with a rustls `ServerConfig` of our own
+//! (tonic's `ServerTlsConfig` cannot swap its client CA at runtime).
 //!
 //! Handshakes run in their own tasks, bounded in time, so a slow or hostile client cannot stall
 //! the accept loop; finished connections go to tonic through a channel. tonic reads the peer
@@ -28,7 +28,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for tonic to pick them up.
 const QUEUE: usize = 64;
 
-/// The server config: our certificate, HTTP/2 only, and `client_auth` when mTLS is on.
+/// ALPN of the gRPC listener.
+pub(crate) const ALPN_GRPC: &[&[u8]] = &[b"h2"];
+/// ALPN of the HTTP side port.
+pub(crate) const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A server config (gRPC listener and HTTP side port alike): our certificate, the `alpn`
+/// protocols, `client_auth` when client certificates are asked for, and no session
+/// resumption.
 ///
 /// # Errors
 /// Unreadable or malformed certificate or key, or a key that does not match.
@@ -36,6 +43,7 @@ pub(crate) fn server_config(
     cert: &Path,
     key: &Path,
     client_auth: Option<Arc<dyn ClientCertVerifier>>,
+    alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, std::io::Error> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
@@ -55,7 +63,7 @@ pub(crate) fn server_config(
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(std::io::Error::other)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))

@@ -169,6 +169,27 @@ impl Bao {
             .context("no root_token in init output")
     }
 
+    /// A fresh auto-unseal bao: waits until it is up and sealed, initializes it and waits
+    /// until it has unsealed itself.
+    ///
+    /// # Errors
+    /// bao did not come up, refused init, or did not unseal within a minute.
+    pub fn init_unsealed(&mut self) -> anyhow::Result<()> {
+        self.wait_sealed(true, Duration::from_secs(60))?;
+        self.init()?;
+        self.wait_sealed(false, Duration::from_secs(60))?;
+        Ok(())
+    }
+
+    /// Restarts bao and returns how long it took to unseal itself again.
+    ///
+    /// # Errors
+    /// bao did not restart or unseal within a minute.
+    pub fn restart_unsealed(&mut self) -> anyhow::Result<Duration> {
+        self.restart()?;
+        self.wait_sealed(false, Duration::from_secs(60))
+    }
+
     /// Stops bao (SIGTERM) and waits for it.
     ///
     /// # Errors

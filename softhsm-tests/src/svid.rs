@@ -2,11 +2,33 @@
 
 use std::path::{Path, PathBuf};
 
+use keybroker_broker::config::{MtlsConfig, TrustDomainConfig};
+
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
+
+/// The trust domain the tests' SVIDs are in.
+pub const TRUST_DOMAIN: &str = "eu1.test";
+
+/// `[identity.mtls]` with the client CA bundle at `bundle` and one trust domain, `eu1.test`
+/// (cluster `train-a`, region `eu-west-1`, jurisdiction `EU`). The bundle poll interval is an
+/// hour, so a test that rotates the bundle shows SIGHUP did it, not the poller.
+#[must_use]
+pub fn mtls_config(bundle: PathBuf) -> MtlsConfig {
+    MtlsConfig {
+        client_ca_file: bundle,
+        client_ca_poll_interval: std::time::Duration::from_secs(3600),
+        trust_domains: vec![TrustDomainConfig {
+            domain: TRUST_DOMAIN.into(),
+            cluster: Some("train-a".into()),
+            region: Some("eu-west-1".into()),
+            jurisdiction: Some("EU".into()),
+        }],
+    }
+}
 
 /// A CA whose certificate goes into the broker's client CA bundle.
 pub struct TestCa {

@@ -94,6 +94,17 @@ async fn revoke_drill_proves_the_next_request_is_denied_and_respects_scope() {
         KeyState::Enabled
     );
     eprintln!("drill revoke report: {r}");
+    assert_audit_span(
+        &b,
+        &r,
+        &[
+            "disable_key:allow",
+            "enable_key:allow",
+            "generate_data_key:allow",
+            "generate_data_key:deny",
+            "get_key:allow",
+        ],
+    );
 
     // --keep-disabled leaves it disabled.
     let b3 = b.clone();
@@ -121,6 +132,46 @@ async fn revoke_drill_proves_the_next_request_is_denied_and_respects_scope() {
         c.get_key("drills/a").await.unwrap().state,
         KeyState::Disabled
     );
+}
+
+/// The report's `audit` names exactly the records of the drill's calls: complete, every listed
+/// index is a record with the drill's request id prefix, and no such record is left out.
+fn assert_audit_span(b: &TestBroker, report: &serde_json::Value, ops: &[&str]) {
+    let span = &report["audit"];
+    assert_eq!(span["complete"], true, "{span:#}");
+    let prefix = format!("drill-{}-", report["drill_id"].as_str().unwrap());
+    assert!(
+        span["request_id_prefix"]
+            .as_str()
+            .unwrap()
+            .starts_with("drill-")
+    );
+    let records: Vec<serde_json::Value> = b
+        .audit_records()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect();
+    let mine: Vec<u64> = records
+        .iter()
+        .filter(|r| r["request_id"].as_str().unwrap().starts_with(&prefix))
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    let listed: Vec<u64> = span["indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, mine, "{span:#}");
+    assert_eq!(span["first_index"], mine[0]);
+    assert_eq!(span["last_index"], *mine.last().unwrap());
+    for op in ops {
+        assert!(
+            span["by_op"][op].as_u64().unwrap_or(0) >= 1,
+            "{op}: {span:#}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,6 +217,11 @@ async fn compromise_drill_moves_files_to_a_new_version_and_disables_the_old_one(
     // One file of another key: reported as not moved, so the drill fails; nothing sent for it.
     assert!(!out.status.success());
     let r = json(&out);
+    assert_audit_span(
+        &b,
+        &r,
+        &["disable_key:allow", "rotate_key:allow", "re_encrypt:allow"],
+    );
     assert_eq!(r["compromised_version"], 1);
     assert_eq!(r["new_version"], 2);
     assert_eq!(r["moved"][0]["to_version"], 2);

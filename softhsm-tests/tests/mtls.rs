@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keybroker_broker::config::{IdentityMode, MtlsConfig, TrustDomainConfig};
+use keybroker_broker::config::IdentityMode;
 use keybroker_client::{Client, ClientConfig, ClientError, KeyPurpose};
 use rcgen::KeyUsagePurpose;
 use softhsm_tests::broker::TestBroker;
@@ -46,17 +46,7 @@ async fn broker_in(ca: &TestCa, mode: IdentityMode) -> TestBroker {
             std::fs::write(c.policy.file.as_ref().unwrap(), POLICY).unwrap();
         }
         c.identity.mode = mode;
-        c.identity.mtls = Some(MtlsConfig {
-            client_ca_file: bundle,
-            // Long, so the rotation test shows SIGHUP did it, not the poller.
-            client_ca_poll_interval: Duration::from_secs(3600),
-            trust_domains: vec![TrustDomainConfig {
-                domain: "eu1.test".into(),
-                cluster: Some("train-a".into()),
-                region: Some("eu-west-1".into()),
-                jurisdiction: Some("EU".into()),
-            }],
-        });
+        c.identity.mtls = Some(softhsm_tests::svid::mtls_config(bundle));
     })
     .await
     .unwrap()

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use keybroker_broker::config::{HttpConfig, TransitConfig, TransitToken};
+use keybroker_broker::config::{HttpConfig, TransitAuth, TransitConfig, TransitToken};
 use keybroker_client::KeyPurpose;
 use sha2::{Digest as _, Sha256};
 use softhsm_tests::bao::Bao;
@@ -30,6 +30,7 @@ async fn broker() -> TestBroker {
             tls: true,
             transit: Some(TransitConfig {
                 mount: "transit".to_owned(),
+                auth: TransitAuth::Token,
                 tokens: vec![TransitToken {
                     name: "bao".to_owned(),
                     sha256: Sha256::digest(TOKEN.as_bytes()).into(),
@@ -38,6 +39,7 @@ async fn broker() -> TestBroker {
                     cluster: None,
                     region: Some("test-1".to_owned()),
                     jurisdiction: Some("EU".to_owned()),
+                    spiffe_id: None,
                 }],
             }),
         });
@@ -87,21 +89,15 @@ async fn bao_auto_unseals_through_transit_and_rewraps_after_rotation() {
     let mut bao = start_bao(&b, dir.path());
     let unsealed_after = tokio::task::block_in_place(|| {
         // Up and sealed (not initialized), then init: an auto-unseal bao unseals itself.
-        bao.wait_sealed(true, Duration::from_secs(60)).unwrap();
-        bao.init().unwrap();
-        bao.wait_sealed(false, Duration::from_secs(60)).unwrap();
+        bao.init_unsealed().unwrap();
         // Restart: auto-unseal through keybroker.
-        bao.restart().unwrap();
-        bao.wait_sealed(false, Duration::from_secs(60)).unwrap()
+        bao.restart_unsealed().unwrap()
     });
     eprintln!("bao restart to unsealed through transit: {unsealed_after:?}");
 
     // Rotate the seal key; after a restart bao learns the new key id (v2) and re-wraps.
     c.rotate_key(SEAL_KEY).await.unwrap();
-    tokio::task::block_in_place(|| {
-        bao.restart().unwrap();
-        bao.wait_sealed(false, Duration::from_secs(60)).unwrap();
-    });
+    tokio::task::block_in_place(|| bao.restart_unsealed()).unwrap();
     let log = bao.log();
     tokio::task::block_in_place(|| bao.stop()).unwrap();
 
@@ -149,9 +145,7 @@ async fn disabled_seal_key_keeps_bao_sealed_until_it_is_enabled() {
     let dir = tempfile::tempdir().unwrap();
     let mut bao = start_bao(&b, dir.path());
     tokio::task::block_in_place(|| {
-        bao.wait_sealed(true, Duration::from_secs(60)).unwrap();
-        bao.init().unwrap();
-        bao.wait_sealed(false, Duration::from_secs(60)).unwrap();
+        bao.init_unsealed().unwrap();
         bao.stop().unwrap();
     });
     let before = records(&b).len();

@@ -88,10 +88,11 @@ impl RequestId {
     }
 }
 
-/// A principal that another surface (the transit endpoint) has already authenticated, put in
-/// a request's extensions. Extensions never come from the wire, so a gRPC caller cannot set it.
+/// What another surface (the transit endpoint) concluded about the caller, put in a request's
+/// extensions: the principal, or why none was accepted (a fixed phrase, safe to return and to
+/// record). Extensions never come from the wire, so a gRPC caller cannot set it.
 #[derive(Debug, Clone)]
-pub(crate) struct PreAuthenticated(pub(crate) Principal);
+pub(crate) struct PreAuthenticated(pub(crate) Result<Principal, &'static str>);
 
 /// An authenticated call.
 pub(crate) struct CallContext {
@@ -127,13 +128,19 @@ impl ApiState {
     /// client certificate, as `[identity] mode` says.
     pub(crate) async fn begin<T>(&self, req: &Request<T>) -> Result<CallContext, Status> {
         let rid = RequestId::from_request(req);
-        if let Some(PreAuthenticated(principal)) = req.extensions().get::<PreAuthenticated>() {
-            return Ok(CallContext {
-                rid,
-                principal: principal.clone(),
-                policy: self.policy.current(),
-                facts: Arc::default(),
-            });
+        if let Some(PreAuthenticated(auth)) = req.extensions().get::<PreAuthenticated>() {
+            return match auth {
+                Ok(principal) => Ok(CallContext {
+                    rid,
+                    principal: principal.clone(),
+                    policy: self.policy.current(),
+                    facts: Arc::default(),
+                }),
+                Err(why) => {
+                    tracing::info!(request_id = %rid, reason = why, "unauthenticated request");
+                    Err(rid.status(Code::Unauthenticated, (*why).to_owned()))
+                }
+            };
         }
         let token = req
             .metadata()

@@ -21,8 +21,33 @@ pub struct HttpConfig {
 pub struct TransitConfig {
     /// Mount path without slashes at either end, e.g. `transit` (bao's `mount_path`).
     pub mount: String,
-    /// Accepted `X-Vault-Token`s, each naming the principal it stands for.
+    /// Which credentials a call must carry.
+    pub auth: TransitAuth,
+    /// Accepted `X-Vault-Token`s, each naming the principal it stands for (empty with
+    /// [`TransitAuth::Mtls`]).
     pub tokens: Vec<TransitToken>,
+}
+
+/// `[http.transit] auth`: how a transit caller proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransitAuth {
+    /// `X-Vault-Token` only (the default; a client certificate, if sent, is not used).
+    #[default]
+    Token,
+    /// A client certificate only (an X.509-SVID from `[identity.mtls]`'s CA and trust
+    /// domains); the principal is its SPIFFE ID and trust domain facts. Any token is ignored.
+    Mtls,
+    /// Both: the token names the principal; the certificate must be valid, and must carry the
+    /// token's `spiffe_id` when the token has one.
+    Both,
+}
+
+impl TransitAuth {
+    /// Whether calls must present a client certificate.
+    #[must_use]
+    pub fn needs_certificate(self) -> bool {
+        matches!(self, Self::Mtls | Self::Both)
+    }
 }
 
 /// One accepted `X-Vault-Token`, stored as its sha256 only (the token itself is never in the
@@ -41,6 +66,8 @@ pub struct TransitToken {
     pub region: Option<String>,
     /// Jurisdiction of the caller.
     pub jurisdiction: Option<String>,
+    /// With `auth = "both"`: the SPIFFE ID the caller's client certificate must carry.
+    pub spiffe_id: Option<String>,
 }
 
 impl std::fmt::Debug for TransitToken {
@@ -51,6 +78,7 @@ impl std::fmt::Debug for TransitToken {
             .field("namespace", &self.namespace)
             .field("region", &self.region)
             .field("jurisdiction", &self.jurisdiction)
+            .field("spiffe_id", &self.spiffe_id)
             .finish_non_exhaustive()
     }
 }

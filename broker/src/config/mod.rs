@@ -25,7 +25,7 @@ use hsm_config::Inventory;
 
 pub use check::{CheckItem, CheckReport, check_config};
 pub use error::ConfigError;
-pub use http::{HttpConfig, TransitConfig, TransitToken};
+pub use http::{HttpConfig, TransitAuth, TransitConfig, TransitToken};
 pub(crate) use raw::is_trust_domain;
 
 /// The validated broker configuration. Every path is absolute.

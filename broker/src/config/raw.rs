@@ -222,7 +222,7 @@ impl Validated {
             .parent()
             .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
         let cx = Ctx { path, base };
-        Ok(Self {
+        let validated = Self {
             hsm_inventory: cx.resolve("hsm_inventory", raw.hsm_inventory)?,
             server: server(&cx, raw.server)?,
             store: StoreConfig {
@@ -244,7 +244,18 @@ impl Validated {
             http: http(&cx, raw.http)?,
             display_path: path.to_path_buf(),
             config_path,
-        })
+        };
+        if let Some(t) = validated.http.as_ref().and_then(|h| h.transit.as_ref())
+            && t.auth.needs_certificate()
+            && validated.identity.mtls.is_none()
+        {
+            return Err(cx.invalid(
+                "http.transit.auth",
+                "client certificates are checked against [identity.mtls] (client_ca_file, \
+                 trust_domains): set identity.mode = \"mtls\" or \"both\" and configure it",
+            ));
+        }
+        Ok(validated)
     }
 
     pub(super) fn finish(self, inventory: Inventory) -> Result<BrokerConfig, ConfigError> {

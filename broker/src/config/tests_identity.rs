@@ -161,3 +161,59 @@ fn mtls_mode_needs_a_ca_and_trust_domains_and_no_issuer() {
         "{e}"
     );
 }
+
+const TRANSIT_MTLS: &str = r#"
+[http]
+listen = "127.0.0.1:8200"
+[http.transit]
+auth = "mtls"
+"#;
+
+const TRANSIT_TOKEN: &str = r#"
+[[http.transit.tokens]]
+name = "bao"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+"#;
+
+#[test]
+fn transit_auth_by_certificate_needs_the_mtls_identity_settings() {
+    use crate::config::TransitAuth;
+    let head = FULL.split("[[identity.jwt_issuers]]").next().unwrap();
+    let c = parse(&format!("{head}{MTLS}{TRANSIT_MTLS}")).unwrap();
+    let t = c.http.unwrap().transit.unwrap();
+    assert_eq!((t.auth, t.tokens.len()), (TransitAuth::Mtls, 0));
+
+    // Without [identity.mtls] there is no CA to check certificates against.
+    let e = err(&format!("{FULL}{TRANSIT_MTLS}"));
+    assert!(e.contains("http.transit.auth: client certificates"), "{e}");
+    // mtls takes the principal from the certificate: tokens would be ignored, so refused.
+    let e = err(&format!("{head}{MTLS}{TRANSIT_MTLS}{TRANSIT_TOKEN}"));
+    assert!(e.contains("http.transit.tokens: auth = \"mtls\""), "{e}");
+    // both: tokens required, and a token may be bound to one SPIFFE ID.
+    let both = TRANSIT_MTLS.replace("\"mtls\"", "\"both\"");
+    let e = err(&format!("{head}{MTLS}{both}"));
+    assert!(e.contains("http.transit.tokens: at least one"), "{e}");
+    let bound = format!("{TRANSIT_TOKEN}spiffe_id = \"spiffe://prod.eu.example/ns/bao\"\n");
+    let c = parse(&format!("{head}{MTLS}{both}{bound}")).unwrap();
+    let t = c.http.unwrap().transit.unwrap();
+    assert_eq!(t.auth, TransitAuth::Both);
+    assert_eq!(
+        t.tokens[0].spiffe_id.as_deref(),
+        Some("spiffe://prod.eu.example/ns/bao")
+    );
+    let bad = bound.replace("spiffe://prod", "https://prod");
+    let e = err(&format!("{head}{MTLS}{both}{bad}"));
+    assert!(e.contains("http.transit.tokens[0].spiffe_id"), "{e}");
+    // A binding only means something when a certificate is required.
+    let token_mode = format!("{}{bound}", TRANSIT_MTLS.replace("auth = \"mtls\"\n", ""));
+    let e = err(&format!("{head}{MTLS}{token_mode}"));
+    assert!(
+        e.contains("http.transit.tokens[0].spiffe_id: only applies"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{head}{MTLS}{}",
+        TRANSIT_MTLS.replace("mtls\"", "cert\"")
+    ));
+    assert!(e.contains("unknown variant `cert`"), "{e}");
+}

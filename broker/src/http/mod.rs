@@ -1,6 +1,8 @@
-//! The HTTPS side port: today the Vault/OpenBao transit-compatible seal endpoint
-//! ([`transit`]). TLS with the gRPC server's certificate (rustls, ring provider), HTTP/1.1 and
-//! HTTP/2, bounded TLS handshakes, graceful drain on shutdown.
+//! The HTTP(S) side port: `/healthz`, `/readyz`, `/metrics` and the Vault/OpenBao
+//! transit-compatible seal endpoint ([`transit`]). TLS with the gRPC server's certificate
+//! (`crate::tls`), HTTP/1.1 and HTTP/2, bounded TLS handshakes, graceful drain on shutdown.
+//! When the transit endpoint authenticates by client certificate, the handshake asks for one
+//! and each request carries it as a [`PeerCertificate`] extension.
 
 pub(crate) mod metrics;
 mod ops;
@@ -9,7 +11,6 @@ pub(crate) mod transit;
 pub(crate) use ops::router as ops_router;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,6 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +29,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most concurrent connections on the side port.
 const MAX_CONNECTIONS: usize = 1024;
+
+/// The DER of the client certificate a TLS connection presented, verified by the handshake
+/// against the client CA bundle and the X.509-SVID rules.
+#[derive(Clone)]
+pub(crate) struct PeerCertificate(pub(crate) Arc<Vec<u8>>);
 
 /// Why the side port could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,28 +49,6 @@ pub enum HttpError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// A rustls server config from PEM files (certificate chain, private key).
-///
-/// # Errors
-/// Unreadable or unusable files.
-pub(crate) fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, HttpError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(Iterator::collect)
-        .map_err(|e| HttpError::Tls(format!("{}: {e}", cert.display())))?;
-    // The error of a key file never quotes its content.
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| HttpError::Tls(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| HttpError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| HttpError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Serves `router` on `listener` (over TLS when `tls` is given) until `cancel`, then drains
@@ -97,12 +79,13 @@ pub(crate) async fn serve(
             continue;
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
             let builder = Builder::new(TokioExecutor::new());
             let Some(acceptor) = acceptor else {
+                let service = TowerToHyperService::new(router);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::debug!(%peer, error = %e, "side port: connection ended with an error");
@@ -119,6 +102,18 @@ pub(crate) async fn serve(
                     tracing::debug!(%peer, "side port: TLS handshake timed out");
                     return;
                 }
+            };
+            // The verified client certificate (if the client sent one) goes with every request
+            // of this connection; routes that authenticate by it read it from there.
+            let leaf = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| PeerCertificate(Arc::new(c.as_ref().to_vec())));
+            let service = match leaf {
+                Some(leaf) => TowerToHyperService::new(router.layer(axum::Extension(leaf))),
+                None => TowerToHyperService::new(router),
             };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {

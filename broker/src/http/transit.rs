@@ -6,14 +6,18 @@
 //!   `{"data": {"plaintext": b64}}`
 //! - `PUT|POST /v1/auth/token/renew-self` → a token lease (keybroker tokens do not expire).
 //!
-//! Each call runs the gRPC `DataKeys` handler in-process with the principal that the
-//! `X-Vault-Token` stands for, so identity, residency guard, Cedar policy, key state and the
+//! Callers authenticate by `X-Vault-Token` (`auth = "token"`, the default), by an X.509-SVID
+//! client certificate (`"mtls"`), or both (`"both"`: the token names the principal, the
+//! certificate must be valid and carry the token's `spiffe_id` when it has one). Each call runs
+//! the gRPC `DataKeys` handler in-process with that principal — or with the refusal, so a
+//! refused call is audited too — so identity, residency guard, Cedar policy, key state and the
 //! audit record (with `surface = "transit"`) are the same code as for gRPC. Errors are
 //! `{"errors": ["…"]}`: 4xx for the caller's mistakes (bao does not retry), 5xx only for what
 //! a retry can fix (HSM or audit unavailable).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -30,8 +34,9 @@ use zeroize::Zeroizing;
 use crate::api::audit::Recorder;
 use crate::api::{ApiState, DataKeysApi, PreAuthenticated, REQUEST_ID_HEADER};
 use crate::audit::{Op, Surface};
-use crate::config::{TransitConfig, TransitToken};
-use crate::identity::Principal;
+use crate::config::{TransitAuth, TransitConfig, TransitToken};
+use crate::http::PeerCertificate;
+use crate::identity::{IdentityError, Principal, Reason};
 use crate::keys::envelope::{Envelope, MAX_ENVELOPE_LEN, MAX_PLAINTEXT_LEN};
 
 /// Largest request body: a base64 SEAL plaintext of 64 KiB plus JSON.
@@ -76,6 +81,7 @@ async fn handle(
     State(t): State<Arc<Transit>>,
     method: axum::http::Method,
     Path(path): Path<String>,
+    peer: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -86,48 +92,125 @@ async fn handle(
             request_id(&headers),
         );
     }
-    let Some(principal) = t.authenticate(&headers) else {
-        // Vault answers a missing or wrong token with 403; bao does not retry a 4xx.
-        tracing::info!("transit: missing or unknown X-Vault-Token");
-        return error(
-            StatusCode::FORBIDDEN,
-            "permission denied",
-            request_id(&headers),
-        );
-    };
-    if path == "auth/token/renew-self" {
-        return renew_self(&headers);
-    }
-    let Some(rest) = path
-        .strip_prefix(t.config.mount.as_str())
-        .and_then(|r| r.strip_prefix('/'))
-    else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no handler for route",
-            request_id(&headers),
-        );
-    };
-    if let Some(key) = rest.strip_prefix("encrypt/") {
-        t.encrypt(principal, key, &headers, &body).await
-    } else if let Some(key) = rest.strip_prefix("decrypt/") {
-        t.decrypt(principal, key, &headers, &body).await
+    let leaf = peer.as_ref().map(|Extension(p)| p.0.as_slice());
+    let auth = t.authenticate(&headers, leaf);
+    let route = if path == "auth/token/renew-self" {
+        Route::RenewSelf
     } else {
-        error(
+        match path
+            .strip_prefix(t.config.mount.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            Some(rest) => match (rest.strip_prefix("encrypt/"), rest.strip_prefix("decrypt/")) {
+                (Some(key), _) => Route::Encrypt(key),
+                (_, Some(key)) => Route::Decrypt(key),
+                _ => Route::Unknown,
+            },
+            None => Route::Unknown,
+        }
+    };
+    match route {
+        // Refused callers of encrypt/decrypt go through the API too, so the refusal is in the
+        // audit log like any other.
+        Route::Encrypt(key) | Route::Decrypt(key) => match auth {
+            Ok(p) if matches!(route, Route::Encrypt(_)) => t.encrypt(p, key, &headers, &body).await,
+            Ok(p) => t.decrypt(p, key, &headers, &body).await,
+            Err(why) => t.refuse(&route, why, &headers).await,
+        },
+        Route::RenewSelf | Route::Unknown if auth.is_err() => {
+            // Vault answers a missing or wrong token with 403; bao does not retry a 4xx.
+            tracing::info!(
+                reason = auth.err().unwrap_or_default(),
+                "transit: caller refused"
+            );
+            error(
+                StatusCode::FORBIDDEN,
+                "permission denied",
+                request_id(&headers),
+            )
+        }
+        Route::RenewSelf => renew_self(&headers),
+        Route::Unknown => error(
             StatusCode::NOT_FOUND,
             "no handler for route",
             request_id(&headers),
-        )
+        ),
     }
 }
 
+/// What a transit path asks for.
+enum Route<'a> {
+    Encrypt(&'a str),
+    Decrypt(&'a str),
+    RenewSelf,
+    Unknown,
+}
+
 impl Transit {
-    /// The principal whose token is in `X-Vault-Token`, if any. Tokens are compared by sha256,
-    /// over every configured token (no early exit).
-    fn authenticate(&self, headers: &HeaderMap) -> Option<Principal> {
-        let token = headers.get("x-vault-token")?.as_bytes();
+    /// A caller that did not authenticate: the API refuses it (so the refusal is in the audit
+    /// log like any other) and the answer is 403.
+    async fn refuse(&self, route: &Route<'_>, why: &'static str, headers: &HeaderMap) -> Response {
+        let result = if matches!(route, Route::Encrypt(_)) {
+            let mut rec = self.recorder(Op::Encrypt);
+            let req = self.request(pb::EncryptRequest::default(), Err(why), headers);
+            let result = self.api.encrypt(req, &mut rec).await.map(|_| ());
+            rec.finish(result.map(tonic::Response::new))
+                .await
+                .map(|_| ())
+        } else {
+            let mut rec = self.recorder(Op::Decrypt);
+            let req = self.request(pb::DecryptRequest::default(), Err(why), headers);
+            let result = self.api.decrypt(req, &mut rec).await.map(|_| ());
+            rec.finish(result.map(tonic::Response::new))
+                .await
+                .map(|_| ())
+        };
+        match result {
+            Ok(()) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                request_id(headers),
+            ),
+            Err(status) => from_status(&status),
+        }
+    }
+
+    /// The caller's principal, by the endpoint's `auth` mode, or why there is none.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        leaf: Option<&[u8]>,
+    ) -> Result<Principal, &'static str> {
+        let identity = &self.state.identity;
+        let certificate = |p: Result<Principal, IdentityError>| {
+            p.map_err(|e| {
+                tracing::info!(error = %e, "transit: client certificate refused");
+                match e {
+                    IdentityError::MissingCertificate => "missing client certificate",
+                    IdentityError::Invalid(Reason::SpiffeIdMismatch) => {
+                        "client certificate is not the one bound to this token"
+                    }
+                    _ => "invalid client certificate",
+                }
+            })
+        };
+        match self.config.auth {
+            TransitAuth::Token => self.token_principal(headers),
+            TransitAuth::Mtls => certificate(identity.certificate_principal(leaf)),
+            TransitAuth::Both => {
+                let principal = self.token_principal(headers)?;
+                certificate(identity.bind_certificate(principal, leaf))
+            }
+        }
+    }
+
+    /// The principal whose token is in `X-Vault-Token`. Tokens are compared by sha256, over
+    /// every configured token (no early exit).
+    fn token_principal(&self, headers: &HeaderMap) -> Result<Principal, &'static str> {
+        const REFUSED: &str = "missing or unknown X-Vault-Token";
+        let token = headers.get("x-vault-token").ok_or(REFUSED)?.as_bytes();
         if token.is_empty() || token.len() > 4096 {
-            return None;
+            return Err(REFUSED);
         }
         let digest: [u8; 32] = Sha256::digest(token).into();
         let mut found: Option<&TransitToken> = None;
@@ -141,13 +224,15 @@ impl Transit {
                 found = Some(t);
             }
         }
-        found.map(|t| Principal {
+        let t = found.ok_or(REFUSED)?;
+        Ok(Principal {
             issuer: TOKEN_ISSUER.to_owned(),
             subject: format!("transit:{}", t.name),
             namespace: t.namespace.clone(),
             cluster: t.cluster.clone(),
             region: t.region.clone(),
             jurisdiction: t.jurisdiction.clone(),
+            spiffe_id: t.spiffe_id.clone(),
             ..Principal::default()
         })
     }
@@ -182,7 +267,7 @@ impl Transit {
                 context: std::collections::HashMap::new(),
                 plaintext: plaintext.to_vec(),
             },
-            principal,
+            Ok(principal),
             headers,
         );
         let mut rec = self.recorder(Op::Encrypt);
@@ -233,7 +318,7 @@ impl Transit {
                 context: std::collections::HashMap::new(),
                 ttl: None,
             },
-            principal,
+            Ok(principal),
             headers,
         );
         let mut rec = self.recorder(Op::Decrypt);
@@ -262,9 +347,14 @@ impl Transit {
     }
 
     /// A gRPC request carrying the authenticated principal and the caller's request id.
-    fn request<T>(&self, body: T, principal: Principal, headers: &HeaderMap) -> tonic::Request<T> {
+    fn request<T>(
+        &self,
+        body: T,
+        auth: Result<Principal, &'static str>,
+        headers: &HeaderMap,
+    ) -> tonic::Request<T> {
         let mut req = tonic::Request::new(body);
-        req.extensions_mut().insert(PreAuthenticated(principal));
+        req.extensions_mut().insert(PreAuthenticated(auth));
         if let Some(v) = headers
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())

@@ -71,24 +71,7 @@ impl Authenticator {
                 let token = bearer.ok_or(IdentityError::Missing)?;
                 self.jwt.verify_refreshing(token, now).await
             }
-            IdentityMode::Mtls => {
-                let svid = self.svid(leaf)?;
-                let facts = self
-                    .domains
-                    .get(&svid.trust_domain)
-                    .cloned()
-                    .unwrap_or_default();
-                Ok(Principal {
-                    issuer: format!("spiffe://{}", svid.trust_domain),
-                    subject: svid.spiffe_id.clone(),
-                    spiffe_id: Some(svid.spiffe_id),
-                    cert_fingerprint: Some(svid.fingerprint),
-                    cluster: facts.cluster,
-                    region: facts.region,
-                    jurisdiction: facts.jurisdiction,
-                    ..Principal::default()
-                })
-            }
+            IdentityMode::Mtls => self.certificate_principal(leaf),
             IdentityMode::Both => {
                 let svid = self.svid(leaf)?;
                 let token = bearer.ok_or(IdentityError::Missing)?;
@@ -96,6 +79,43 @@ impl Authenticator {
                 bind(principal, svid)
             }
         }
+    }
+
+    /// The principal a client certificate alone stands for: issuer `spiffe://<trust-domain>`,
+    /// subject the SPIFFE ID, cluster/region/jurisdiction from the trust domain's config.
+    ///
+    /// # Errors
+    /// No certificate, or one that breaks an X.509-SVID rule or names an unknown trust domain.
+    pub fn certificate_principal(&self, leaf: Option<&[u8]>) -> Result<Principal, IdentityError> {
+        let svid = self.svid(leaf)?;
+        let facts = self
+            .domains
+            .get(&svid.trust_domain)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Principal {
+            issuer: format!("spiffe://{}", svid.trust_domain),
+            subject: svid.spiffe_id.clone(),
+            spiffe_id: Some(svid.spiffe_id),
+            cert_fingerprint: Some(svid.fingerprint),
+            cluster: facts.cluster,
+            region: facts.region,
+            jurisdiction: facts.jurisdiction,
+            ..Principal::default()
+        })
+    }
+
+    /// `both`: adds the client certificate to a principal established otherwise; a SPIFFE ID the
+    /// principal already names must be the certificate's, byte for byte.
+    ///
+    /// # Errors
+    /// No certificate, an invalid one, or a SPIFFE ID mismatch.
+    pub fn bind_certificate(
+        &self,
+        principal: Principal,
+        leaf: Option<&[u8]>,
+    ) -> Result<Principal, IdentityError> {
+        bind(principal, self.svid(leaf)?)
     }
 
     fn svid(&self, leaf: Option<&[u8]>) -> Result<Svid, IdentityError> {

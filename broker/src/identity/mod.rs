@@ -12,7 +12,7 @@ mod jwt;
 mod mtls;
 mod remote;
 mod strict_json;
-mod svid;
+pub(crate) mod svid;
 
 #[cfg(test)]
 mod jwks_tests;

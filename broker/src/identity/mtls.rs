@@ -109,7 +109,22 @@ impl ClientCa {
     /// The rustls verifier that always consults the bundle in force.
     #[must_use]
     pub fn verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
-        Arc::new(SpiffeVerifier { ca: self.clone() })
+        Arc::new(SpiffeVerifier {
+            ca: self.clone(),
+            mandatory: true,
+        })
+    }
+
+    /// The same verifier, but a client may also connect without a certificate (the HTTP side
+    /// port: load balancers probe `/readyz` without one). A certificate that is presented is
+    /// checked exactly as by [`Self::verifier`]; the routes that need one refuse calls
+    /// without.
+    #[must_use]
+    pub fn optional_verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(SpiffeVerifier {
+            ca: self.clone(),
+            mandatory: false,
+        })
     }
 
     /// Accepted trust domains.
@@ -186,6 +201,7 @@ fn build(path: &Path, provider: &Arc<CryptoProvider>) -> Result<(Loaded, usize),
 #[derive(Debug)]
 struct SpiffeVerifier {
     ca: Arc<ClientCa>,
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for SpiffeVerifier {
@@ -194,7 +210,7 @@ impl ClientCertVerifier for SpiffeVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     // The subjects would have to be borrowed through the lock; clients present their one SVID

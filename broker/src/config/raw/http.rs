@@ -7,7 +7,8 @@ use hsm_config::is_valid_jurisdiction;
 use serde::Deserialize;
 
 use super::Ctx;
-use crate::config::{ConfigError, HttpConfig, TransitConfig, TransitToken};
+use crate::config::{ConfigError, HttpConfig, TransitAuth, TransitConfig, TransitToken};
+use crate::identity::svid::parse_spiffe_id;
 
 /// Most tokens one transit endpoint accepts (one per Vault/OpenBao cluster is the norm).
 const MAX_TOKENS: usize = 64;
@@ -27,7 +28,18 @@ struct RawTransit {
     #[serde(default = "default_mount")]
     mount: String,
     #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
     tokens: Vec<RawToken>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawAuth {
+    #[default]
+    Token,
+    Mtls,
+    Both,
 }
 
 fn yes() -> bool {
@@ -47,6 +59,7 @@ struct RawToken {
     cluster: Option<String>,
     region: Option<String>,
     jurisdiction: Option<String>,
+    spiffe_id: Option<String>,
 }
 
 pub(super) fn http(cx: &Ctx<'_>, raw: Option<RawHttp>) -> Result<Option<HttpConfig>, ConfigError> {
@@ -90,7 +103,19 @@ fn transit(cx: &Ctx<'_>, raw: RawTransit) -> Result<TransitConfig, ConfigError> 
             format!("{:?} is not a mount path, e.g. \"transit\"", raw.mount),
         ));
     }
-    if raw.tokens.is_empty() {
+    let auth = match raw.auth {
+        RawAuth::Token => TransitAuth::Token,
+        RawAuth::Mtls => TransitAuth::Mtls,
+        RawAuth::Both => TransitAuth::Both,
+    };
+    if auth == TransitAuth::Mtls && !raw.tokens.is_empty() {
+        return Err(cx.invalid(
+            "http.transit.tokens",
+            "auth = \"mtls\" takes the principal from the client certificate: remove the \
+             tokens, or use auth = \"both\"",
+        ));
+    }
+    if auth != TransitAuth::Mtls && raw.tokens.is_empty() {
         return Err(cx.invalid(
             "http.transit.tokens",
             "at least one [[http.transit.tokens]] is required: the endpoint has no anonymous mode",
@@ -143,6 +168,20 @@ fn transit(cx: &Ctx<'_>, raw: RawTransit) -> Result<TransitConfig, ConfigError> 
                 format!("{j:?} is not a jurisdiction code: expected upper case like EU"),
             ));
         }
+        if let Some(id) = &t.spiffe_id {
+            if auth != TransitAuth::Both {
+                return Err(cx.invalid(
+                    field("spiffe_id"),
+                    "only applies with http.transit.auth = \"both\"",
+                ));
+            }
+            if id.len() > 2048 || parse_spiffe_id(id).is_none() {
+                return Err(cx.invalid(
+                    field("spiffe_id"),
+                    format!("{id:?} is not a SPIFFE ID, e.g. \"spiffe://eu1.example/ns/bao\""),
+                ));
+            }
+        }
         tokens.push(TransitToken {
             name: t.name,
             sha256,
@@ -150,10 +189,12 @@ fn transit(cx: &Ctx<'_>, raw: RawTransit) -> Result<TransitConfig, ConfigError> 
             cluster: t.cluster,
             region: t.region,
             jurisdiction: t.jurisdiction,
+            spiffe_id: t.spiffe_id,
         });
     }
     Ok(TransitConfig {
         mount: mount.to_owned(),
+        auth,
         tokens,
     })
 }

@@ -9,6 +9,7 @@
 
 mod compromise;
 mod probe;
+mod span;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -147,9 +148,8 @@ struct RevokeReport {
     archived_denial: String,
     re_enabled: bool,
     works_again: Option<bool>,
-    /// Audit records of the probes carry the encryption context `drill_id=<drill_id>`; the
-    /// DisableKey/EnableKey records name the key and fall inside the time window.
-    audit_filter: String,
+    /// The audit records of every call the drill made (request ids `drill-<drill_id>-<n>`).
+    audit: span::AuditSpan,
     passed: bool,
 }
 
@@ -161,16 +161,18 @@ impl RevokeArgs {
         out: &mut dyn Write,
     ) -> Result<(), CliError> {
         check_scope(&self.key, &self.scope)?;
-        let c = super::connect(g).await?;
-        enabled_key(&c, &self.key).await?;
+        let operator = super::connect(g).await?;
         let started_at = now_text();
         let drill_id = uuid::Uuid::new_v4().to_string();
+        let tagged = span::Tagged::new(&operator, &drill_id).await?;
+        let c = &tagged.client;
+        enabled_key(c, &self.key).await?;
         let ctx = probe::context("revoke", &drill_id);
         // The archived ciphertext: made (and opened once) before the disable.
         let archived = c.generate_data_key(&self.key, &ctx, None).await?;
         c.decrypt(&archived.ciphertext, &ctx, None).await?;
 
-        let run = probe::Probes::start(&c, &self.key, &ctx, &archived.ciphertext, self.probes);
+        let run = probe::Probes::start(c, &self.key, &ctx, &archived.ciphertext, self.probes);
         run.wait_for_successes(usize::from(self.probes) * 5).await;
         let disable_called_at = now_text();
         let called = std::time::Instant::now();
@@ -202,12 +204,10 @@ impl RevokeArgs {
             && stats.started_after_disable_returned > 0
             && archived_ciphertext_denied
             && works_again.unwrap_or(true);
+        let audit = tagged.collect(&self.key).await;
         let report = RevokeReport {
             drill: "revoke",
-            audit_filter: format!(
-                "key_name={} and encryption_context.drill_id={drill_id}",
-                self.key
-            ),
+            audit,
             drill_id,
             key: self.key.clone(),
             scope: self.scope.clone(),
@@ -288,7 +288,7 @@ fn revoke_text(r: &RevokeReport, w: &mut dyn Write) -> std::io::Result<()> {
         Some(ok) => writeln!(w, "  re-enabled:        works again: {ok}")?,
         None => writeln!(w, "  re-enabled:        no (--keep-disabled)")?,
     }
-    writeln!(w, "  audit records:     {}", r.audit_filter)
+    writeln!(w, "  audit records:     {}", span::text(&r.audit))
 }
 
 #[cfg(test)]

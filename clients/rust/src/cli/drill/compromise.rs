@@ -53,6 +53,7 @@ struct FileResult {
 #[derive(Debug, Serialize)]
 struct CompromiseReport {
     drill: &'static str,
+    drill_id: String,
     key: String,
     scope: String,
     started_at: String,
@@ -63,6 +64,8 @@ struct CompromiseReport {
     compromised_version_disabled: bool,
     moved: Vec<FileResult>,
     failed: Vec<FileResult>,
+    /// The audit records of every call the drill made (request ids `drill-<drill_id>-<n>`).
+    audit: super::span::AuditSpan,
     passed: bool,
 }
 
@@ -110,10 +113,13 @@ impl CompromiseArgs {
     ) -> Result<(), CliError> {
         check_scope(&self.key, &self.scope)?;
         let ctx = pairs_to_map("context", &self.context)?;
-        let c = super::super::connect(g).await?;
-        let info = enabled_key(&c, &self.key).await?;
-        let compromised = info.primary_version;
+        let operator = super::super::connect(g).await?;
         let started_at = now_text();
+        let drill_id = uuid::Uuid::new_v4().to_string();
+        let tagged = super::span::Tagged::new(&operator, &drill_id).await?;
+        let c = &tagged.client;
+        let info = enabled_key(c, &self.key).await?;
+        let compromised = info.primary_version;
         c.disable_key(&self.key, 0).await?;
         let rotated = c.rotate_key(&self.key).await?;
         let new_version = rotated.primary_version;
@@ -121,7 +127,7 @@ impl CompromiseArgs {
         c.enable_key(&self.key, 0).await?;
         let (mut moved, mut failed) = (Vec::new(), Vec::new());
         for path in &self.files {
-            let r = self.move_file(&c, path, &ctx, new_version).await;
+            let r = self.move_file(c, path, &ctx, new_version).await;
             if r.moved {
                 moved.push(r)
             } else {
@@ -131,8 +137,11 @@ impl CompromiseArgs {
         let disabled = c.disable_key(&self.key, compromised).await.is_ok();
         let reenabled_window_ms = (window.elapsed().as_secs_f64() * 1e6).round() / 1e3;
         let passed = disabled && failed.is_empty() && new_version > compromised;
+        let audit = tagged.collect(&self.key).await;
         let report = CompromiseReport {
             drill: "compromise",
+            drill_id,
+            audit,
             key: self.key.clone(),
             scope: self.scope.clone(),
             started_at,
@@ -252,7 +261,8 @@ fn text(r: &CompromiseReport, w: &mut dyn Write) -> std::io::Result<()> {
     for f in &r.failed {
         writeln!(w, "    {}  {}", f.file, f.error.as_deref().unwrap_or(""))?;
     }
-    Ok(())
+    writeln!(w, "  drill id:      {}", r.drill_id)?;
+    writeln!(w, "  audit records: {}", super::span::text(&r.audit))
 }
 
 #[cfg(test)]
