@@ -20,7 +20,6 @@ use crate::identity::{Authenticator, ClientCa, IssuerSettings, JwtVerifier};
 use crate::keys::clock::{Clock, SystemClock};
 use crate::keys::{HsmHandle, KeyService, KeySettings, Scheduler};
 use crate::policy::{PolicySlot, Reloaded};
-use crate::store::{SqliteStore, Store};
 
 /// How long shutdown waits for in-flight requests and open streams.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,8 +46,13 @@ pub enum StartError {
         source: crate::hsm::HsmError,
     },
     /// Catalog failed to open.
-    #[error("store.sqlite_path: {0}")]
-    Store(#[from] crate::store::StoreError),
+    #[error("{field}: {source}")]
+    Store {
+        /// Config field of the catalog.
+        field: &'static str,
+        /// Cause.
+        source: crate::store::StoreError,
+    },
     /// The Cedar policy failed to load or validate.
     #[error("policy.file: {0}")]
     Policy(#[from] crate::policy::PolicyError),
@@ -87,6 +91,8 @@ pub struct Broker {
     tasks: TaskTracker,
     cancel: CancellationToken,
     checkpoints: Option<(Signer, std::path::PathBuf)>,
+    /// Set when replicas share a PostgreSQL catalog and audit log.
+    postgres: Option<sqlx::PgPool>,
     side_port: Option<SidePort>,
 }
 
@@ -161,25 +167,31 @@ impl Broker {
                 },
             );
         }
+        let catalog = crate::store::open(&config.store)
+            .await
+            .map_err(|(field, source)| StartError::Store { field, source })?;
+        let store = catalog.store.clone();
         // Checkpoints are signed in the first HSM of the inventory (fail closed: no signer, no
-        // broker).
+        // broker). Replicas sharing a PostgreSQL log share its origin.
         let replica = replica_id();
-        let signer = match hsms.iter().next() {
-            Some((id, h)) => Some(
-                Signer::new(h.pool.clone(), format!("keybroker/{replica}/audit"))
-                    .await
-                    .map_err(|source| StartError::Hsm {
+        let origin = match &catalog.postgres {
+            Some(pool) => crate::audit::pg_origin(pool).await?,
+            None => format!("keybroker/{replica}/audit"),
+        };
+        let signer =
+            match hsms.iter().next() {
+                Some((id, h)) => Some(Signer::new(h.pool.clone(), origin).await.map_err(
+                    |source| StartError::Hsm {
                         field: format!(
                             "{}: hsm {id}: audit checkpoint key {}",
                             config.hsm_inventory.display(),
                             crate::audit::checkpoint::KEY_LABEL
                         ),
                         source,
-                    })?,
-            ),
-            None => None,
-        };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.sqlite_path).await?);
+                    },
+                )?),
+                None => None,
+            };
         let issuers = config
             .identity
             .jwt_issuers
@@ -244,15 +256,26 @@ impl Broker {
         keys.recover_pending_versions()
             .await
             .map_err(StartError::Recovery)?;
-        let audit_dir = config.audit.dir.clone();
-        let audit = tokio::task::spawn_blocking(move || FileAuditLog::open(&audit_dir, |_| {}))
-            .await
-            .map_err(|e| crate::audit::AuditError::Io {
-                what: "open",
-                path: config.audit.dir.clone(),
-                source: std::io::Error::other(e),
-            })??;
-        let audit: Arc<dyn AuditLog> = Arc::new(audit);
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let audit: Arc<dyn AuditLog> = match &catalog.postgres {
+            Some(pool) => Arc::new(
+                crate::audit::PgAuditLog::open(pool.clone(), &config.audit.dir, &tasks, &cancel)
+                    .await?,
+            ),
+            None => {
+                let audit_dir = config.audit.dir.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || FileAuditLog::open(&audit_dir, |_| {}))
+                        .await
+                        .map_err(|e| crate::audit::AuditError::Io {
+                            what: "open",
+                            path: config.audit.dir.clone(),
+                            source: std::io::Error::other(e),
+                        })??,
+                )
+            }
+        };
         let tls = crate::tls::server_config(
             &config.server.tls_cert,
             &config.server.tls_key,
@@ -307,11 +330,12 @@ impl Broker {
                 checkpoint: crate::audit::checkpoint::Latest::default(),
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
+            postgres: catalog.postgres,
             side_port,
             tls,
             client_ca,
-            tasks: TaskTracker::new(),
-            cancel: CancellationToken::new(),
+            tasks,
+            cancel,
         })
     }
 
@@ -365,7 +389,17 @@ impl Broker {
             self.state.replica_id.clone(),
         );
         self.tasks.spawn(scheduler.run(self.cancel.clone()));
-        if let Some((signer, dir)) = self.checkpoints {
+        if let (Some((signer, dir)), Some(pool)) = (self.checkpoints.clone(), &self.postgres) {
+            // One publisher among the replicas: the holder of the advisory lock signs.
+            self.tasks.spawn(crate::audit::lead_pg_publisher(
+                pool.clone(),
+                signer,
+                self.state.audit.clone(),
+                dir,
+                self.state.checkpoint.clone(),
+                self.cancel.clone(),
+            ));
+        } else if let Some((signer, dir)) = self.checkpoints {
             self.tasks.spawn(crate::audit::checkpoint::run(
                 signer,
                 self.state.audit.clone(),

@@ -22,6 +22,8 @@
 pub mod bao;
 pub mod broker;
 pub mod https;
+pub mod postgres;
+pub mod replicas;
 pub mod svid;
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 mod log;
 pub mod merkle;
+mod pg;
 pub mod record;
 mod segment;
 pub mod tiles;
@@ -16,6 +17,7 @@ pub mod tiles;
 use std::path::PathBuf;
 
 pub use log::FileAuditLog;
+pub use pg::{PgAuditLog, lead as lead_pg_publisher, origin as pg_origin};
 pub use record::{AuditPrincipal, AuditRecord, Decision, Op, Outcome, Surface};
 
 /// Errors of the audit log.
@@ -51,6 +53,10 @@ pub enum AuditError {
     /// An earlier write or fsync failed: nothing is accepted until restart.
     #[error("audit log is poisoned by an earlier write failure; restart required")]
     Poisoned,
+    /// The PostgreSQL log refused or lost the commit (the outcome may be unknown: the
+    /// operation is refused either way).
+    #[error("audit log database: {0}")]
+    Database(String),
     /// The writer has stopped (shutdown).
     #[error("audit log is closed")]
     Closed,

@@ -155,21 +155,43 @@ pub fn check_config(path: &Path) -> Result<CheckReport, ConfigError> {
         ok(field, format!("{}: {n} CA certificate(s)", file.display()));
     }
 
-    let db = &config.store.sqlite_path;
-    let dir = db
-        .parent()
-        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-    if !dir.is_dir() {
-        return Err(fail(
-            "store.sqlite_path",
-            db,
-            format!("directory {} does not exist", dir.display()),
-        ));
+    match &config.store {
+        super::StoreConfig::Sqlite { path: db } => {
+            let dir = db
+                .parent()
+                .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+            if !dir.is_dir() {
+                return Err(fail(
+                    "store.sqlite_path",
+                    db,
+                    format!("directory {} does not exist", dir.display()),
+                ));
+            }
+            ok(
+                "store.sqlite_path",
+                format!("{}: directory exists", db.display()),
+            );
+        }
+        super::StoreConfig::Postgres(pg) => match &pg.url {
+            super::PgUrlSource::File(file) => {
+                // Read to prove it is readable; the contents (a password) are never shown.
+                let text = read("store.url_file", file)?;
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    return Err(fail("store.url_file", file, "empty".into()));
+                }
+                ok(
+                    "store.url_file",
+                    format!("{}: readable (not connected offline)", file.display()),
+                );
+            }
+            super::PgUrlSource::Inline(_) => {
+                ok(
+                    "store.url",
+                    "postgres URL (not connected offline)".to_owned(),
+                );
+            }
+        },
     }
-    ok(
-        "store.sqlite_path",
-        format!("{}: directory exists", db.display()),
-    );
 
     for hsm in &config.inventory.hsms {
         let hsm_err = |source| ConfigError::HsmCheck {

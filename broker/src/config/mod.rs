@@ -82,11 +82,44 @@ pub struct ServerConfig {
     pub tls_key: PathBuf,
 }
 
-/// `[store]`.
+/// `[store]`: where the catalog lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreConfig {
-    /// SQLite catalog database (created on first start).
-    pub sqlite_path: PathBuf,
+pub enum StoreConfig {
+    /// `kind = "sqlite"` (default): one file, one broker.
+    Sqlite {
+        /// SQLite catalog database (created on first start).
+        path: PathBuf,
+    },
+    /// `kind = "postgres"`: one database shared by several replicas.
+    Postgres(PostgresConfig),
+}
+
+/// `[store]` with `kind = "postgres"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// Where the connection URL comes from.
+    pub url: PgUrlSource,
+    /// Connections in this replica's pool.
+    pub max_connections: u32,
+}
+
+/// Where the PostgreSQL URL comes from. The URL text is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PgUrlSource {
+    /// `store.url`: a URL without a password (the password, if any, comes from `PGPASSWORD`
+    /// or `~/.pgpass`).
+    Inline(String),
+    /// `store.url_file`: a file holding the whole URL, password included; read at start.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for PgUrlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PgUrlSource::Inline(_) => f.write_str("Inline([redacted])"),
+            PgUrlSource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
 }
 
 /// `[residency]`.

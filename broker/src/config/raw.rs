@@ -14,10 +14,12 @@ use serde::Deserialize;
 mod http;
 mod identity;
 mod mtls;
+mod store;
 
 use http::{RawHttp, http};
 use identity::{RawIdentity, identity};
 pub(crate) use mtls::is_trust_domain;
+use store::{RawStore, store};
 
 use super::{
     AuditConfig, BrokerConfig, ConfigError, IdentityConfig, KeysConfig, PolicyConfig,
@@ -83,12 +85,6 @@ struct RawServer {
     listen: String,
     tls_cert: PathBuf,
     tls_key: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    sqlite_path: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -225,9 +221,7 @@ impl Validated {
         let validated = Self {
             hsm_inventory: cx.resolve("hsm_inventory", raw.hsm_inventory)?,
             server: server(&cx, raw.server)?,
-            store: StoreConfig {
-                sqlite_path: cx.resolve("store.sqlite_path", raw.store.sqlite_path)?,
-            },
+            store: store(&cx, raw.store)?,
             residency: residency(&cx, raw.residency)?,
             keys: keys(&cx, raw.keys)?,
             identity: identity(&cx, raw.identity)?,

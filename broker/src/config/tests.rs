@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hsm_config::Inventory;
 
-use super::{BrokerConfig, ConfigError, JwtAlgorithm};
+use super::{BrokerConfig, ConfigError, JwtAlgorithm, StoreConfig};
 
 pub(super) const FULL: &str = r#"
 hsm_inventory = "hsm.toml"
@@ -92,7 +92,12 @@ fn full_example_parses_and_resolves_paths_against_the_config_dir() {
     assert_eq!(c.hsm_inventory, dir.join("hsm.toml"));
     assert_eq!(c.server.tls_cert, dir.join("tls/server.pem"));
     assert_eq!(c.server.tls_key, dir.join("tls/server-key.pem"));
-    assert_eq!(c.store.sqlite_path, dir.join("catalog.db"));
+    assert_eq!(
+        c.store,
+        StoreConfig::Sqlite {
+            path: dir.join("catalog.db")
+        }
+    );
     assert_eq!(c.audit.dir, dir.join("audit"));
     let iss = &c.identity.jwt_issuers[0];
     assert_eq!(iss.jwks, super::JwksSource::File(dir.join("jwks.json")));

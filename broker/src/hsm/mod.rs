@@ -68,6 +68,24 @@ impl fmt::Debug for HsmPool {
     }
 }
 
+/// Start-up attempts before an HSM connection error is final.
+const START_ATTEMPTS: u32 = 5;
+/// First pause between start-up attempts (doubling).
+const START_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `CKR_GENERAL_ERROR` at start-up: SoftHSM answers it to a login that races another process
+/// on the same token; a retry succeeds.
+fn is_transient_at_start(e: &HsmError) -> bool {
+    let source = match e {
+        HsmError::LoginFailed { source } | HsmError::Pkcs11 { source, .. } => source,
+        _ => return false,
+    };
+    matches!(
+        source,
+        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError, _)
+    )
+}
+
 impl HsmPool {
     /// Loads the module, finds the token, logs in with the user PIN and opens the long-lived
     /// session that keeps the login alive.
@@ -84,13 +102,33 @@ impl HsmPool {
             pin,
             pool_size,
         } = settings;
-        let inner = tokio::task::spawn_blocking(move || {
-            pool::Inner::connect_blocking(id, &module, token, pin, pool_size)
-        })
-        .await??;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        // A login racing another process's login or write on the same token (replicas sharing
+        // a SoftHSM token directory) fails now and then with CKR_GENERAL_ERROR: retry start-up
+        // a few times with backoff, saying so, before giving up.
+        let mut backoff = START_RETRY_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let (id, module, token, pin) = (id.clone(), module.clone(), token.clone(), pin.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                pool::Inner::connect_blocking(id, &module, token, pin, pool_size)
+            })
+            .await?;
+            match result {
+                Ok(inner) => {
+                    return Ok(Self {
+                        inner: Arc::new(inner),
+                    });
+                }
+                Err(e) if attempt < START_ATTEMPTS && is_transient_at_start(&e) => {
+                    tracing::warn!(error = %e, attempt, retry_in = ?backoff,
+                        "HSM start-up failed transiently (CKR_GENERAL_ERROR); retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Inventory id of this HSM.
@@ -334,4 +372,32 @@ fn non_empty(label: &str) -> Result<String, HsmError> {
         });
     }
     Ok(label.to_owned())
+}
+
+#[cfg(test)]
+mod start_retry_tests {
+    use cryptoki::context::Function;
+    use cryptoki::error::{Error as CkError, RvError};
+
+    use super::*;
+
+    #[test]
+    fn only_a_general_error_at_start_is_retried() {
+        let general = CkError::Pkcs11(RvError::GeneralError, Function::Login);
+        assert!(is_transient_at_start(&HsmError::LoginFailed {
+            source: general
+        }));
+        let general = CkError::Pkcs11(RvError::GeneralError, Function::OpenSession);
+        assert!(is_transient_at_start(&HsmError::Pkcs11 {
+            op: "open session",
+            source: general
+        }));
+        let wrong_pin = CkError::Pkcs11(RvError::PinIncorrect, Function::Login);
+        assert!(!is_transient_at_start(&HsmError::LoginFailed {
+            source: wrong_pin
+        }));
+        assert!(!is_transient_at_start(&HsmError::TokenNotFound {
+            selector: "label \"x\"".into()
+        }));
+    }
 }

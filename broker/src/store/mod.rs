@@ -5,6 +5,8 @@
 //! states travel as [`KeyState`] / [`VersionState`], never as SQL text.
 
 mod gate;
+mod open;
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -12,6 +14,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 pub use gate::{GateOutcome, ReleaseGate, RevocationTarget, SettingsUpdate, Who};
+pub use open::{Opened, open};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Errors of the catalog store.
@@ -40,6 +44,18 @@ pub enum StoreError {
     /// Schema migration failed at start.
     #[error("catalog migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The file holding the PostgreSQL URL cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    UrlFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The PostgreSQL URL does not parse (the URL itself is never repeated: it may hold a
+    /// password).
+    #[error("not a valid postgres:// URL")]
+    BadUrl,
 }
 
 /// Purpose of a key (DESIGN §3).

@@ -1,0 +1,338 @@
+//! The PostgreSQL catalog against a real throwaway PostgreSQL: the same contract as SQLite
+//! (gate, revocations, compare-and-set transitions, literal prefixes), seen from two store
+//! handles the way two replicas see it, and the audit table's append-only guardrail.
+//! Fails (does not skip) when PostgreSQL is not installed.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failure is the test failing"
+)]
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use keybroker_broker::store::{
+    GateOutcome, KeyState, LeaseRecord, NewKey, PostgresStore, Purpose, ReleaseGate,
+    RevocationTarget, Store, StoreError, VersionState, Who,
+};
+use softhsm_tests::postgres::TestPostgres;
+use sqlx::postgres::PgConnectOptions;
+
+async fn replica(pg: &TestPostgres, db: &str) -> PostgresStore {
+    let opts = PgConnectOptions::from_str(&pg.url_for(db)).unwrap();
+    PostgresStore::connect(opts, 4).await.unwrap()
+}
+
+fn new_key(name: &str) -> NewKey {
+    NewKey {
+        name: name.into(),
+        purpose: Purpose::DataKey,
+        labels: BTreeMap::from([("stage".into(), "dev".into())]),
+        hsm_id: "hsm-a".into(),
+        created_at: 1_700_000_000,
+        rotation_period_secs: None,
+        next_rotation_at: None,
+    }
+}
+
+fn who(job: Option<&str>) -> Who<'_> {
+    Who {
+        issuer: "iss",
+        subject: "sub",
+        job_id: job,
+    }
+}
+
+fn gate<'a>(
+    wrap: Option<u32>,
+    open: Option<u32>,
+    lease: Option<&'a LeaseRecord>,
+) -> ReleaseGate<'a> {
+    ReleaseGate {
+        key: "k",
+        wrap_version: wrap,
+        open_version: open,
+        lease,
+        who: who(Some("job-1")),
+        now: 10,
+    }
+}
+
+fn lease(id: &str) -> LeaseRecord {
+    LeaseRecord {
+        lease_id: id.into(),
+        key_name: "k".into(),
+        version: 1,
+        op: "GenerateDataKey",
+        issuer: "iss".into(),
+        subject: "sub".into(),
+        job_id: Some("job-1".into()),
+        issued_at: 10,
+        expires_at: 100,
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_one_catalog_and_a_disable_on_one_closes_the_gate_on_the_other() {
+    let pg = TestPostgres::start().unwrap();
+    // Two replicas starting together: migrations apply once (sqlx's advisory lock).
+    let (a, b) = tokio::join!(replica(&pg, "postgres"), replica(&pg, "postgres"));
+    let k = a.create_key(&new_key("k")).await.unwrap();
+    assert_eq!(k.versions[0].state, VersionState::PendingCreate);
+    assert!(matches!(
+        b.create_key(&new_key("k")).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    a.set_version_state("k", 1, VersionState::Enabled)
+        .await
+        .unwrap();
+    let seen = b.get_key("k").await.unwrap().unwrap();
+    assert_eq!(seen.primary_version(), Some(1));
+    assert_eq!(seen.labels.get("stage").map(String::as_str), Some("dev"));
+
+    let l1 = lease("l1");
+    assert_eq!(
+        b.release(&gate(Some(1), None, Some(&l1))).await.unwrap(),
+        GateOutcome::Open(1)
+    );
+    assert_eq!(
+        a.release(&gate(Some(1), None, None)).await.unwrap(),
+        GateOutcome::Open(2)
+    );
+    a.set_key_state("k", KeyState::Enabled, KeyState::Disabled, None)
+        .await
+        .unwrap();
+    // The very next gate on the other replica is closed, and records no lease.
+    let l2 = lease("l2");
+    assert_eq!(
+        b.release(&gate(Some(1), None, Some(&l2))).await.unwrap(),
+        GateOutcome::Closed
+    );
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM leases").unwrap(),
+        "1"
+    );
+    // Compare-and-set: the second replica's identical transition loses.
+    assert!(matches!(
+        b.set_key_state("k", KeyState::Enabled, KeyState::Disabled, None)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    b.set_key_state("k", KeyState::Disabled, KeyState::Enabled, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.release(&gate(Some(1), None, None)).await.unwrap(),
+        GateOutcome::Open(3)
+    );
+}
+
+#[tokio::test]
+async fn version_min_version_and_revocations_close_the_gate_across_replicas() {
+    let pg = TestPostgres::start().unwrap();
+    let a = replica(&pg, "postgres").await;
+    let b = replica(&pg, "postgres").await;
+    a.create_key(&new_key("k")).await.unwrap();
+    a.set_version_state("k", 1, VersionState::Enabled)
+        .await
+        .unwrap();
+    a.reserve_version("k", 2, 1).await.unwrap();
+    assert!(matches!(
+        b.reserve_version("k", 2, 1).await,
+        Err(StoreError::Conflict(_))
+    ));
+    a.set_version_state("k", 2, VersionState::Enabled)
+        .await
+        .unwrap();
+
+    // Every release wraps or leases: an open checks the opened version while recording a lease.
+    let (l1, l2, l3) = (lease("l1"), lease("l2"), lease("l3"));
+    assert_eq!(
+        b.release(&gate(None, Some(1), Some(&l1))).await.unwrap(),
+        GateOutcome::Open(0)
+    );
+    a.swap_version_state("k", 1, VersionState::Enabled, VersionState::Disabled)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.release(&gate(None, Some(1), Some(&l2))).await.unwrap(),
+        GateOutcome::Closed
+    );
+    assert_eq!(
+        b.release(&gate(Some(2), None, None)).await.unwrap(),
+        GateOutcome::Open(1)
+    );
+    a.swap_version_state("k", 1, VersionState::Disabled, VersionState::Enabled)
+        .await
+        .unwrap();
+    a.update_settings(
+        "k",
+        &keybroker_broker::store::SettingsUpdate {
+            min_decryption_version: Some(2),
+            rotation: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b.release(&gate(None, Some(1), Some(&l3))).await.unwrap(),
+        GateOutcome::Closed
+    );
+
+    // A job revocation on one replica: the other refuses that job, and only that job.
+    let l = lease("l-job");
+    assert_eq!(
+        b.release(&gate(Some(2), None, Some(&l))).await.unwrap(),
+        GateOutcome::Open(2)
+    );
+    let marked = a
+        .revoke(&RevocationTarget::Job("job-1".into()), 20, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        marked, 2,
+        "the unexpired leases of the job (l1, l-job) are marked revoked"
+    );
+    assert!(b.is_revoked(&who(Some("job-1")), 30).await.unwrap());
+    assert!(!b.is_revoked(&who(Some("job-2")), 30).await.unwrap());
+    assert!(
+        !b.is_revoked(&who(Some("job-1")), 100).await.unwrap(),
+        "until is exclusive"
+    );
+    let mut g = gate(Some(2), None, None);
+    g.now = 30;
+    assert_eq!(b.release(&g).await.unwrap(), GateOutcome::Closed);
+    // Principal revocation of one issuer only.
+    a.revoke(
+        &RevocationTarget::Principal {
+            issuer: "other".into(),
+            subject: "sub".into(),
+        },
+        20,
+        100,
+    )
+    .await
+    .unwrap();
+    assert!(!b.is_revoked(&who(None), 30).await.unwrap());
+}
+
+#[tokio::test]
+async fn destruction_rotation_and_listing_follow_the_sqlite_contract() {
+    let pg = TestPostgres::start().unwrap();
+    let s = replica(&pg, "postgres").await;
+    for name in ["a_b/1", "a_b/2", "axb/1", "a_c/1"] {
+        s.create_key(&new_key(name)).await.unwrap();
+    }
+    // `_` is literal in a prefix (no LIKE wildcard), and pages resume after the last name.
+    let page: Vec<String> = s
+        .list_keys("a_b/", None, 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(page, ["a_b/1"]);
+    let rest: Vec<String> = s
+        .list_keys("a_b/", Some("a_b/1"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(rest, ["a_b/2"]);
+    assert_eq!(s.pending_versions().await.unwrap().len(), 4);
+    s.abort_create("axb/1").await.unwrap();
+    assert!(s.get_key("axb/1").await.unwrap().is_none());
+
+    s.set_version_state("a_c/1", 1, VersionState::Enabled)
+        .await
+        .unwrap();
+    s.set_key_state(
+        "a_c/1",
+        KeyState::Enabled,
+        KeyState::PendingDestruction,
+        Some(500),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.next_deadline().await.unwrap(), Some(500));
+    assert!(s.due_destructions(499).await.unwrap().is_empty());
+    assert!(matches!(
+        s.cancel_destruction("a_c/1", 500).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.due_destructions(500).await.unwrap().len(), 1);
+    s.mark_destroyed("a_c/1").await.unwrap();
+    let k = s.get_key("a_c/1").await.unwrap().unwrap();
+    assert_eq!(k.state, KeyState::Destroyed);
+    assert!(
+        k.versions
+            .iter()
+            .all(|v| v.state == VersionState::Destroyed)
+    );
+
+    s.set_version_state("a_b/1", 1, VersionState::Enabled)
+        .await
+        .unwrap();
+    s.update_settings(
+        "a_b/1",
+        &keybroker_broker::store::SettingsUpdate {
+            min_decryption_version: None,
+            rotation: Some(Some((60, 100))),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.due_rotations(100).await.unwrap().len(), 1);
+    s.claim_rotation("a_b/1", 2, 100, 160, 100).await.unwrap();
+    assert!(matches!(
+        s.claim_rotation("a_b/1", 2, 100, 160, 100).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.due_rotations(100).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_broker_role_cannot_update_delete_or_truncate_audit_entries() {
+    let pg = TestPostgres::start().unwrap();
+    // The broker runs as its own role owning its database, as in production.
+    pg.psql("postgres", "CREATE ROLE keybroker LOGIN").unwrap();
+    pg.psql("postgres", "CREATE DATABASE keybroker OWNER keybroker")
+        .unwrap();
+    let url = format!("postgres://keybroker@127.0.0.1:{}/keybroker", pg.port);
+    let store = PostgresStore::connect(PgConnectOptions::from_str(&url).unwrap(), 2)
+        .await
+        .unwrap();
+    let pool = store.pool();
+    sqlx::query("INSERT INTO audit_entries (idx, body) VALUES (0, 'x')")
+        .execute(pool)
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE audit_entries SET body = 'y' WHERE idx = 0",
+        "DELETE FROM audit_entries WHERE idx = 0",
+        "TRUNCATE audit_entries",
+    ] {
+        let e = sqlx::query(sql).execute(pool).await.unwrap_err();
+        assert!(e.to_string().contains("permission denied"), "{sql}: {e}");
+    }
+    // Even a superuser (who bypasses privileges) meets the trigger.
+    for sql in [
+        "UPDATE audit_entries SET body = 'y' WHERE idx = 0",
+        "DELETE FROM audit_entries WHERE idx = 0",
+        "TRUNCATE audit_entries",
+    ] {
+        let e = pg.psql("keybroker", sql).unwrap_err().to_string();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    assert_eq!(
+        pg.psql(
+            "keybroker",
+            "SELECT convert_from(body, 'UTF8') FROM audit_entries"
+        )
+        .unwrap(),
+        "x"
+    );
+}
