@@ -1,7 +1,8 @@
 //! SQLite backend of the catalog: the embedded single-node default.
 //!
 //! WAL mode with `synchronous=FULL`: a lease row is durable before the plaintext it covers
-//! leaves the broker. Migrations are embedded and run at open.
+//! leaves the broker; release gates are group-committed (one fsync per batch, see `group`).
+//! Migrations are embedded and run at open.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +17,7 @@ use sqlx::sqlite::{
 
 mod gate;
 mod gauges;
+mod group;
 mod lifecycle;
 
 use super::{
@@ -27,6 +29,8 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The release gate's group commit.
+    group: group::GroupCommit,
 }
 
 impl SqliteStore {
@@ -47,7 +51,8 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let group = group::GroupCommit::start(pool.clone());
+        Ok(Self { pool, group })
     }
 
     /// An in-memory catalog (unit tests).
@@ -61,7 +66,8 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let group = group::GroupCommit::start(pool.clone());
+        Ok(Self { pool, group })
     }
 
     async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
@@ -305,7 +311,7 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError> {
-        gate::release(&self.pool, gate).await
+        self.group.release(gate).await
     }
 
     async fn is_revoked(&self, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {

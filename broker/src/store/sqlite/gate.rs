@@ -26,11 +26,12 @@ macro_rules! gate_conditions {
     };
 }
 
-pub(super) async fn release(
-    pool: &SqlitePool,
+/// One gate on `conn`, inside a transaction the caller owns (the group commit in
+/// [`super::group`] runs a batch of them, each under its own savepoint, in one transaction).
+pub(super) async fn release_in(
+    conn: &mut sqlx::SqliteConnection,
     gate: &ReleaseGate<'_>,
 ) -> Result<GateOutcome, StoreError> {
-    let mut tx = pool.begin().await?;
     let who = &gate.who;
     let count = match gate.wrap_version {
         Some(version) => {
@@ -47,7 +48,7 @@ pub(super) async fn release(
             .bind(who.job_id)
             .bind(who.subject)
             .bind(who.issuer)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await?;
             let Some(count) = count else {
                 return Ok(GateOutcome::Closed);
@@ -60,18 +61,17 @@ pub(super) async fn release(
         None => 0,
     };
     if let Some(lease) = gate.lease {
-        let inserted = insert_lease(&mut tx, gate, lease).await?;
+        let inserted = insert_lease(conn, gate, lease).await?;
         if !inserted {
             return Ok(GateOutcome::Closed);
         }
     }
-    tx.commit().await?;
     Ok(GateOutcome::Open(count))
 }
 
 /// Inserts the lease if the gate is open (checked in the same statement).
 async fn insert_lease(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conn: &mut sqlx::SqliteConnection,
     gate: &ReleaseGate<'_>,
     lease: &LeaseRecord,
 ) -> Result<bool, StoreError> {
@@ -91,7 +91,7 @@ async fn insert_lease(
     .bind(lease.op)
     .bind(lease.issued_at)
     .bind(lease.expires_at)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     Ok(res.rows_affected() == 1)
 }

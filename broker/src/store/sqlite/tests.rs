@@ -309,3 +309,58 @@ async fn list_is_by_prefix_literally_and_paged() {
     assert_eq!(names, ["a_b/2"]);
     assert_eq!(s.list_keys("", None, 100).await.unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn group_commit_isolates_each_gate_and_counts_every_open_one() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    enabled_key(&s).await;
+    let leases: Vec<LeaseRecord> = (0..100).map(|i| lease(&format!("l{i}"))).collect();
+    let dup = lease("l0");
+    let mut calls = Vec::new();
+    for (i, l) in leases.iter().enumerate() {
+        calls.push((i, Some(1), Some(l)));
+        // Interleaved with each open gate: a closed one (unknown version).
+        calls.push((1000 + i, Some(9), None));
+    }
+    let results = futures_join(&s, &calls).await;
+    let mut opened = 0;
+    for ((id, _, _), r) in calls.iter().zip(&results) {
+        match (*id, r) {
+            (i, Ok(GateOutcome::Open(_))) if i < 1000 => opened += 1,
+            (i, Ok(GateOutcome::Closed)) if i >= 1000 => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(opened, 100);
+    // A lease id already used fails inside its savepoint and counts nothing.
+    assert!(s.release(&gate(Some(1), None, Some(&dup))).await.is_err());
+    // The count after the batch: every open gate counted once, nothing from the others.
+    assert_eq!(
+        s.release(&gate(Some(1), None, None)).await.unwrap(),
+        GateOutcome::Open(101)
+    );
+}
+
+/// Runs every gate concurrently (so they share group commits) and collects the outcomes.
+async fn futures_join(
+    s: &SqliteStore,
+    calls: &[(usize, Option<u32>, Option<&LeaseRecord>)],
+) -> Vec<Result<GateOutcome, StoreError>> {
+    let mut set = tokio::task::JoinSet::new();
+    for (n, (_, wrap, l)) in calls.iter().enumerate() {
+        let s = s.clone();
+        let l = l.cloned();
+        let wrap = *wrap;
+        set.spawn(async move {
+            let g = gate(wrap, None, l.as_ref());
+            (n, s.release(&g).await)
+        });
+    }
+    let mut out: Vec<Option<Result<GateOutcome, StoreError>>> =
+        (0..calls.len()).map(|_| None).collect();
+    while let Some(done) = set.join_next().await {
+        let (n, r) = done.unwrap();
+        out[n] = Some(r);
+    }
+    out.into_iter().map(Option::unwrap).collect()
+}

@@ -41,6 +41,9 @@ pub(crate) enum CliError {
     /// An inclusion proof did not verify.
     #[error("audit proof refused: {0}")]
     Proof(#[source] keybroker_client::audit::proof::ProofError),
+    /// `bench` could not set up or run its target (HSM, OpenBao, runtime).
+    #[error("bench: {0}")]
+    Bench(String),
     /// Writing the output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

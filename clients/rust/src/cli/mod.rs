@@ -4,6 +4,7 @@
 
 mod args;
 mod audit;
+mod bench;
 mod datakey;
 mod dev_token;
 mod drill;
@@ -89,6 +90,9 @@ enum Command {
     Encrypt(files::EncryptArgs),
     /// Decrypt a KBEF file (`-` for stdin/stdout); fails on any tampering.
     Decrypt(files::DecryptArgs),
+    /// Load test: ops/s, latency percentiles and errors against a broker (or, for
+    /// comparison, the HSM alone or OpenBao transit).
+    Bench(Box<bench::BenchArgs>),
 }
 
 impl Cli {
@@ -108,6 +112,7 @@ impl Cli {
             Command::Encrypt(args) => args.run(&self.global, out).await,
             Command::Decrypt(args) => args.run(&self.global, out).await,
             Command::Audit(cmd) => cmd.run(&self.global, format, out).await,
+            Command::Bench(args) => args.run(&self.global, format, out),
         }
     }
 }
