@@ -114,6 +114,10 @@ async fn replicas_share_one_catalog_and_a_disable_on_one_closes_the_gate_on_the_
         pg.psql("postgres", "SELECT count(*) FROM leases").unwrap(),
         "1"
     );
+    // /metrics counts from either replica: one disabled key, one unexpired lease.
+    let g = b.gauges(0).await.unwrap();
+    assert_eq!(g.keys_by_state, vec![("DISABLED".to_owned(), 1)]);
+    assert_eq!(g.active_leases, Some(1));
     // Compare-and-set: the second replica's identical transition loses.
     assert!(matches!(
         b.set_key_state("k", KeyState::Enabled, KeyState::Disabled, None)

@@ -17,8 +17,8 @@ mod gate;
 mod lifecycle;
 
 use super::{
-    GateOutcome, KeyRecord, KeyState, NewKey, Purpose, ReleaseGate, RevocationTarget,
-    SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
+    CatalogGauges, GateOutcome, KeyRecord, KeyState, NewKey, Purpose, ReleaseGate,
+    RevocationTarget, SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
 };
 
 /// How long a request waits for a database connection before it is refused: short, so a lost
@@ -353,5 +353,29 @@ impl Store for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn gauges(&self, now: i64) -> Result<CatalogGauges, StoreError> {
+        // The same two aggregate reads as SQLite: keys by state, unexpired leases.
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM keys GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut keys_by_state = Vec::with_capacity(rows.len());
+        for row in rows {
+            keys_by_state.push((
+                row.try_get::<String, _>("state")?,
+                row.try_get::<i64, _>("n")?,
+            ));
+        }
+        let leases: i64 = sqlx::query("SELECT COUNT(*) AS n FROM leases WHERE expires_at > $1")
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(CatalogGauges {
+            keys_by_state,
+            active_leases: Some(leases),
+        })
     }
 }
