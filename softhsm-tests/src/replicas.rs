@@ -86,6 +86,7 @@ impl Cluster {
         let mut child = tokio::process::Command::new(crate::workspace_bin("keybrokerd")?)
             .arg("--config")
             .arg(&config)
+            .arg("--allow-root") // CI runs as root
             .env(
                 "KEYBROKER_LOG",
                 std::env::var("KEYBROKER_LOG").unwrap_or_else(|_| "info".to_owned()),
