@@ -105,9 +105,11 @@ pub(crate) async fn enabled_key(
     Ok(info)
 }
 
-/// Writes the report as JSON or through `text`, and to `file` when given.
+/// Writes the report as JSON or through `text`, and to `file` when given; then fails with
+/// `failed` unless the drill `passed`.
 pub(crate) fn emit<T: Serialize>(
     report: &T,
+    (passed, failed): (bool, &str),
     format: Format,
     out: &mut dyn Write,
     file: Option<&PathBuf>,
@@ -121,7 +123,11 @@ pub(crate) fn emit<T: Serialize>(
         Format::Json => write_json(out, report)?,
         Format::Text => text(out)?,
     }
-    Ok(())
+    if passed {
+        Ok(())
+    } else {
+        Err(CliError::Usage(failed.to_owned()))
+    }
 }
 
 pub(crate) fn now_text() -> String {
@@ -224,16 +230,10 @@ impl RevokeArgs {
             works_again,
             passed,
         };
-        emit(&report, format, out, self.report.as_ref(), |w| {
+        let verdict = (passed, "revocation drill FAILED: see the report");
+        emit(&report, verdict, format, out, self.report.as_ref(), |w| {
             revoke_text(&report, w)
-        })?;
-        if passed {
-            Ok(())
-        } else {
-            Err(CliError::Usage(
-                "revocation drill FAILED: see the report".into(),
-            ))
-        }
+        })
     }
 }
 
