@@ -27,6 +27,18 @@ fn purpose_name(p: Purpose) -> &'static str {
     }
 }
 
+/// Actions that end at the release gate, which re-checks what a cached key record could miss.
+fn releases(action: Action) -> bool {
+    matches!(
+        action,
+        Action::GenerateDataKey
+            | Action::GenerateDataKeyWithoutPlaintext
+            | Action::Decrypt
+            | Action::Encrypt
+            | Action::ReEncrypt
+    )
+}
+
 fn context_map(ctx: &EncryptionContext) -> BTreeMap<String, String> {
     ctx.iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -43,11 +55,12 @@ impl ApiState {
         name: &KeyName,
         ctx: &EncryptionContext,
     ) -> Result<KeyRecord, Status> {
-        let record = self
-            .keys
-            .get_key(name)
-            .await
-            .map_err(|e| key_error(&e, &call.rid))?;
+        let record = if releases(action) {
+            self.keys.get_key_for_release(name).await
+        } else {
+            self.keys.get_key(name).await
+        }
+        .map_err(|e| key_error(&e, &call.rid))?;
         self.authorize_record(call, action, &record, &context_map(ctx))?;
         Ok(record)
     }

@@ -107,6 +107,18 @@ impl KeyService {
             .ok_or(KeyError::NotFound)
     }
 
+    /// The key as the release path sees it for policy: possibly cached, with use counts that
+    /// may lag (see [`crate::store::CachedStore`]); the release gate re-checks the rest.
+    ///
+    /// # Errors
+    /// [`KeyError::NotFound`] for unknown keys.
+    pub async fn get_key_for_release(&self, name: &KeyName) -> Result<KeyRecord, KeyError> {
+        self.store
+            .get_key_for_release(name.as_str())
+            .await?
+            .ok_or(KeyError::NotFound)
+    }
+
     /// ListKeys.
     ///
     /// # Errors

@@ -16,8 +16,8 @@ use super::context::EncryptionContext;
 use super::envelope::{Envelope, header_aad};
 use super::name::KeyName;
 use super::service::{
-    Caller, DATA_KEY_LEN, GCM_RANDOM_IV_LIMIT, KeyService, MAX_SEAL_PLAINTEXT, Released, Sealed,
-    check_usable, check_version,
+    Caller, DATA_KEY_LEN, GCM_LIMIT_REACHED, GCM_RANDOM_IV_LIMIT, KeyService, MAX_SEAL_PLAINTEXT,
+    Released, Sealed, check_usable, check_version,
 };
 
 /// What `seal` needs besides the plaintext.
@@ -55,9 +55,7 @@ impl KeyService {
             .ok_or_else(|| KeyError::Precondition("key has no enabled version".into()))?;
         let used = key.version(version).map_or(0, |v| v.wrap_count);
         if used >= GCM_RANDOM_IV_LIMIT - 1 {
-            return Err(KeyError::Precondition(
-                "key version reached its GCM use limit; rotate the key".into(),
-            ));
+            return Err(KeyError::Precondition(GCM_LIMIT_REACHED.into()));
         }
         let aad = header_aad(name, version, ctx);
         let SealedGcm {

@@ -22,6 +22,6 @@ pub use input::KeyInputError;
 pub use lifecycle::{KeyChange, transition, version_transition};
 pub use scheduler::Scheduler;
 pub use service::{
-    Caller, DATA_KEY_LEN, HsmHandle, KeyService, KeySettings, Lease, MAX_DESTRUCTION_WAIT,
-    MAX_SEAL_PLAINTEXT, Released, Sealed,
+    Caller, DATA_KEY_LEN, GCM_RANDOM_IV_LIMIT, HsmHandle, KeyService, KeySettings, Lease,
+    MAX_DESTRUCTION_WAIT, MAX_SEAL_PLAINTEXT, Released, Sealed,
 };

@@ -32,6 +32,9 @@ pub const MAX_SEAL_PLAINTEXT: usize = 64 * 1024;
 /// NIST SP 800-38D: at most 2^32 random-IV GCM encryptions per key.
 pub const GCM_RANDOM_IV_LIMIT: u64 = 1 << 32;
 
+/// Why a version at [`GCM_RANDOM_IV_LIMIT`] seals nothing more.
+pub(super) const GCM_LIMIT_REACHED: &str = "key version reached its GCM use limit; rotate the key";
+
 /// One HSM of the inventory as the key service sees it.
 #[derive(Debug, Clone)]
 pub struct HsmHandle {
@@ -219,6 +222,11 @@ impl KeyService {
                 check_usable(&key, None)?;
                 for v in [gate.wrap_version, gate.open_version].into_iter().flatten() {
                     check_version(&key, v, gate.open_version == Some(v))?;
+                }
+                if let Some(v) = gate.wrap_version.and_then(|v| key.version(v))
+                    && v.wrap_count >= GCM_RANDOM_IV_LIMIT - 1
+                {
+                    return Err(KeyError::Precondition(GCM_LIMIT_REACHED.into()));
                 }
                 Err(KeyError::Precondition(
                     "key state changed during the request".into(),

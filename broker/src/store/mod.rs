@@ -4,6 +4,7 @@
 //! Nothing outside this room knows which backend is in use: records are plain Rust types and
 //! states travel as [`KeyState`] / [`VersionState`], never as SQL text.
 
+mod cached;
 mod gate;
 mod open;
 mod postgres;
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+pub use cached::CachedStore;
 pub use gate::{GateOutcome, ReleaseGate, RevocationTarget, SettingsUpdate, Who};
 pub use open::{Opened, open};
 pub use postgres::PostgresStore;
@@ -217,6 +219,16 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Database failures.
     async fn get_key(&self, name: &str) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// The key and its versions, for policy on the release path: may come from a cache whose
+    /// use counts lag (never its states, labels or versions; see [`CachedStore`]). The release
+    /// gate re-checks everything that decides a release.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn get_key_for_release(&self, name: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.get_key(name).await
+    }
 
     /// Keys whose name starts with `prefix`, after `after` (exclusive), at most `limit`, by name.
     ///

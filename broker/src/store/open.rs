@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sqlx::postgres::PgConnectOptions;
 use zeroize::Zeroizing;
 
-use super::{PostgresStore, SqliteStore, Store, StoreError};
+use super::{CachedStore, PostgresStore, SqliteStore, Store, StoreError};
 use crate::config::{PgUrlSource, StoreConfig};
 
 /// An open catalog.
@@ -29,7 +29,7 @@ pub async fn open(config: &StoreConfig) -> Result<Opened, (&'static str, StoreEr
         StoreConfig::Sqlite { path } => SqliteStore::open(path)
             .await
             .map(|s| Opened {
-                store: Arc::new(s),
+                store: Arc::new(CachedStore::new(Arc::new(s))),
                 postgres: None,
             })
             .map_err(|e| ("store.sqlite_path", e)),

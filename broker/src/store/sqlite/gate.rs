@@ -39,6 +39,9 @@ pub(super) async fn release_in(
             let count: Option<i64> = sqlx::query_scalar(concat!(
                 "UPDATE key_versions SET wrap_count = wrap_count + 1 ",
                 "WHERE key_name = ?1 AND version = ?2 AND state = 'ENABLED' AND ",
+                // The GCM random-IV limit (service::GCM_RANDOM_IV_LIMIT - 1), enforced where
+                // the use is counted.
+                "wrap_count < 4294967295 AND ",
                 gate_conditions!(),
                 " RETURNING wrap_count"
             ))

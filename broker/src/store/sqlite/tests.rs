@@ -364,3 +364,23 @@ async fn futures_join(
     }
     out.into_iter().map(Option::unwrap).collect()
 }
+
+#[tokio::test]
+async fn gate_enforces_the_gcm_use_limit_where_it_counts() {
+    let s = SqliteStore::in_memory().await.unwrap();
+    enabled_key(&s).await;
+    let last_allowed = crate::keys::GCM_RANDOM_IV_LIMIT - 2;
+    sqlx::query("UPDATE key_versions SET wrap_count = ?1 WHERE key_name = 'k'")
+        .bind(i64::try_from(last_allowed).unwrap())
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.release(&gate(Some(1), None, None)).await.unwrap(),
+        GateOutcome::Open(last_allowed + 1)
+    );
+    assert_eq!(
+        s.release(&gate(Some(1), None, None)).await.unwrap(),
+        GateOutcome::Closed
+    );
+}
