@@ -158,7 +158,7 @@ impl Metrics {
         let audit_commit = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "audit_commit_duration_seconds",
-            "Time of one audit group commit (write + fdatasync)",
+            "Time of one audit group commit (write + fdatasync, or one PostgreSQL transaction)",
             audit_commit.clone(),
         );
         let jwks_fetches = Family::<IssuerLabels, Counter>::default();
