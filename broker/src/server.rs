@@ -178,7 +178,11 @@ impl Broker {
             Some(pool) => crate::audit::pg_origin(pool).await?,
             None => format!("keybroker/{replica}/audit"),
         };
-        tracing::info!(replica_id = replica.as_str(), origin = origin.as_str(), "audit log");
+        tracing::info!(
+            replica_id = replica.as_str(),
+            origin = origin.as_str(),
+            "audit log"
+        );
         let signer =
             match hsms.iter().next() {
                 Some((id, h)) => Some(Signer::new(h.pool.clone(), origin).await.map_err(
@@ -260,11 +264,16 @@ impl Broker {
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let metrics = Arc::new(crate::http::metrics::Metrics::new());
+        metrics.replica(&replica);
         let audit: Arc<dyn AuditLog> = match &catalog.postgres {
             Some(pool) => {
-                let audit =
-                    crate::audit::PgAuditLog::open(pool.clone(), &config.audit.dir, &tasks, &cancel)
-                        .await?;
+                let audit = crate::audit::PgAuditLog::open(
+                    pool.clone(),
+                    &config.audit.dir,
+                    &tasks,
+                    &cancel,
+                )
+                .await?;
                 audit.observe_commits(metrics.clone());
                 Arc::new(audit)
             }

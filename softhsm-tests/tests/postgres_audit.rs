@@ -29,7 +29,11 @@ use tokio_util::task::TaskTracker;
 async fn pool(pg: &TestPostgres) -> PgPool {
     let opts = PgConnectOptions::from_str(&pg.url()).unwrap();
     // Connecting applies the migrations (catalog and audit tables).
-    PostgresStore::connect(opts, 4).await.unwrap().pool().clone()
+    PostgresStore::connect(opts, 4)
+        .await
+        .unwrap()
+        .pool()
+        .clone()
 }
 
 /// A running log and what stops it.
@@ -175,7 +179,10 @@ async fn a_restarted_replica_resumes_its_mirror_from_disk_and_continues_the_same
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tiles_directory_of_another_log_stops_the_start() {
-    let (pg_a, pg_b) = (TestPostgres::start().unwrap(), TestPostgres::start().unwrap());
+    let (pg_a, pg_b) = (
+        TestPostgres::start().unwrap(),
+        TestPostgres::start().unwrap(),
+    );
     let (a, b) = (pool(&pg_a).await, pool(&pg_b).await);
     let dir = tempfile::tempdir().unwrap();
     let log = Running::open(&a, dir.path()).await.unwrap();

@@ -345,8 +345,7 @@ async fn the_broker_role_cannot_update_delete_or_truncate_audit_entries() {
 }
 
 #[tokio::test]
-async fn recovery_on_another_replica_skips_versions_still_being_created_and_takes_abandoned_ones()
-{
+async fn recovery_on_another_replica_skips_versions_still_being_created_and_takes_abandoned_ones() {
     let pg = TestPostgres::start().unwrap();
     let (a, b) = tokio::join!(replica(&pg, "postgres"), replica(&pg, "postgres"));
     // A is creating version 1 (between the catalog reservation and the HSM object).

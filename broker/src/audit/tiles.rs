@@ -181,7 +181,11 @@ pub(crate) fn full_leaves(dir: &Path) -> Vec<Hash> {
         if bytes.len() as u64 != 32 * TILE_WIDTH {
             break;
         }
-        out.extend(bytes.chunks_exact(32).filter_map(|c| Hash::try_from(c).ok()));
+        out.extend(
+            bytes
+                .chunks_exact(32)
+                .filter_map(|c| Hash::try_from(c).ok()),
+        );
     }
     out
 }

@@ -16,8 +16,8 @@ mod docs_tests;
 mod http;
 mod identity;
 mod log;
-mod replica;
 mod mtls;
+mod replica;
 mod store;
 
 use http::{RawHttp, http};
@@ -333,9 +333,9 @@ fn server(cx: &Ctx<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError> {
         )
     })?;
     let replica_id = match raw.replica_id {
-        Some(id) => Some(
-            replica::check(&id).map_err(|problem| cx.invalid("server.replica_id", problem))?,
-        ),
+        Some(id) => {
+            Some(replica::check(&id).map_err(|problem| cx.invalid("server.replica_id", problem))?)
+        }
         None => None,
     };
     Ok(ServerConfig {

@@ -42,10 +42,7 @@ pub(super) async fn mirror(pool: &PgPool, dir: &Path) -> Result<Publisher, Audit
     if leaves.len() as u64 > size {
         return Err(mismatch(
             dir,
-            format!(
-                "it holds {} records, the database {size}",
-                leaves.len()
-            ),
+            format!("it holds {} records, the database {size}", leaves.len()),
         ));
     }
     let start = dir.to_path_buf();

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
-use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::Connection as _;
+use sqlx::postgres::{PgConnection, PgPool};
 
 use crate::store::StoreError;
 
