@@ -9,6 +9,7 @@ mod error;
 mod module;
 mod ops;
 mod pool;
+mod seal;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use zeroize::Zeroizing;
 
 pub use error::{HsmError, HsmErrorKind, triage};
 pub use pool::PoolSnapshot;
+pub use seal::{SealInput, SealedGcm};
 
 /// Which token of the module to use.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -316,3 +316,69 @@ async fn background_refresh_stops_on_cancel() {
         .await
         .unwrap();
 }
+
+// The verified-token cache (`super::token_cache`): a hit must never outlive what a full check
+// would accept.
+
+#[tokio::test]
+async fn a_cached_token_is_refused_once_its_key_leaves_the_jwks() {
+    let f = fixture(Mode::Ok, fast()).await;
+    f.verifier.prefetch().await;
+    let good = token(&f.key, "k1");
+    assert!(verdict(&f, &good).await.is_ok());
+    assert_eq!(f.verifier.cached_tokens(), 1);
+    // The issuer rotates k1 out; the next refresh drops it.
+    let (_, new_jwk) = ed25519("k2");
+    *f.srv.jwks.lock().unwrap() = json!({"keys": [new_jwk]});
+    f.clock.advance(Duration::from_secs(120));
+    f.verifier.remotes().next().unwrap().refresh_if_due().await;
+    assert_eq!(f.srv.hits(), 2);
+    assert!(matches!(verdict(&f, &good).await, Err(Reason::UnknownKid)));
+}
+
+#[tokio::test]
+async fn a_cached_token_expires_at_the_same_second_as_an_uncached_one() {
+    let f = fixture(Mode::Ok, fast()).await;
+    f.verifier.prefetch().await;
+    let good = token(&f.key, "k1");
+    // exp = NOW + 600, leeway 30: valid while now < NOW + 630.
+    for now in [NOW, NOW + 629] {
+        assert!(f.verifier.verify_refreshing(&good, now).await.is_ok());
+    }
+    assert_eq!(f.verifier.cached_tokens(), 1);
+    let late = f.verifier.verify_refreshing(&good, NOW + 630).await;
+    assert!(matches!(
+        late.map_err(|e| e.reason().unwrap()),
+        Err(Reason::Expired)
+    ));
+    assert_eq!(
+        f.verifier.cached_tokens(),
+        0,
+        "the expired entry is dropped"
+    );
+}
+
+#[tokio::test]
+async fn the_same_claims_under_a_forged_signature_are_not_served_from_the_cache() {
+    let f = fixture(Mode::Ok, fast()).await;
+    f.verifier.prefetch().await;
+    let good = token(&f.key, "k1");
+    assert!(verdict(&f, &good).await.is_ok());
+    // Same header and payload, signed by another key under the same kid.
+    let forged = token(&f.attacker, "k1");
+    assert_eq!(
+        good.rsplit_once('.').unwrap().0,
+        forged.rsplit_once('.').unwrap().0
+    );
+    assert!(matches!(
+        verdict(&f, &forged).await,
+        Err(Reason::BadSignature)
+    ));
+    // Nor with the signature stripped or altered by one character.
+    let (msg, sig) = good.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    for t in [format!("{msg}."), format!("{msg}.{flipped}{}", &sig[1..])] {
+        assert!(verdict(&f, &t).await.is_err());
+    }
+    assert_eq!(f.verifier.cached_tokens(), 1);
+}

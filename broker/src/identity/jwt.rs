@@ -20,6 +20,7 @@ use super::claims::{self, IssuerFacts, Rules};
 use super::jwks::{self, KeyMap};
 use super::remote::{Clock, Limits, RemoteJwks};
 use super::strict_json::{StrictError, parse_object};
+use super::token_cache::{self, TokenCache, Verified};
 use super::{IdentityError, Principal, Reason};
 use crate::config::JwksSource;
 
@@ -80,6 +81,7 @@ impl From<Reason> for Refusal {
 /// Verifies bearer tokens against the configured issuers.
 pub struct JwtVerifier {
     issuers: HashMap<String, Issuer>,
+    verified: TokenCache,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -140,7 +142,10 @@ impl JwtVerifier {
                 },
             );
         }
-        Ok(Self { issuers })
+        Ok(Self {
+            issuers,
+            verified: TokenCache::default(),
+        })
     }
 
     pub(crate) fn remotes(&self) -> impl Iterator<Item = &Arc<RemoteJwks>> {
@@ -220,10 +225,39 @@ impl JwtVerifier {
         }
     }
 
+    /// Tokens in the verified-token cache.
+    #[cfg(test)]
+    pub(crate) fn cached_tokens(&self) -> usize {
+        self.verified.len()
+    }
+
     fn check(&self, token: &str, now: u64) -> Result<Principal, Refusal> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(Reason::TooLarge.into());
         }
+        let digest = token_cache::digest(token);
+        if let Some(hit) = self.verified.get(&digest) {
+            if let Some(issuer) = self.issuers.get(&hit.issuer)
+                && issuer.holds(&hit.keys)
+            {
+                return match claims::check(&hit.claims, issuer.rules(), now) {
+                    Ok(()) => Ok(hit.principal),
+                    Err(reason) => {
+                        self.verified.remove(&digest);
+                        Err(reason.into())
+                    }
+                };
+            }
+            // The key set changed since: check the token in full again.
+            self.verified.remove(&digest);
+        }
+        let verified = self.check_in_full(token, now)?;
+        let principal = verified.principal.clone();
+        self.verified.insert(digest, verified, now);
+        Ok(principal)
+    }
+
+    fn check_in_full(&self, token: &str, now: u64) -> Result<Verified, Refusal> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -286,15 +320,34 @@ impl JwtVerifier {
             Ok(true) => {}
             _ => return Err(Reason::BadSignature.into()),
         }
-        let s = &issuer.settings;
-        let c = claims::parse(&payload, s.job_claim.as_deref())?;
-        let rules = Rules {
+        let c = claims::parse(&payload, issuer.settings.job_claim.as_deref())?;
+        claims::check(&c, issuer.rules(), now)?;
+        Ok(Verified {
+            issuer: issuer.settings.issuer.clone(),
+            keys,
+            principal: claims::principal(c.clone(), &issuer.facts)?,
+            claims: c,
+        })
+    }
+}
+
+impl Issuer {
+    fn rules(&self) -> Rules<'_> {
+        let s = &self.settings;
+        Rules {
             audiences: &s.audiences,
             leeway: s.leeway.as_secs(),
             max_lifetime: s.max_token_lifetime.as_secs(),
-        };
-        claims::check(&c, rules, now)?;
-        Ok(claims::principal(c, &issuer.facts)?)
+        }
+    }
+
+    /// Whether `keys` is still this issuer's current key set (the very same set, not an equal
+    /// one: a refresh makes a new set, and cached verdicts of the old one are not reused).
+    fn holds(&self, keys: &Arc<KeyMap>) -> bool {
+        match &self.keys {
+            Keys::Static(k) => Arc::ptr_eq(k, keys),
+            Keys::Remote(r) => r.current().is_some_and(|k| Arc::ptr_eq(&k, keys)),
+        }
     }
 }
 

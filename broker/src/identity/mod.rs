@@ -13,6 +13,7 @@ mod mtls;
 mod remote;
 mod strict_json;
 pub(crate) mod svid;
+mod token_cache;
 
 #[cfg(test)]
 mod jwks_tests;

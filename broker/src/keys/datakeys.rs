@@ -1,12 +1,14 @@
 //! Envelope operations: GenerateDataKey (with and without plaintext), Encrypt, Decrypt,
 //! ReEncrypt. Each takes the key record the API layer loaded for policy, checks it, does the
-//! HSM work, then passes the catalog's release gate before returning anything.
+//! HSM work, then passes the catalog's release gate before returning anything. Revocations
+//! are checked by the gate itself (in the same statement that records the lease), not by a
+//! separate read before: a revoked caller costs one HSM call, every other call one query less.
 
 use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::hsm::HsmError;
+use crate::hsm::{HsmError, SealInput, SealedGcm};
 use crate::store::{KeyRecord, Purpose, ReleaseGate};
 
 use super::KeyError;
@@ -31,13 +33,14 @@ struct SealJob<'a> {
 }
 
 impl KeyService {
-    /// Encrypts under the newest enabled version, then passes the gate (which counts the use
-    /// and records the lease).
+    /// Encrypts under the newest enabled version (IV, and for a data key the key itself, drawn
+    /// on the HSM in the same call), then passes the gate (which counts the use and records the
+    /// lease). Returns the bytes sealed with the envelope.
     async fn seal(
         &self,
         job: SealJob<'_>,
-        plaintext: Zeroizing<Vec<u8>>,
-    ) -> Result<Sealed, KeyError> {
+        input: SealInput,
+    ) -> Result<(Zeroizing<Vec<u8>>, Sealed), KeyError> {
         let SealJob {
             caller,
             key,
@@ -56,17 +59,14 @@ impl KeyService {
                 "key version reached its GCM use limit; rotate the key".into(),
             ));
         }
-        let iv: [u8; 12] = hsm
-            .pool
-            .generate_random(12)
-            .await?
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::Invalid("HSM returned a short IV".into()))?;
         let aad = header_aad(name, version, ctx);
-        let sealed = hsm
+        let SealedGcm {
+            plaintext,
+            iv,
+            sealed,
+        } = hsm
             .pool
-            .encrypt_gcm(&name.hsm_label(version), iv, aad, plaintext)
+            .seal_gcm(&name.hsm_label(version), aad, input)
             .await?;
         let record =
             lease.map(|l| Self::lease_record(caller, l, name.as_str(), version, "GenerateDataKey"));
@@ -88,10 +88,11 @@ impl KeyService {
             iv,
             sealed,
         };
-        Ok(Sealed {
+        let sealed = Sealed {
             ciphertext: envelope.encode(),
             version,
-        })
+        };
+        Ok((plaintext, sealed))
     }
 
     /// GenerateDataKey: a fresh data key, its wrapped copy and a lease.
@@ -106,13 +107,7 @@ impl KeyService {
         ttl: Option<Duration>,
     ) -> Result<(Released, Sealed), KeyError> {
         check_usable(key, Some(Purpose::DataKey))?;
-        self.not_revoked(caller).await?;
         let lease = self.lease(ttl)?;
-        let plaintext = self
-            .hsm_for(key)?
-            .pool
-            .generate_random(DATA_KEY_LEN)
-            .await?;
         let job = SealJob {
             caller,
             key,
@@ -121,7 +116,7 @@ impl KeyService {
             lease: Some((&lease.0, lease.1)),
             opened: None,
         };
-        let sealed = self.seal(job, plaintext.clone()).await?;
+        let (plaintext, sealed) = self.seal(job, SealInput::Fresh(DATA_KEY_LEN)).await?;
         Ok((
             Released {
                 plaintext,
@@ -144,12 +139,6 @@ impl KeyService {
         ctx: &EncryptionContext,
     ) -> Result<Sealed, KeyError> {
         check_usable(key, Some(Purpose::DataKey))?;
-        self.not_revoked(caller).await?;
-        let plaintext = self
-            .hsm_for(key)?
-            .pool
-            .generate_random(DATA_KEY_LEN)
-            .await?;
         let job = SealJob {
             caller,
             key,
@@ -158,7 +147,8 @@ impl KeyService {
             lease: None,
             opened: None,
         };
-        self.seal(job, plaintext).await
+        let (_, sealed) = self.seal(job, SealInput::Fresh(DATA_KEY_LEN)).await?;
+        Ok(sealed)
     }
 
     /// Encrypt (SEAL keys, at most 64 KiB).
@@ -179,7 +169,6 @@ impl KeyService {
             )));
         }
         check_usable(key, Some(Purpose::Seal))?;
-        self.not_revoked(caller).await?;
         let job = SealJob {
             caller,
             key,
@@ -188,13 +177,13 @@ impl KeyService {
             lease: None,
             opened: None,
         };
-        self.seal(job, plaintext).await
+        let (_, sealed) = self.seal(job, SealInput::Given(plaintext)).await?;
+        Ok(sealed)
     }
 
     /// Opens an envelope after checking the key and version states (the gate re-checks).
     async fn open(
         &self,
-        caller: &Caller,
         key: &KeyRecord,
         envelope: &Envelope,
         ctx: &EncryptionContext,
@@ -202,7 +191,6 @@ impl KeyService {
         // Either purpose: a SEAL payload and a wrapped data key open the same way.
         check_usable(key, None)?;
         check_version(key, envelope.version, true)?;
-        self.not_revoked(caller).await?;
         self.hsm_for(key)?
             .pool
             .decrypt_gcm(
@@ -231,7 +219,7 @@ impl KeyService {
         ttl: Option<Duration>,
     ) -> Result<Released, KeyError> {
         let (lease, issued) = self.lease(ttl)?;
-        let plaintext = self.open(caller, key, envelope, ctx).await?;
+        let plaintext = self.open(key, envelope, ctx).await?;
         let name = envelope.key.as_str();
         let record =
             Self::lease_record(caller, (&lease, issued), name, envelope.version, "Decrypt");
@@ -263,7 +251,7 @@ impl KeyService {
         envelope: &Envelope,
         ctx: &EncryptionContext,
     ) -> Result<(String, u32, Sealed), KeyError> {
-        let plaintext = self.open(caller, key, envelope, ctx).await?;
+        let plaintext = self.open(key, envelope, ctx).await?;
         let job = SealJob {
             caller,
             key,
@@ -272,7 +260,7 @@ impl KeyService {
             lease: None,
             opened: Some(envelope.version),
         };
-        let sealed = self.seal(job, plaintext).await?;
+        let (_, sealed) = self.seal(job, SealInput::Given(plaintext)).await?;
         Ok((envelope.key.as_str().to_owned(), envelope.version, sealed))
     }
 }

@@ -5,6 +5,7 @@
 //! audit record can name exactly which policy decided. Loading is the only I/O here.
 
 mod input;
+mod memo;
 mod slot;
 #[cfg(test)]
 mod tests;
@@ -163,6 +164,7 @@ pub struct PolicyEngine {
     policies: PolicySet,
     sha256: String,
     authorizer: Authorizer,
+    memo: memo::Memo,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -198,6 +200,7 @@ impl PolicyEngine {
             policies: checked.policies,
             sha256: checked.sha256,
             authorizer: Authorizer::new(),
+            memo: memo::Memo::default(),
         })
     }
 
@@ -227,8 +230,20 @@ impl PolicyEngine {
         key: &KeyFacts<'_>,
         context: &BTreeMap<String, String>,
     ) -> Result<Decision, PolicyError> {
+        let digest = memo::digest(principal, action, key, context);
+        if let Some(decision) = self.memo.get(&digest) {
+            return Ok(decision);
+        }
         let (request, entities) = input::build(&self.schema, principal, action, key, context)?;
-        Ok(self.evaluate(&request, &entities))
+        let decision = self.evaluate(&request, &entities);
+        self.memo.insert(digest, &decision);
+        Ok(decision)
+    }
+
+    /// Decisions this engine remembers.
+    #[cfg(test)]
+    pub(crate) fn remembered(&self) -> usize {
+        self.memo.len()
     }
 
     /// Decides whether `principal` may read the audit log as `action`.

@@ -254,3 +254,35 @@ fn auditors_admins_and_dev_read_the_audit_log_and_workloads_do_not() {
         }
     }
 }
+
+#[test]
+fn remembered_decisions_never_answer_a_different_question() {
+    // One engine, so later questions may be served from its memo; a fresh engine per question
+    // gives the reference answer.
+    let engine = PolicyEngine::builtin().unwrap();
+    let confidential = labels(&[("classification", "confidential")]);
+    let cases = [
+        (trainer("ml-train", "eu-west-1", "job-7"), Action::GenerateDataKey),
+        (trainer("other", "eu-west-1", "job-7"), Action::GenerateDataKey),
+        (trainer("ml-train", "us-east-1", "job-7"), Action::GenerateDataKey),
+        (trainer("ml-train", "eu-west-1", "job-7"), Action::DisableKey),
+    ];
+    for _ in 0..2 {
+        for (p, action) in &cases {
+            let key = KeyFacts {
+                name: "datasets/imagenet",
+                purpose: "datakey",
+                labels: &confidential,
+                hsm_jurisdiction: "EU",
+            };
+            let got = engine.decide(p, *action, &key, &BTreeMap::new()).unwrap();
+            assert_eq!((got.allowed, got.reasons), decide(p, *action, &confidential));
+        }
+    }
+    assert_eq!(engine.remembered(), cases.len());
+    let answers: Vec<bool> = cases
+        .iter()
+        .map(|(p, a)| decide(p, *a, &confidential).0)
+        .collect();
+    assert!(answers.contains(&true) && answers.contains(&false));
+}

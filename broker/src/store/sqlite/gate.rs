@@ -27,7 +27,8 @@ macro_rules! gate_conditions {
 }
 
 /// One gate on `conn`, inside a transaction the caller owns (the group commit in
-/// [`super::group`] runs a batch of them, each under its own savepoint, in one transaction).
+/// [`super::group`] runs a batch of them in one transaction). A closed gate has written
+/// nothing; an error leaves the transaction to be rolled back by the caller.
 pub(super) async fn release_in(
     conn: &mut sqlx::SqliteConnection,
     gate: &ReleaseGate<'_>,
@@ -63,6 +64,11 @@ pub(super) async fn release_in(
     if let Some(lease) = gate.lease {
         let inserted = insert_lease(conn, gate, lease).await?;
         if !inserted {
+            if gate.wrap_version.is_some() {
+                // Same conditions on the same snapshot opened the wrap: this cannot happen
+                // short of a bug, and the count written must not stand (the caller rolls back).
+                return Err(StoreError::Conflict("release gate".into()));
+            }
             return Ok(GateOutcome::Closed);
         }
     }

@@ -2,8 +2,8 @@
 //! WAL (≈2–3 ms on the dev machines), and SQLite serializes writers, so one transaction per
 //! release capped the broker at a few hundred releases per second whatever the HSM could do.
 //! Here one task owns a connection: it takes every gate waiting when it wakes (up to
-//! [`MAX_BATCH`]), runs each under its own savepoint in one `BEGIN IMMEDIATE` transaction (a
-//! closed or failed gate rolls back only itself) and commits once. Each caller gets its answer
+//! [`MAX_BATCH`]), runs each in one `BEGIN IMMEDIATE` transaction and commits once (see
+//! [`commit`] for why no gate needs a savepoint). Each caller gets its answer
 //! after the commit, so a lease is still durable before the plaintext it covers leaves. Each
 //! gate statement still runs under the write lock on the newest data, so a `DisableKey`
 //! committed before the batch began is always seen.
@@ -115,50 +115,40 @@ async fn exec(
 }
 
 /// Runs and commits one batch; every reply is sent before it returns.
+///
+/// No savepoint per gate: a gate that closes has written nothing (its first statement found
+/// no row to change), and once a gate's first statement opened, its second one runs on the
+/// same snapshot under the same conditions, so it can only fail with a database error. Any
+/// such error rolls back the whole batch and every caller in it is refused: nothing is
+/// released that is not durable, at the price of a rare batch-wide retry.
 async fn commit(conn: &mut PoolConnection<sqlx::Sqlite>, batch: &mut Vec<(OwnedGate, Reply)>) {
-    if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
-        let text = e.to_string();
+    let refuse_all = |batch: &mut Vec<(OwnedGate, Reply)>, text: &str| {
         for (_, reply) in batch.drain(..) {
-            let _gone = reply.send(Err(sqlx::Error::Protocol(text.clone()).into()));
+            let _gone = reply.send(Err(sqlx::Error::Protocol(text.to_owned()).into()));
         }
+    };
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
+        refuse_all(batch, &e.to_string());
         return;
     }
-    let mut opened = Vec::with_capacity(batch.len());
-    for (gate, reply) in batch.drain(..) {
-        let result = match exec(conn, "SAVEPOINT gate").await {
-            Ok(()) => release_in(conn, &gate.gate()).await,
-            Err(e) => Err(e.into()),
-        };
-        let end = match &result {
-            Ok(GateOutcome::Open(_)) => exec(conn, "RELEASE gate").await,
-            _ => match exec(conn, "ROLLBACK TO gate").await {
-                Ok(()) => exec(conn, "RELEASE gate").await,
-                Err(e) => Err(e),
-            },
-        };
-        match (result, end) {
-            (Ok(GateOutcome::Open(n)), Ok(())) => opened.push((n, reply)),
-            (result, Ok(())) => {
-                let _gone = reply.send(result);
-            }
-            (_, Err(e)) => {
-                let _gone = reply.send(Err(e.into()));
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (gate, _) in batch.iter() {
+        match release_in(conn, &gate.gate()).await {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => {
+                // Best effort: the connection goes back to the pool without a transaction.
+                let _ignored = exec(conn, "ROLLBACK").await;
+                refuse_all(batch, &e.to_string());
+                return;
             }
         }
     }
-    match exec(conn, "COMMIT").await {
-        Ok(()) => {
-            for (n, reply) in opened {
-                let _gone = reply.send(Ok(GateOutcome::Open(n)));
-            }
-        }
-        Err(e) => {
-            // Best effort: the connection goes back to the pool without an open transaction.
-            let _ignored = exec(conn, "ROLLBACK").await;
-            let text = e.to_string();
-            for (_, reply) in opened {
-                let _gone = reply.send(Err(sqlx::Error::Protocol(text.clone()).into()));
-            }
-        }
+    if let Err(e) = exec(conn, "COMMIT").await {
+        let _ignored = exec(conn, "ROLLBACK").await;
+        refuse_all(batch, &e.to_string());
+        return;
+    }
+    for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+        let _gone = reply.send(Ok(outcome));
     }
 }

@@ -332,7 +332,7 @@ async fn group_commit_isolates_each_gate_and_counts_every_open_one() {
         }
     }
     assert_eq!(opened, 100);
-    // A lease id already used fails inside its savepoint and counts nothing.
+    // A lease id already used fails its batch, which is rolled back: it counts nothing.
     assert!(s.release(&gate(Some(1), None, Some(&dup))).await.is_err());
     // The count after the batch: every open gate counted once, nothing from the others.
     assert_eq!(
