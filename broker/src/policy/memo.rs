@@ -145,7 +145,10 @@ mod tests {
     #[test]
     fn the_memo_key_covers_exactly_the_workload_attributes_policy_sees() {
         // If policy input gains an attribute, this list and `digest` must both grow.
-        let names: Vec<String> = workload_attrs(&base()).into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = workload_attrs(&base())
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(
             names,
             [
@@ -177,7 +180,11 @@ mod tests {
         for (i, edit) in edits.iter().enumerate() {
             let mut p = base();
             edit(&mut p);
-            assert_ne!(d(&p, a, &[], &[]), reference, "edit {i} not in the memo key");
+            assert_ne!(
+                d(&p, a, &[], &[]),
+                reference,
+                "edit {i} not in the memo key"
+            );
         }
         // `None` and `Some("")` are different inputs to the digest (policy sees "" for both,
         // so this only costs a miss).

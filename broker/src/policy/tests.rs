@@ -262,10 +262,22 @@ fn remembered_decisions_never_answer_a_different_question() {
     let engine = PolicyEngine::builtin().unwrap();
     let confidential = labels(&[("classification", "confidential")]);
     let cases = [
-        (trainer("ml-train", "eu-west-1", "job-7"), Action::GenerateDataKey),
-        (trainer("other", "eu-west-1", "job-7"), Action::GenerateDataKey),
-        (trainer("ml-train", "us-east-1", "job-7"), Action::GenerateDataKey),
-        (trainer("ml-train", "eu-west-1", "job-7"), Action::DisableKey),
+        (
+            trainer("ml-train", "eu-west-1", "job-7"),
+            Action::GenerateDataKey,
+        ),
+        (
+            trainer("other", "eu-west-1", "job-7"),
+            Action::GenerateDataKey,
+        ),
+        (
+            trainer("ml-train", "us-east-1", "job-7"),
+            Action::GenerateDataKey,
+        ),
+        (
+            trainer("ml-train", "eu-west-1", "job-7"),
+            Action::DisableKey,
+        ),
     ];
     for _ in 0..2 {
         for (p, action) in &cases {
@@ -276,7 +288,10 @@ fn remembered_decisions_never_answer_a_different_question() {
                 hsm_jurisdiction: "EU",
             };
             let got = engine.decide(p, *action, &key, &BTreeMap::new()).unwrap();
-            assert_eq!((got.allowed, got.reasons), decide(p, *action, &confidential));
+            assert_eq!(
+                (got.allowed, got.reasons),
+                decide(p, *action, &confidential)
+            );
         }
     }
     assert_eq!(engine.remembered(), cases.len());
