@@ -173,11 +173,16 @@ impl Broker {
         let store = catalog.store.clone();
         // Checkpoints are signed in the first HSM of the inventory (fail closed: no signer, no
         // broker). Replicas sharing a PostgreSQL log share its origin.
-        let replica = replica_id();
+        let replica = config.server.replica_id.clone().unwrap_or_else(host_name);
         let origin = match &catalog.postgres {
             Some(pool) => crate::audit::pg_origin(pool).await?,
             None => format!("keybroker/{replica}/audit"),
         };
+        tracing::info!(
+            replica_id = replica.as_str(),
+            origin = origin.as_str(),
+            "audit log"
+        );
         let signer =
             match hsms.iter().next() {
                 Some((id, h)) => Some(Signer::new(h.pool.clone(), origin).await.map_err(
@@ -259,12 +264,19 @@ impl Broker {
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let metrics = Arc::new(crate::http::metrics::Metrics::new());
+        metrics.replica(&replica);
         let audit: Arc<dyn AuditLog> = match &catalog.postgres {
-            // (The PostgreSQL-sequenced log does not report its commits to the metrics yet.)
-            Some(pool) => Arc::new(
-                crate::audit::PgAuditLog::open(pool.clone(), &config.audit.dir, &tasks, &cancel)
-                    .await?,
-            ),
+            Some(pool) => {
+                let audit = crate::audit::PgAuditLog::open(
+                    pool.clone(),
+                    &config.audit.dir,
+                    &tasks,
+                    &cancel,
+                )
+                .await?;
+                audit.observe_commits(metrics.clone());
+                Arc::new(audit)
+            }
             None => {
                 let audit_dir = config.audit.dir.clone();
                 let audit =
@@ -401,6 +413,7 @@ impl Broker {
             // One publisher among the replicas: the holder of the advisory lock signs.
             self.tasks.spawn(crate::audit::lead_pg_publisher(
                 pool.clone(),
+                self.state.replica_id.clone(),
                 signer,
                 self.state.audit.clone(),
                 dir,
@@ -520,8 +533,8 @@ impl Reloader {
     }
 }
 
-/// This replica's name in audit records: the host name (the pod name on Kubernetes).
-fn replica_id() -> String {
+/// The default replica name in audit records: the host name (the pod name on Kubernetes).
+fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

@@ -1,7 +1,7 @@
 //! Several `keybrokerd` processes on one SoftHSM token and one PostgreSQL database: the
 //! production layout of DESIGN §10, for the multi-replica tests. Every replica shares the
 //! config directory (issuer, TLS, policy, PIN file, `pg-url`) and has its own tiles directory
-//! `audit-<name>`.
+//! `audit-<name>` and `server.replica_id = "replica-<name>"`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,6 +79,12 @@ impl Cluster {
     async fn start_from(&self, name: &str, base: &str) -> anyhow::Result<Replica> {
         let config = self.dir.path().join(format!("broker-{name}.toml"));
         let text = std::fs::read_to_string(self.dir.path().join(base))?;
+        // Each replica names itself in the audit records it writes.
+        let text = text.replacen(
+            "[server]\n",
+            &format!("[server]\nreplica_id = \"replica-{name}\"\n"),
+            1,
+        );
         std::fs::write(
             &config,
             format!("{text}\n[audit]\ndir = \"audit-{name}\"\n"),

@@ -246,7 +246,10 @@ async fn destruction_rotation_and_listing_follow_the_sqlite_contract() {
         .map(|k| k.name)
         .collect();
     assert_eq!(rest, ["a_b/2"]);
-    assert_eq!(s.pending_versions().await.unwrap().len(), 4);
+    // All four are being created through `s` (it holds their creation locks), so recovery on
+    // another replica leaves them alone.
+    let other = replica(&pg, "postgres").await;
+    assert!(other.pending_versions().await.unwrap().is_empty());
     s.abort_create("axb/1").await.unwrap();
     assert!(s.get_key("axb/1").await.unwrap().is_none());
 
@@ -338,5 +341,55 @@ async fn the_broker_role_cannot_update_delete_or_truncate_audit_entries() {
         )
         .unwrap(),
         "x"
+    );
+}
+
+#[tokio::test]
+async fn recovery_on_another_replica_skips_versions_still_being_created_and_takes_abandoned_ones() {
+    let pg = TestPostgres::start().unwrap();
+    let (a, b) = tokio::join!(replica(&pg, "postgres"), replica(&pg, "postgres"));
+    // A is creating version 1 (between the catalog reservation and the HSM object).
+    a.create_key(&new_key("k")).await.unwrap();
+    // B starts now: its recovery must leave A's in-flight version alone.
+    assert_eq!(b.pending_versions().await.unwrap(), vec![]);
+    a.set_version_state("k", 1, VersionState::Enabled)
+        .await
+        .unwrap();
+    // A rotates (reserves version 2), then dies before the HSM object exists.
+    a.reserve_version("k", 2, 20).await.unwrap();
+    assert_eq!(b.pending_versions().await.unwrap(), vec![]);
+    drop(a);
+    // Its creation lock ends with its session: B's recovery now owns version 2 ...
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pending = b.pending_versions().await.unwrap();
+        if pending == vec![("k".to_owned(), 2)] {
+            break;
+        }
+        assert!(pending.is_empty(), "{pending:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead replica's creation lock was not released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // ... and a third replica starting meanwhile does not recover it a second time.
+    let c = replica(&pg, "postgres").await;
+    assert_eq!(c.pending_versions().await.unwrap(), vec![]);
+    b.set_version_state("k", 2, VersionState::Enabled)
+        .await
+        .unwrap();
+    assert_eq!(c.pending_versions().await.unwrap(), vec![]);
+    // Released on confirmation: a version reserved and dropped by C leaves nothing behind.
+    c.reserve_version("k", 3, 30).await.unwrap();
+    c.abort_version("k", 3).await.unwrap();
+    assert_eq!(b.pending_versions().await.unwrap(), vec![]);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1801614947"
+        )
+        .unwrap(),
+        "0"
     );
 }

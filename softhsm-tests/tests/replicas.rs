@@ -194,6 +194,7 @@ async fn three_replicas_share_keys_one_gapless_log_and_survive_a_publisher_kill(
     }
     let killed = replicas.remove(publisher);
     let killed_dir = killed.audit_dir.clone();
+    let killed_name = killed.name.clone();
     killed.kill().await.unwrap();
     let killed_at = Instant::now();
     // Another replica takes over the checkpoints of the same log.
@@ -275,6 +276,35 @@ async fn three_replicas_share_keys_one_gapless_log_and_survive_a_publisher_kill(
     .unwrap();
     assert!(old_size < size, "the successor signed a larger tree");
     assert!(killed_dir.join("checkpoint").exists());
+    // Every replica wrote under its configured replica_id.
+    let writers = cluster
+        .pg
+        .psql(
+            "postgres",
+            "SELECT DISTINCT convert_from(body, 'UTF8')::jsonb->>'replica_id' FROM audit_entries \
+             ORDER BY 1",
+        )
+        .unwrap();
+    assert_eq!(writers, "replica-a\nreplica-b\nreplica-c");
+
+    // The killed replica restarts on its tiles directory and the longer log: its mirror
+    // resumes there and continues the same log (its last checkpoint still verifies against
+    // it), and what it appends lands after everything else.
+    let restarted = cluster.start(&killed_name).await.unwrap();
+    let client = cluster.client(&restarted).await.unwrap();
+    let dk = client.generate_data_key(KEY, &ctx(), None).await.unwrap();
+    let after = gapless(&cluster);
+    assert!(after > size);
+    assert!(ok_lease_ids(&cluster, "generate_data_key").contains(&dk.lease_id));
+    let vkey = VerifierKey::parse(
+        std::fs::read_to_string(killed_dir.join("checkpoint.vkey"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let last = verify_dir(&killed_dir, &vkey).unwrap().checkpoint.size;
+    assert!((old_size..=size).contains(&last), "{last}");
+    assert!(verified_at_least(&successor.audit_dir, after).await >= after);
     eprintln!(
         "replicas: {} acknowledged GenerateDataKey over 3 replicas (publisher killed mid-run); \
          log size {size}, no gaps; checkpoint takeover after {takeover:?}",

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use super::AuditError;
-use super::merkle::Tree;
+use super::merkle::{Hash, Tree};
 
 // The C2SP path layout is shared with the offline verifier, so writer and verifier cannot
 // disagree on where a tile lives.
@@ -107,6 +107,22 @@ impl Publisher {
         }
     }
 
+    /// Continues a mirror whose first `leaves.len()` records are on disk already, in whole
+    /// bundles (see [`full_leaves`]): the tree from their leaf hashes, no record in memory.
+    pub(crate) fn resume(dir: &Path, leaves: Vec<Hash>) -> Self {
+        let mut tree = Tree::default();
+        let whole = leaves.len() / TILE_WIDTH as usize * TILE_WIDTH as usize;
+        for leaf in leaves.into_iter().take(whole) {
+            tree.push(leaf);
+        }
+        Self {
+            dir: dir.to_path_buf(),
+            bundle_start: tree.size(),
+            tree: Arc::new(RwLock::new(tree)),
+            bundle: Vec::new(),
+        }
+    }
+
     /// Appends durable records and writes the tiles that changed.
     pub(crate) fn extend(&mut self, records: Vec<Vec<u8>>) {
         let (old, new) = {
@@ -134,7 +150,7 @@ impl Publisher {
     }
 
     /// Size and root hash of the tree.
-    pub(crate) fn head(&self) -> (u64, super::merkle::Hash) {
+    pub(crate) fn head(&self) -> (u64, Hash) {
         let tree = read(&self.tree);
         (tree.size(), tree.root())
     }
@@ -148,6 +164,35 @@ impl Publisher {
     pub(crate) fn tree(&self) -> Arc<RwLock<Tree>> {
         self.tree.clone()
     }
+}
+
+/// The leaf hashes of the whole bundles in `dir`, from index 0: full level-0 tiles `0, 1, …`
+/// as long as each is readable and has its entry bundle (a crash may leave a tile without its
+/// bundle). 32 bytes per record; the records themselves are not read.
+pub(crate) fn full_leaves(dir: &Path) -> Vec<Hash> {
+    let mut out = Vec::new();
+    for n in 0u64.. {
+        if !dir.join(bundle_path(n, TILE_WIDTH)).exists() {
+            break;
+        }
+        let path = dir.join(tile_path(0, n, TILE_WIDTH));
+        // Size first: a stray large file is not read into memory.
+        if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(32 * TILE_WIDTH) {
+            break;
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            break;
+        };
+        if bytes.len() as u64 != 32 * TILE_WIDTH {
+            break;
+        }
+        out.extend(
+            bytes
+                .chunks_exact(32)
+                .filter_map(|c| Hash::try_from(c).ok()),
+        );
+    }
+    out
 }
 
 /// Read access to a shared tree (a panicked writer leaves it usable: pushes are atomic enough
@@ -248,6 +293,29 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
 
     use super::*;
+
+    #[test]
+    fn a_resumed_mirror_has_the_tree_and_tiles_of_a_rebuilt_one() {
+        let records: Vec<Vec<u8>> = (0..700u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let full = tempfile::tempdir().unwrap();
+        let rebuilt = Publisher::rebuild(full.path(), records.clone());
+        let leaves = full_leaves(full.path());
+        assert_eq!(leaves.len(), 512);
+        // Resumed from the two whole bundles, given only the records after them.
+        let mut resumed = Publisher::resume(full.path(), leaves);
+        resumed.extend(records[512..].to_vec());
+        assert_eq!(resumed.head(), rebuilt.head());
+        let tree = read(&rebuilt.tree).clone();
+        assert_eq!(
+            resumed.tree().read().unwrap().consistency_proof(300, 700),
+            tree.consistency_proof(300, 700)
+        );
+        // A tile whose bundle is missing (a crash between the two) ends the resumable part.
+        std::fs::remove_file(full.path().join(bundle_path(1, TILE_WIDTH))).unwrap();
+        assert_eq!(full_leaves(full.path()).len(), 256);
+        std::fs::write(full.path().join(tile_path(0, 0, TILE_WIDTH)), b"short").unwrap();
+        assert!(full_leaves(full.path()).is_empty());
+    }
 
     #[test]
     fn paths_follow_c2sp_tlog_tiles() {

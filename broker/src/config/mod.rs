@@ -105,6 +105,8 @@ pub struct ServerConfig {
     pub tls_cert: PathBuf,
     /// PEM private key.
     pub tls_key: PathBuf,
+    /// `server.replica_id`: this replica's name in audit records; the host name when unset.
+    pub replica_id: Option<String>,
 }
 
 /// `[store]`: where the catalog lives.

@@ -17,6 +17,7 @@ mod http;
 mod identity;
 mod log;
 mod mtls;
+mod replica;
 mod store;
 
 use http::{RawHttp, http};
@@ -91,6 +92,7 @@ struct RawServer {
     listen: String,
     tls_cert: PathBuf,
     tls_key: PathBuf,
+    replica_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -330,10 +332,17 @@ fn server(cx: &Ctx<'_>, raw: RawServer) -> Result<ServerConfig, ConfigError> {
             ),
         )
     })?;
+    let replica_id = match raw.replica_id {
+        Some(id) => {
+            Some(replica::check(&id).map_err(|problem| cx.invalid("server.replica_id", problem))?)
+        }
+        None => None,
+    };
     Ok(ServerConfig {
         listen,
         tls_cert: cx.resolve("server.tls_cert", raw.tls_cert)?,
         tls_key: cx.resolve("server.tls_key", raw.tls_key)?,
+        replica_id,
     })
 }
 

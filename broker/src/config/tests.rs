@@ -125,6 +125,22 @@ fn omitted_sections_take_documented_defaults() {
 }
 
 #[test]
+fn replica_id_is_optional_and_a_bad_one_names_the_field() {
+    assert_eq!(parse(MINIMAL).unwrap().server.replica_id, None);
+    let with = |id: &str| {
+        replace(
+            FULL,
+            "[server]\n",
+            &format!("[server]\nreplica_id = {id:?}\n"),
+        )
+    };
+    let c = parse(&with("keybroker-1")).unwrap();
+    assert_eq!(c.server.replica_id.as_deref(), Some("keybroker-1"));
+    let e = err(&with("a b"));
+    assert!(e.contains("server.replica_id"), "{e}");
+}
+
+#[test]
 fn unknown_fields_are_rejected() {
     for (at, extra) in [
         ("[server]\n", "tls_ca = \"x\"\n"),

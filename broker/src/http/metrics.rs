@@ -58,6 +58,11 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica_id: String,
+}
+
 /// Raises `counter` to `total` (a monotonic total kept elsewhere).
 fn catch_up(counter: &Counter, total: u64) {
     let now = counter.get();
@@ -84,6 +89,7 @@ pub struct Metrics {
     jwks_failures: Family<IssuerLabels, Counter>,
     leases_active: Gauge,
     keys: Family<StateLabels, Gauge>,
+    replica: Family<ReplicaLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -158,7 +164,7 @@ impl Metrics {
         let audit_commit = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "audit_commit_duration_seconds",
-            "Time of one audit group commit (write + fdatasync)",
+            "Time of one audit group commit (write + fdatasync, or one PostgreSQL transaction)",
             audit_commit.clone(),
         );
         let jwks_fetches = Family::<IssuerLabels, Counter>::default();
@@ -187,6 +193,12 @@ impl Metrics {
                 state: state.to_owned(),
             });
         }
+        let replica = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "replica_info",
+            "1, labelled with this broker's replica_id (the name in its audit records)",
+            replica.clone(),
+        );
         Self {
             registry,
             requests,
@@ -203,7 +215,17 @@ impl Metrics {
             jwks_failures,
             leases_active,
             keys,
+            replica,
         }
+    }
+
+    /// Names this broker: `keybroker_replica_info{replica_id="…"} 1` (one id per process).
+    pub(crate) fn replica(&self, replica_id: &str) {
+        self.replica
+            .get_or_create(&ReplicaLabels {
+                replica_id: replica_id.to_owned(),
+            })
+            .set(1);
     }
 
     /// One finished request: `code` is `ok` or the snake-case gRPC code name.
@@ -373,6 +395,7 @@ mod tests {
             active_leases: Some(9),
         });
         crate::audit::CommitObserver::committed(&m, 12, Duration::from_millis(3));
+        m.replica("keybroker-1");
         let text = m.encode().unwrap();
         for line in [
             "keybroker_hsm_sessions_idle{hsm=\"eu-1\"} 3",
@@ -385,6 +408,7 @@ mod tests {
             "keybroker_leases_active 9",
             "keybroker_audit_commit_batch_records_count 1",
             "keybroker_audit_commit_duration_seconds_count 1",
+            "keybroker_replica_info{replica_id=\"keybroker-1\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }

@@ -13,8 +13,11 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
+mod creating;
 mod gate;
 mod lifecycle;
+
+use creating::Creating;
 
 use super::{
     CatalogGauges, GateOutcome, KeyRecord, KeyState, NewKey, Purpose, ReleaseGate,
@@ -29,6 +32,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Locks of the versions this replica is creating (see `creating`).
+    creating: std::sync::Arc<Creating>,
 }
 
 impl PostgresStore {
@@ -46,7 +51,10 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            creating: std::sync::Arc::default(),
+        })
     }
 
     /// The connection pool (the PostgreSQL audit log shares it).
@@ -148,6 +156,10 @@ impl Store for PostgresStore {
             field: "keys.labels",
             problem: e.to_string(),
         })?;
+        // Locked before version 1 is visible: recovery elsewhere leaves it alone.
+        let lock = Creating::lock(&self.pool, &key.name, 1)
+            .await?
+            .ok_or_else(|| StoreError::AlreadyExists(format!("key {}", key.name)))?;
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO keys (name, purpose, state, labels, hsm_id, created_at, \
@@ -179,6 +191,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.creating.keep(&key.name, 1, lock);
         self.get_key(&key.name)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("key {}", key.name)))
@@ -210,6 +223,7 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.creating.release(name, 1).await;
         Ok(())
     }
 
@@ -246,7 +260,12 @@ impl Store for PostgresStore {
     }
 
     async fn reserve_version(&self, name: &str, version: u32, now: i64) -> Result<(), StoreError> {
-        lifecycle::reserve_version(&self.pool, name, version, now).await
+        let lock = Creating::lock(&self.pool, name, version)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("key {name} version {version}")))?;
+        lifecycle::reserve_version(&self.pool, name, version, now).await?;
+        self.creating.keep(name, version, lock);
+        Ok(())
     }
 
     async fn set_version_state(
@@ -255,11 +274,16 @@ impl Store for PostgresStore {
         version: u32,
         state: VersionState,
     ) -> Result<(), StoreError> {
-        lifecycle::set_version_state(&self.pool, name, version, state).await
+        let set = lifecycle::set_version_state(&self.pool, name, version, state).await;
+        // Confirmed, or failed and left for recovery: either way this replica is done with it.
+        self.creating.release(name, version).await;
+        set
     }
 
     async fn abort_version(&self, name: &str, version: u32) -> Result<(), StoreError> {
-        lifecycle::abort_version(&self.pool, name, version).await
+        let aborted = lifecycle::abort_version(&self.pool, name, version).await;
+        self.creating.release(name, version).await;
+        aborted
     }
 
     async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError> {
@@ -339,11 +363,18 @@ impl Store for PostgresStore {
         next: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        lifecycle::claim_rotation(&self.pool, name, version, (due, next), now).await
+        let lock = Creating::lock(&self.pool, name, version)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("key {name} version {version}")))?;
+        lifecycle::claim_rotation(&self.pool, name, version, (due, next), now).await?;
+        self.creating.keep(name, version, lock);
+        Ok(())
     }
 
     async fn pending_versions(&self) -> Result<Vec<(String, u32)>, StoreError> {
-        lifecycle::pending_versions(&self.pool).await
+        // Only versions no replica is creating right now (their creation lock is free).
+        let candidates = lifecycle::pending_versions(&self.pool).await?;
+        self.creating.claim_pending(&self.pool, candidates).await
     }
 
     async fn next_deadline(&self) -> Result<Option<i64>, StoreError> {

@@ -18,7 +18,7 @@ use crate::audit::tiles::Publisher;
 use crate::audit::{AuditError, AuditLog};
 
 /// Entries read per query while catching up.
-const PAGE: i64 = 4096;
+pub(super) const PAGE: i64 = 4096;
 /// Resync even without a notification (notifications are lost while disconnected).
 const RESYNC: Duration = Duration::from_secs(1);
 /// How often a replica tries to become the publisher, and the publisher checks its session.
@@ -129,10 +129,12 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
     Some(l)
 }
 
-/// Competes for the publisher lock; while holding it, signs checkpoints of `log` into `dir`.
+/// Competes for the publisher lock; while holding it, signs checkpoints of `log` into `dir`
+/// (logged with `replica_id`, so operators see which replica signs).
 /// Losing the session (database restart, network) stops signing until the lock is won again.
 pub async fn lead(
     pool: PgPool,
+    replica_id: String,
     signer: Signer,
     log: Arc<dyn AuditLog>,
     dir: PathBuf,
@@ -141,7 +143,10 @@ pub async fn lead(
 ) {
     loop {
         if let Some(mut conn) = try_lock(&pool).await {
-            tracing::info!("audit publisher: this replica signs checkpoints");
+            tracing::info!(
+                replica_id = replica_id.as_str(),
+                "audit publisher: this replica signs checkpoints"
+            );
             let signing = cancel.child_token();
             let task = tokio::spawn(checkpoint::run(
                 signer.clone(),
@@ -160,7 +165,10 @@ pub async fn lead(
                     () = tokio::time::sleep(LEASE_CHECK) => {}
                 }
                 if sqlx::Connection::ping(&mut conn).await.is_err() {
-                    tracing::warn!("audit publisher: lock session lost; stopping checkpoints");
+                    tracing::warn!(
+                        replica_id = replica_id.as_str(),
+                        "audit publisher: lock session lost; stopping checkpoints"
+                    );
                     break;
                 }
             }

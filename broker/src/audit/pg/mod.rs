@@ -13,6 +13,7 @@
 
 mod follow;
 mod frontier;
+mod resume;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -27,8 +28,8 @@ use tokio_util::task::TaskTracker;
 pub use follow::lead;
 
 use super::merkle::{Hash, Tree};
-use super::tiles::{self, Publisher};
-use super::{AuditError, AuditLog, AuditRecord};
+use super::tiles;
+use super::{AuditError, AuditLog, AuditRecord, CommitObserver};
 
 /// Appends that may wait for the writer before callers are held back.
 const QUEUE: usize = 8192;
@@ -44,6 +45,8 @@ struct Shared {
     closed: AtomicBool,
     head: std::sync::Mutex<(u64, Hash)>,
     published: tokio::sync::watch::Sender<u64>,
+    /// Told about every committed batch (the same metrics as the file log's group commits).
+    observer: std::sync::OnceLock<Arc<dyn CommitObserver>>,
 }
 
 /// The PostgreSQL-sequenced audit log of a replica.
@@ -57,10 +60,11 @@ pub struct PgAuditLog {
 
 impl PgAuditLog {
     /// Mirrors the log into the tiles directory `dir` and starts the writer and the follower
-    /// on `tasks`; both stop when `cancel` fires.
+    /// on `tasks`; both stop when `cancel` fires. The mirror resumes from the whole bundles
+    /// already in `dir`: only later entries are read from the database.
     ///
     /// # Errors
-    /// The database cannot be read or holds a damaged log.
+    /// The database cannot be read or holds a damaged log; `dir` mirrors another log.
     pub async fn open(
         pool: PgPool,
         dir: &Path,
@@ -72,23 +76,16 @@ impl PgAuditLog {
             path: dir.to_path_buf(),
             source,
         })?;
-        let records = follow::read_from(&pool, 0, None).await?;
-        let size = records.len() as u64;
-        let root_dir = dir.to_path_buf();
-        let publisher = tokio::task::spawn_blocking(move || Publisher::rebuild(&root_dir, records))
-            .await
-            .map_err(|e| AuditError::Io {
-                what: "mirror",
-                path: dir.to_path_buf(),
-                source: std::io::Error::other(e),
-            })?;
+        let publisher = resume::mirror(&pool, dir).await?;
         let head = publisher.head();
+        let size = head.0;
         let shared = Arc::new(Shared {
             size: AtomicU64::new(size),
             healthy: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             head: std::sync::Mutex::new(head),
             published: tokio::sync::watch::Sender::new(head.0),
+            observer: std::sync::OnceLock::new(),
         });
         let tree = publisher.tree();
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -113,6 +110,15 @@ impl PgAuditLog {
             dir: dir.to_path_buf(),
             tree,
         })
+    }
+}
+
+impl PgAuditLog {
+    /// Reports every later committed batch to `observer` (set once; a second call is ignored):
+    /// its records and the time of its transaction, under the same metric names as the file
+    /// log, so one dashboard serves both.
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.shared.observer.set(observer);
     }
 }
 

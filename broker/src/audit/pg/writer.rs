@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -63,9 +63,16 @@ async fn commit_batch(
         records.push(record);
         replies.push(reply);
     }
+    let started = Instant::now();
     match append(pool, &mut records).await {
         Ok((first, accepted)) => {
             shared.healthy.store(true, Ordering::SeqCst);
+            let taken = accepted.iter().filter(|a| a.is_ok()).count();
+            if taken > 0
+                && let Some(observer) = shared.observer.get()
+            {
+                observer.committed(taken, started.elapsed());
+            }
             let mut index = first;
             let mut end = first;
             for (reply, ok) in replies.into_iter().zip(accepted) {

@@ -102,7 +102,10 @@ fn the_check_fails_for_a_field_without_a_row() {
 
 #[test]
 fn the_probe_lists_every_field_of_a_struct() {
-    assert_eq!(fields::<RawServer>(), ["listen", "tls_cert", "tls_key"]);
+    assert_eq!(
+        fields::<RawServer>(),
+        ["listen", "tls_cert", "tls_key", "replica_id"]
+    );
     assert_eq!(fields::<RawPolicy>(), ["file"]);
 }
 
