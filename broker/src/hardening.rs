@@ -96,7 +96,16 @@ pub fn harden(options: HardeningOptions) -> Result<Hardened, HardeningError> {
     }
     disable_core_dumps()?;
     if options.lock_memory {
-        match mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE) {
+        // ONFAULT: lock pages as they are touched instead of populating every mapping at once.
+        // Without it, every thread stack and malloc arena reservation became resident
+        // (measured: 142 MiB RSS at 64 in flight against 47 MiB unlocked); a secret still
+        // never reaches swap, because it lives in touched pages. Kernels before 4.4 lack it.
+        let flags = MlockAllFlags::CURRENT | MlockAllFlags::FUTURE;
+        let locked = match mlockall(flags | MlockAllFlags::ONFAULT) {
+            Err(rustix::io::Errno::INVAL) => mlockall(flags),
+            other => other,
+        };
+        match locked {
             Ok(()) => done.memory_locked = true,
             Err(e) => done.warnings.push(format!(
                 "memory NOT locked (mlockall: {e}): secrets may reach swap. Grant \
