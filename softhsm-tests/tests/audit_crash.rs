@@ -38,7 +38,15 @@ fn bin(name: &str) -> PathBuf {
 /// `keybrokerd dev` on `state`, once it prints its endpoint.
 fn start(state: &Path) -> (Child, String) {
     let mut child = Command::new(bin("keybrokerd"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        // Both ports free: a dev broker already running on this machine holds the defaults.
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
         .arg(state)
         .env_remove("SOFTHSM2_CONF")
         .env("KEYBROKER_LOG", "error")

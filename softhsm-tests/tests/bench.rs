@@ -11,60 +11,17 @@
 )]
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
+use softhsm_tests::dev::DevBroker;
 use softhsm_tests::workspace_bin;
 
-struct Dev {
-    child: Child,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `keybrokerd dev` on free ports; returns once it printed its endpoint.
-fn start_dev(state: &Path) -> Dev {
-    let mut child = Command::new(workspace_bin("keybrokerd").unwrap())
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .env_remove("SOFTHSM2_CONF")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.trim().starts_with("try:"));
-    assert!(ready, "dev mode did not print its banner");
-    Dev { child }
-}
-
-fn client_env(state: &Path) -> HashMap<String, String> {
-    std::fs::read_to_string(state.join("client.env"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+/// `keybrokerd dev` on free ports in `state`, with the client variables it wrote.
+fn start_dev(state: &Path) -> (DevBroker, HashMap<String, String>) {
+    let dev = DevBroker::start(state, &[], &[]).unwrap();
+    let env = dev.client_env().unwrap();
+    (dev, env)
 }
 
 fn bench(env: &HashMap<String, String>, args: &[&str]) -> Output {
@@ -109,8 +66,7 @@ fn assert_sane(v: &serde_json::Value, ok: u64) {
 #[test]
 fn bench_reports_sane_figures_against_a_dev_broker() {
     let state = tempfile::tempdir().unwrap();
-    let _dev = start_dev(state.path());
-    let env = client_env(state.path());
+    let (_dev, env) = start_dev(state.path());
 
     let v = report(&bench(
         &env,
@@ -153,8 +109,7 @@ fn bench_reports_sane_figures_against_a_dev_broker() {
 #[test]
 fn bench_counts_errors_by_grpc_code() {
     let state = tempfile::tempdir().unwrap();
-    let _dev = start_dev(state.path());
-    let env = client_env(state.path());
+    let (_dev, env) = start_dev(state.path());
     let v = report(&bench(&env, &["datasets/missing", "--requests", "20"]));
     assert_eq!(v["ok"], 0, "{v}");
     assert_eq!(v["errors"]["PERMISSION_DENIED"], 20, "{v}");
@@ -164,7 +119,7 @@ fn bench_counts_errors_by_grpc_code() {
 fn raw_hsm_ceiling_runs_against_the_dev_token() {
     let state = tempfile::tempdir().unwrap();
     // The dev broker creates the token; stop it again so only the bench uses the token.
-    drop(start_dev(state.path()));
+    start_dev(state.path()).0.stop().unwrap();
     let module = std::fs::read_to_string(state.path().join("hsm.toml")).unwrap();
     let module = module
         .lines()
