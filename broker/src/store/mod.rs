@@ -8,6 +8,7 @@ mod cached;
 mod gate;
 mod open;
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::collections::BTreeMap;

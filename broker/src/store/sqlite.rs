@@ -4,12 +4,10 @@
 //! leaves the broker; release gates are group-committed (one fsync per batch, see `group`).
 //! Migrations are embedded and run at open.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -20,9 +18,12 @@ mod gauges;
 mod group;
 mod lifecycle;
 
+use super::rows::{
+    is_unique_violation, key_from_row, select_keys, select_versions, version_from_row,
+};
 use super::{
-    CatalogGauges, GateOutcome, KeyRecord, KeyState, NewKey, Purpose, ReleaseGate,
-    RevocationTarget, SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
+    CatalogGauges, GateOutcome, KeyRecord, KeyState, NewKey, ReleaseGate, RevocationTarget,
+    SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
 };
 
 /// The SQLite catalog.
@@ -71,13 +72,10 @@ impl SqliteStore {
     }
 
     async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT version, state, created_at, wrap_count FROM key_versions \
-             WHERE key_name = ?1 ORDER BY version",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(select_versions!("WHERE key_name = ?1 ORDER BY version"))
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(version_from_row).collect()
     }
 
@@ -94,66 +92,6 @@ impl SqliteStore {
         key.versions = self.versions(&key.name).await?;
         Ok(key)
     }
-}
-
-/// `SELECT … FROM keys` followed by the given SQL literal (kept literal: sqlx audits dynamic SQL).
-macro_rules! select_keys {
-    ($rest:literal) => {
-        concat!(
-            "SELECT name, purpose, state, labels, hsm_id, created_at, ",
-            "min_decryption_version, rotation_period_secs, next_rotation_at, destroy_after ",
-            "FROM keys ",
-            $rest
-        )
-    };
-}
-
-fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
-    let labels: String = row.try_get("labels")?;
-    let labels: BTreeMap<String, String> =
-        serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
-            field: "keys.labels",
-            problem: e.to_string(),
-        })?;
-    let min: i64 = row.try_get("min_decryption_version")?;
-    Ok(KeyRecord {
-        name: row.try_get("name")?,
-        purpose: Purpose::from_db(row.try_get("purpose")?)?,
-        state: KeyState::from_db(row.try_get("state")?)?,
-        labels,
-        hsm_id: row.try_get("hsm_id")?,
-        created_at: row.try_get("created_at")?,
-        min_decryption_version: to_u32("keys.min_decryption_version", min)?,
-        rotation_period_secs: row.try_get("rotation_period_secs")?,
-        next_rotation_at: row.try_get("next_rotation_at")?,
-        destroy_after: row.try_get("destroy_after")?,
-        versions: Vec::new(),
-    })
-}
-
-fn version_from_row(row: &SqliteRow) -> Result<VersionRecord, StoreError> {
-    let version: i64 = row.try_get("version")?;
-    let count: i64 = row.try_get("wrap_count")?;
-    Ok(VersionRecord {
-        version: to_u32("key_versions.version", version)?,
-        state: VersionState::from_db(row.try_get("state")?)?,
-        created_at: row.try_get("created_at")?,
-        wrap_count: u64::try_from(count).map_err(|_| StoreError::Corrupt {
-            field: "key_versions.wrap_count",
-            problem: "negative".into(),
-        })?,
-    })
-}
-
-fn to_u32(field: &'static str, v: i64) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|_| StoreError::Corrupt {
-        field,
-        problem: format!("{v} out of range"),
-    })
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 #[async_trait]

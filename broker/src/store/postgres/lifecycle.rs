@@ -4,7 +4,7 @@
 
 use sqlx::PgPool;
 
-use super::{is_unique_violation, to_u32};
+use crate::store::rows::{is_unique_violation, to_u32};
 use crate::store::{KeyState, SettingsUpdate, StoreError, VersionState};
 
 pub(super) async fn reserve_version(

@@ -4,7 +4,7 @@
 
 use sqlx::SqlitePool;
 
-use super::{is_unique_violation, to_u32};
+use crate::store::rows::{is_unique_violation, to_u32};
 use crate::store::{KeyState, SettingsUpdate, StoreError, VersionState};
 
 pub(super) async fn set_key_state(

@@ -1,7 +1,9 @@
 //! Catalog store tests against an in-memory SQLite database.
 
+use std::collections::BTreeMap;
+
 use super::*;
-use crate::store::LeaseRecord;
+use crate::store::{LeaseRecord, Purpose};
 
 fn new_key(name: &str) -> NewKey {
     NewKey {
