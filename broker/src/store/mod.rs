@@ -6,6 +6,7 @@
 
 mod cached;
 mod gate;
+mod group;
 mod open;
 mod postgres;
 mod rows;

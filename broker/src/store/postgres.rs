@@ -18,6 +18,7 @@ mod lifecycle;
 
 use creating::Creating;
 
+use super::group::GroupCommit;
 use super::rows::{
     is_unique_violation, key_from_row, select_keys, select_versions, version_from_row,
 };
@@ -36,6 +37,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// Locks of the versions this replica is creating (see `creating`).
     creating: std::sync::Arc<Creating>,
+    /// The release gate's group commit.
+    group: GroupCommit,
 }
 
 impl PostgresStore {
@@ -53,9 +56,11 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        let group = GroupCommit::start(gate::PgBatch(pool.clone()));
         Ok(Self {
             pool,
             creating: std::sync::Arc::default(),
+            group,
         })
     }
 
@@ -226,7 +231,7 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError> {
-        gate::release(&self.pool, gate).await
+        self.group.release(gate).await
     }
 
     async fn is_revoked(&self, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {

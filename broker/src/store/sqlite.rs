@@ -18,6 +18,7 @@ mod gauges;
 mod group;
 mod lifecycle;
 
+use super::group::GroupCommit;
 use super::rows::{
     is_unique_violation, key_from_row, select_keys, select_versions, version_from_row,
 };
@@ -31,7 +32,7 @@ use super::{
 pub struct SqliteStore {
     pool: SqlitePool,
     /// The release gate's group commit.
-    group: group::GroupCommit,
+    group: GroupCommit,
 }
 
 impl SqliteStore {
@@ -52,7 +53,7 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        let group = group::GroupCommit::start(pool.clone());
+        let group = GroupCommit::start(group::SqliteBatch(pool.clone()));
         Ok(Self { pool, group })
     }
 
@@ -67,7 +68,7 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        let group = group::GroupCommit::start(pool.clone());
+        let group = GroupCommit::start(group::SqliteBatch(pool.clone()));
         Ok(Self { pool, group })
     }
 

@@ -5,8 +5,10 @@
 //! by any replica before the gate statement starts is always seen; the release is refused
 //! unless the transaction commits. Nothing leaves the broker unless the gate opened.
 
+use async_trait::async_trait;
 use sqlx::PgPool;
 
+use crate::store::group::{Batch, OwnedGate};
 use crate::store::{GateOutcome, LeaseRecord, ReleaseGate, RevocationTarget, StoreError, Who};
 
 /// Conditions shared by both gate statements. Parameters: $1 key, $3 opened version (or
@@ -25,11 +27,35 @@ macro_rules! gate_conditions {
     };
 }
 
-pub(super) async fn release(
-    pool: &PgPool,
+/// Runs a batch of gates in one transaction on `pool` and commits once (the PostgreSQL side
+/// of [`crate::store::group`]). Under READ COMMITTED each statement reads a fresh snapshot, so
+/// a later gate of the batch still sees a `DisableKey` another replica committed meanwhile.
+pub(super) struct PgBatch(pub(super) PgPool);
+
+#[async_trait]
+impl Batch for PgBatch {
+    async fn run(&self, gates: &[OwnedGate]) -> Result<Vec<GateOutcome>, String> {
+        let mut tx = self.0.begin().await.map_err(|e| e.to_string())?;
+        let mut outcomes = Vec::with_capacity(gates.len());
+        for gate in gates {
+            // An error drops `tx`, which rolls the whole batch back.
+            outcomes.push(
+                release_in(&mut tx, &gate.gate())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        // A COMMIT whose answer is lost is an error too: every caller is refused.
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(outcomes)
+    }
+}
+
+/// One gate inside the batch's transaction. A closed gate has written nothing.
+async fn release_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     gate: &ReleaseGate<'_>,
 ) -> Result<GateOutcome, StoreError> {
-    let mut tx = pool.begin().await?;
     let who = &gate.who;
     let count = match gate.wrap_version {
         Some(version) => {
@@ -49,7 +75,7 @@ pub(super) async fn release(
             .bind(who.job_id)
             .bind(who.subject)
             .bind(who.issuer)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
             let Some(count) = count else {
                 return Ok(GateOutcome::Closed);
@@ -62,12 +88,16 @@ pub(super) async fn release(
         None => 0,
     };
     if let Some(lease) = gate.lease {
-        let inserted = insert_lease(&mut tx, gate, lease).await?;
+        let inserted = insert_lease(tx, gate, lease).await?;
         if !inserted {
+            if gate.wrap_version.is_some() {
+                // Same conditions opened the wrap a statement ago: only a concurrent change can
+                // close them now, and the count written must not stand (the batch rolls back).
+                return Err(StoreError::Conflict("release gate".into()));
+            }
             return Ok(GateOutcome::Closed);
         }
     }
-    tx.commit().await?;
     Ok(GateOutcome::Open(count))
 }
 
