@@ -224,7 +224,8 @@ impl HsmPool {
     }
 
     /// AES-256-GCM under the key labelled `label`, 128-bit tag; returns ciphertext || tag.
-    /// The IV must never repeat under one key: take it from [`HsmPool::generate_random`].
+    /// The IV must never repeat under one key: take it from [`HsmPool::generate_random`]. The
+    /// key service seals with [`HsmPool::seal_gcm`] instead, which draws the IV in the same call.
     ///
     /// # Errors
     /// [`HsmError::KeyNotFound`], [`HsmError::Unavailable`] when the device is gone,
