@@ -102,13 +102,17 @@ impl Monitor {
         components.insert("catalog".to_owned(), component(ok, "catalog unreachable"));
         let ok = self.audit.healthy();
         if !ok {
-            tracing::warn!("audit log unhealthy: refusing key operations until restart");
+            tracing::warn!(
+                "audit log unhealthy: refusing key operations (a poisoned file log until \
+                 restart; the PostgreSQL log until the database commits again)"
+            );
         }
         components.insert(
             "audit".to_owned(),
             component(
                 ok,
-                "audit log not writable: refusing key operations until restart",
+                "audit log not writable: refusing key operations (the file log until restart, \
+                 the PostgreSQL log until the database commits again)",
             ),
         );
         for (name, c) in &components {

@@ -68,6 +68,14 @@ pub enum StartError {
     /// Reflection descriptor set broken (a build problem).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The audit checkpoint key cannot be used (fail closed: no signer, no broker).
+    #[error("{field}: {source}")]
+    CheckpointKey {
+        /// Inventory field.
+        field: String,
+        /// Cause.
+        source: crate::audit::checkpoint::KeyError,
+    },
     /// The audit log failed to open (fail closed: no audit, no broker).
     #[error("audit.dir: {0}")]
     Audit(#[from] crate::audit::AuditError),
@@ -183,20 +191,30 @@ impl Broker {
             origin = origin.as_str(),
             "audit log"
         );
-        let signer =
-            match hsms.iter().next() {
-                Some((id, h)) => Some(Signer::new(h.pool.clone(), origin).await.map_err(
-                    |source| StartError::Hsm {
-                        field: format!(
-                            "{}: hsm {id}: audit checkpoint key {}",
-                            config.hsm_inventory.display(),
-                            crate::audit::checkpoint::KEY_LABEL
-                        ),
-                        source,
-                    },
-                )?),
-                None => None,
-            };
+        // One key signs the log for its whole life (DESIGN §10): replicas take the one recorded
+        // in PostgreSQL (chosen under a cluster-wide lock on the log's first start), a single
+        // node the one its audit directory's verifier key names.
+        let signer = match hsms.iter().next() {
+            Some((id, h)) => {
+                let opened = match &catalog.postgres {
+                    Some(db) => {
+                        Signer::open_shared(h.pool.clone(), origin, db, &config.audit.dir, &replica)
+                            .await
+                    }
+                    None => Signer::open_local(h.pool.clone(), origin, &config.audit.dir).await,
+                };
+                Some(opened.map_err(|source| StartError::CheckpointKey {
+                    field: format!(
+                        "{}: hsm {id}: audit checkpoint key {}",
+                        config.hsm_inventory.display(),
+                        crate::audit::checkpoint::KEY_LABEL
+                    ),
+                    source,
+                })?)
+            }
+            None => None,
+        };
+        let latest = crate::audit::checkpoint::Latest::default();
         let issuers = config
             .identity
             .jwt_issuers
@@ -270,6 +288,7 @@ impl Broker {
                 let audit = crate::audit::PgAuditLog::open(
                     pool.clone(),
                     &config.audit.dir,
+                    signer.clone().map(|s| (s, latest.clone())),
                     &tasks,
                     &cancel,
                 )
@@ -279,14 +298,29 @@ impl Broker {
             }
             None => {
                 let audit_dir = config.audit.dir.clone();
-                let audit =
-                    tokio::task::spawn_blocking(move || FileAuditLog::open(&audit_dir, |_| {}))
-                        .await
-                        .map_err(|e| crate::audit::AuditError::Io {
-                            what: "open",
-                            path: config.audit.dir.clone(),
-                            source: std::io::Error::other(e),
-                        })??;
+                // The audit log is the durable record of every release: the unexpired leases
+                // a crash kept from the catalog (they are written after their record) are
+                // found in it and re-inserted before the broker serves.
+                let now = keys.clock().now();
+                let (audit, found) = tokio::task::spawn_blocking(move || {
+                    let mut found = Vec::new();
+                    FileAuditLog::open(&audit_dir, |r| {
+                        found.extend(crate::keys::leases::from_record(r, now));
+                    })
+                    .map(|log| (log, found))
+                })
+                .await
+                .map_err(|e| crate::audit::AuditError::Io {
+                    what: "open",
+                    path: config.audit.dir.clone(),
+                    source: std::io::Error::other(e),
+                })??;
+                crate::keys::leases::replay(keys.store().as_ref(), &found)
+                    .await
+                    .map_err(|source| StartError::Store {
+                        field: "store.sqlite_path",
+                        source,
+                    })?;
                 audit.observe_commits(metrics.clone());
                 Arc::new(audit)
             }
@@ -342,7 +376,7 @@ impl Broker {
                 policy,
                 residency: config.residency.clone(),
                 metrics,
-                checkpoint: crate::audit::checkpoint::Latest::default(),
+                checkpoint: latest,
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             postgres: catalog.postgres,
@@ -411,20 +445,19 @@ impl Broker {
         ));
         if let (Some((signer, dir)), Some(pool)) = (self.checkpoints.clone(), &self.postgres) {
             // One publisher among the replicas: the holder of the advisory lock signs.
+            let _ = dir;
             self.tasks.spawn(crate::audit::lead_pg_publisher(
                 pool.clone(),
                 self.state.replica_id.clone(),
                 signer,
                 self.state.audit.clone(),
-                dir,
-                self.state.checkpoint.clone(),
                 self.cancel.clone(),
             ));
         } else if let Some((signer, dir)) = self.checkpoints {
             self.tasks.spawn(crate::audit::checkpoint::run(
                 signer,
                 self.state.audit.clone(),
-                dir,
+                crate::audit::checkpoint::Sink::Dir(dir),
                 self.state.checkpoint.clone(),
                 self.cancel.clone(),
             ));

@@ -55,7 +55,8 @@ pub enum TokenSelector {
 pub enum PinSource {
     /// An environment variable of the broker process.
     Env(String),
-    /// A file (absolute path) readable only by the broker's user.
+    /// A file readable only by the broker's user (a relative path in the inventory is resolved
+    /// against the inventory file's directory).
     File(PathBuf),
 }
 

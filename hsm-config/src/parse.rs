@@ -259,14 +259,13 @@ fn pin_source(ck: &Checker<'_>, field: &str, raw: RawPin) -> Result<PinSource, I
             env: None,
             file: Some(path),
         } => {
-            if path.is_absolute() {
-                Ok(PinSource::File(path))
-            } else {
-                Err(ck.invalid(
-                    format!("{field}.file"),
-                    format!("{} is not an absolute path", path.display()),
-                ))
+            if path.as_os_str().is_empty() {
+                return Err(ck.invalid(format!("{field}.file"), "is empty"));
             }
+            // Relative paths resolve against the inventory file's directory, like every other
+            // path in the configuration.
+            let dir = ck.path.parent().unwrap_or_else(|| std::path::Path::new(""));
+            Ok(PinSource::File(dir.join(path)))
         }
         RawPin::Table { .. } => Err(ck.invalid(field, "exactly one of env or file must be set")),
     }

@@ -115,11 +115,8 @@ fn pin_needs_exactly_one_source() {
 fn pin_env_name_and_file_path_are_checked() {
     let e = err(&with("pin", r#"pin = { env = "1BAD-NAME" }"#));
     assert!(e.contains("hsm[0].pin.env:"), "{e}");
-    let e = err(&with("pin", r#"pin = { file = "secrets/pin" }"#));
-    assert!(
-        e.contains("hsm[0].pin.file: secrets/pin is not an absolute path"),
-        "{e}"
-    );
+    let e = err(&with("pin", r#"pin = { file = "" }"#));
+    assert!(e.contains("hsm[0].pin.file: is empty"), "{e}");
 }
 
 #[test]
@@ -347,5 +344,23 @@ fn load_names_the_file_it_cannot_read() {
     assert!(
         e.to_string()
             .starts_with("/nonexistent/hsm.toml: cannot read")
+    );
+}
+
+#[test]
+fn a_relative_pin_file_resolves_against_the_inventory_directory() {
+    let text = with("pin", r#"pin = { file = "secrets/pin" }"#);
+    let inv = Inventory::parse(&text, Path::new("/etc/keybroker/hsm.toml")).unwrap();
+    assert_eq!(
+        inv.get("softhsm-dev").map(|e| e.pin.clone()),
+        Some(PinSource::File(
+            Path::new("/etc/keybroker/secrets/pin").to_path_buf()
+        ))
+    );
+    let text = with("pin", r#"pin = { file = "/run/secrets/pin" }"#);
+    let inv = Inventory::parse(&text, Path::new("/etc/keybroker/hsm.toml")).unwrap();
+    assert_eq!(
+        inv.get("softhsm-dev").map(|e| e.pin.clone()),
+        Some(PinSource::File(Path::new("/run/secrets/pin").to_path_buf()))
     );
 }

@@ -4,6 +4,8 @@
 //! `audit-<name>` and `server.replica_id = "replica-<name>"`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -32,7 +34,18 @@ pub struct Replica {
     pub endpoint: String,
     /// Its tiles directory.
     pub audit_dir: PathBuf,
+    /// Set while its log says it signs the checkpoints.
+    publisher: Arc<AtomicBool>,
     child: tokio::process::Child,
+}
+
+/// Follows a replica's log lines for the publisher role.
+fn note_role(line: &str, publisher: &AtomicBool) {
+    if line.contains("audit publisher: this replica signs checkpoints") {
+        publisher.store(true, Ordering::SeqCst);
+    } else if line.contains("audit publisher: lock session lost") {
+        publisher.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Cluster {
@@ -103,15 +116,24 @@ impl Cluster {
             .spawn()?;
         let stderr = child.stderr.take().context("stderr")?;
         let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let publisher = Arc::new(AtomicBool::new(false));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut seen: Vec<String> = Vec::new();
         let port = loop {
             let line = tokio::time::timeout_at(deadline, lines.next_line())
                 .await
-                .context("replica did not report serving within 60 s")??
-                .context("replica exited before serving")?;
+                .context("replica did not report serving within 60 s")??;
+            let Some(line) = line else {
+                bail!(
+                    "replica exited before serving; its log:\n{}",
+                    seen.join("\n")
+                );
+            };
+            seen.push(line.clone());
             if std::env::var_os("KEYBROKER_LOG").is_some() {
                 eprintln!("[{name}] {line}");
             }
+            note_role(&line, &publisher);
             if line.contains("serving")
                 && let Some(port) = line
                     .split("addr=")
@@ -124,18 +146,21 @@ impl Cluster {
         };
         // Keep draining its log so the pipe never fills.
         let tag = name.to_owned();
+        let role = publisher.clone();
         tokio::spawn(async move {
             let echo = std::env::var_os("KEYBROKER_LOG").is_some();
             while let Ok(Some(line)) = lines.next_line().await {
                 if echo {
                     eprintln!("[{tag}] {line}");
                 }
+                note_role(&line, &role);
             }
         });
         Ok(Replica {
             name: name.to_owned(),
             endpoint: format!("https://127.0.0.1:{port}"),
             audit_dir: self.dir.path().join(format!("audit-{name}")),
+            publisher,
             child,
         })
     }
@@ -179,9 +204,9 @@ impl Replica {
         Ok(())
     }
 
-    /// True when this replica is the checkpoint publisher (it wrote the verifier key).
+    /// True when this replica is the checkpoint publisher (its log says so).
     #[must_use]
     pub fn is_publisher(&self) -> bool {
-        self.audit_dir.join("checkpoint.vkey").exists()
+        self.publisher.load(Ordering::SeqCst)
     }
 }

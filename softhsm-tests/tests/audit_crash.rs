@@ -1,7 +1,9 @@
 //! Crash safety of the audit log: 8 clients generate data keys while the broker process is
 //! killed with SIGKILL at random moments, 20 times, and restarted on the same state each
 //! time. Every data key a client received must have its record in the log, the indices must
-//! be gapless, and `keybroker audit verify` must accept the log after all of it.
+//! be gapless, and `keybroker audit verify` must accept the log after all of it. Every lease a
+//! client received must be in the catalog after each restart (lease rows follow their audit
+//! record and are rebuilt from the log at start).
 
 #![allow(
     clippy::unwrap_used,
@@ -67,6 +69,21 @@ fn start(state: &Path) -> (Child, String) {
     (child, endpoint.expect("dev mode printed no endpoint"))
 }
 
+/// The lease ids in the dev catalog (read beside the running broker: SQLite WAL readers do
+/// not block it).
+async fn catalog_leases(state: &Path) -> HashSet<String> {
+    use sqlx::sqlite::SqliteConnectOptions;
+    let opts = SqliteConnectOptions::new()
+        .filename(state.join("catalog.db"))
+        .read_only(true);
+    let mut conn = sqlx::ConnectOptions::connect(&opts).await.unwrap();
+    let ids: Vec<String> = sqlx::query_scalar("SELECT lease_id FROM leases")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    ids.into_iter().collect()
+}
+
 /// A small deterministic generator (xorshift), seeded per run and printed, so a failing
 /// schedule can be replayed with `AUDIT_CRASH_SEED`.
 struct Rng(u64);
@@ -126,6 +143,15 @@ async fn every_key_a_client_received_survives_kill_9_in_a_gapless_verifiable_log
     let mut received = Vec::<String>::new();
     for round in 0..ROUNDS {
         let (mut child, endpoint) = start(state.path());
+        // Lease rows are written after their audit record (DESIGN §6); the restart has put
+        // back every one a kill kept from the catalog, before the broker served.
+        let catalog = catalog_leases(state.path()).await;
+        for lease in &received {
+            assert!(
+                catalog.contains(lease),
+                "round {round}: acknowledged lease {lease} is not in the catalog after restart"
+            );
+        }
         let client = Client::connect(ClientConfig {
             ca: Some(state.path().join("tls/ca.pem")),
             token_file: Some(state.path().join("token")),
@@ -198,8 +224,15 @@ async fn every_key_a_client_received_survives_kill_9_in_a_gapless_verifiable_log
         assert_eq!(r["op"], "generate_data_key");
         assert_eq!(r["outcome"]["code"], "ok");
     }
+    let catalog = catalog_leases(state.path()).await;
+    for lease in &received {
+        assert!(
+            catalog.contains(lease),
+            "lease {lease} is not in the catalog"
+        );
+    }
     println!(
-        "{} keys received, {} records, all received keys logged",
+        "{} keys received, {} records, all received keys logged and in the catalog",
         received.len(),
         records.len()
     );

@@ -46,7 +46,7 @@ struct Running {
 impl Running {
     async fn open(pool: &PgPool, dir: &Path) -> Result<Self, String> {
         let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
-        let log = PgAuditLog::open(pool.clone(), dir, &tasks, &cancel)
+        let log = PgAuditLog::open(pool.clone(), dir, None, &tasks, &cancel)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Self { log, tasks, cancel })

@@ -1,6 +1,8 @@
 //! The PostgreSQL catalog against a real throwaway PostgreSQL: the same contract as SQLite
 //! (gate, revocations, compare-and-set transitions, literal prefixes), seen from two store
-//! handles the way two replicas see it, and the audit table's append-only guardrail.
+//! handles the way two replicas see it, and the audit table's append-only guardrail. The
+//! replicas' release gate runs in the audit log's transaction (DESIGN §6): the tests release
+//! the way the broker does — count in the store, then append the record with its ticket.
 //! Fails (does not skip) when PostgreSQL is not installed.
 
 #![allow(
@@ -13,16 +15,87 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use keybroker_broker::audit::{AuditError, AuditLog, AuditRecord, Op, PgAuditLog};
+use keybroker_broker::keys::leases::{GateCheck, ReleaseTicket};
 use keybroker_broker::store::{
     GateOutcome, KeyState, LeaseRecord, NewKey, PostgresStore, Purpose, ReleaseGate,
-    RevocationTarget, Store, StoreError, VersionState, Who,
+    RevocationTarget, Store, StoreError, VersionState, WRAP_BLOCK, Who,
 };
 use softhsm_tests::postgres::TestPostgres;
 use sqlx::postgres::PgConnectOptions;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 async fn replica(pg: &TestPostgres, db: &str) -> PostgresStore {
     let opts = PgConnectOptions::from_str(&pg.url_for(db)).unwrap();
     PostgresStore::connect(opts, 4).await.unwrap()
+}
+
+/// A replica's catalog and audit log.
+struct Replica {
+    store: PostgresStore,
+    log: PgAuditLog,
+    _dir: tempfile::TempDir,
+    _tasks: (TaskTracker, CancellationToken),
+}
+
+/// What a release came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Released {
+    /// Allowed, with the use count (0 without a wrap).
+    Open(u64),
+    /// Key or version no longer allowed (by the store or the audit transaction).
+    Closed,
+    /// A revocation covers the caller (the audit transaction said so).
+    Revoked,
+}
+
+impl Replica {
+    async fn open(pg: &TestPostgres) -> Self {
+        let store = replica(pg, "postgres").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+        let log = PgAuditLog::open(store.pool().clone(), dir.path(), None, &tasks, &cancel)
+            .await
+            .unwrap();
+        Self {
+            store,
+            log,
+            _dir: dir,
+            _tasks: (tasks, cancel),
+        }
+    }
+
+    /// As the broker releases: the store's gate (use count), then the audit append with the
+    /// ticket, which checks the gate again and records the lease in one transaction.
+    async fn release(&self, g: &ReleaseGate<'_>) -> Released {
+        let count = match self.store.release(g).await.unwrap() {
+            GateOutcome::Open(n) => n,
+            GateOutcome::Closed => return Released::Closed,
+        };
+        let ticket = ReleaseTicket {
+            check: GateCheck {
+                key: g.key.to_owned(),
+                wrap_version: g.wrap_version,
+                open_version: g.open_version,
+                issuer: g.who.issuer.to_owned(),
+                subject: g.who.subject.to_owned(),
+                job_id: g.who.job_id.map(str::to_owned),
+                now: g.now,
+            },
+            lease: g.lease.cloned(),
+        };
+        let mut record = AuditRecord::new(Op::GenerateDataKey, "rid".into(), "test".into());
+        record.lease_id = g.lease.map(|l| l.lease_id.clone());
+        "ok".clone_into(&mut record.outcome.code);
+        match self.log.append_release(record, ticket).await {
+            Ok((_, None)) => Released::Open(count),
+            Ok((_, Some(_))) => panic!("the PostgreSQL log must record the lease itself"),
+            Err(AuditError::GateClosed { revoked: false }) => Released::Closed,
+            Err(AuditError::GateClosed { revoked: true }) => Released::Revoked,
+            Err(e) => panic!("append failed: {e}"),
+        }
+    }
 }
 
 fn new_key(name: &str) -> NewKey {
@@ -78,7 +151,8 @@ fn lease(id: &str) -> LeaseRecord {
 async fn replicas_share_one_catalog_and_a_disable_on_one_closes_the_gate_on_the_other() {
     let pg = TestPostgres::start().unwrap();
     // Two replicas starting together: migrations apply once (sqlx's advisory lock).
-    let (a, b) = tokio::join!(replica(&pg, "postgres"), replica(&pg, "postgres"));
+    let (ra, rb) = tokio::join!(Replica::open(&pg), Replica::open(&pg));
+    let (a, b) = (&ra.store, &rb.store);
     let k = a.create_key(&new_key("k")).await.unwrap();
     assert_eq!(k.versions[0].state, VersionState::PendingCreate);
     assert!(matches!(
@@ -92,28 +166,39 @@ async fn replicas_share_one_catalog_and_a_disable_on_one_closes_the_gate_on_the_
     assert_eq!(seen.primary_version(), Some(1));
     assert_eq!(seen.labels.get("stage").map(String::as_str), Some("dev"));
 
+    // Use counts are reserved a block per replica: the ranges never overlap.
     let l1 = lease("l1");
     assert_eq!(
-        b.release(&gate(Some(1), None, Some(&l1))).await.unwrap(),
-        GateOutcome::Open(1)
+        rb.release(&gate(Some(1), None, Some(&l1))).await,
+        Released::Open(1)
     );
     assert_eq!(
-        a.release(&gate(Some(1), None, None)).await.unwrap(),
-        GateOutcome::Open(2)
+        ra.release(&gate(Some(1), None, None)).await,
+        Released::Open(WRAP_BLOCK + 1)
     );
     a.set_key_state("k", KeyState::Enabled, KeyState::Disabled, None)
         .await
         .unwrap();
-    // The very next gate on the other replica is closed, and records no lease.
+    // The very next release on the other replica is refused in the audit transaction (its
+    // count came from the block in memory), is logged as refused, and records no lease.
     let l2 = lease("l2");
     assert_eq!(
-        b.release(&gate(Some(1), None, Some(&l2))).await.unwrap(),
-        GateOutcome::Closed
+        rb.release(&gate(Some(1), None, Some(&l2))).await,
+        Released::Closed
     );
     assert_eq!(
         pg.psql("postgres", "SELECT count(*) FROM leases").unwrap(),
         "1"
     );
+    let last = pg
+        .psql(
+            "postgres",
+            "SELECT convert_from(body, 'UTF8')::jsonb->'outcome'->>'code' || ' ' || \
+             coalesce(convert_from(body, 'UTF8')::jsonb->>'lease_id', 'none') \
+             FROM audit_entries ORDER BY idx DESC LIMIT 1",
+        )
+        .unwrap();
+    assert_eq!(last, "failed_precondition none");
     // /metrics counts from either replica: one disabled key, one unexpired lease.
     let g = b.gauges(0).await.unwrap();
     assert_eq!(g.keys_by_state, vec![("DISABLED".to_owned(), 1)]);
@@ -128,16 +213,25 @@ async fn replicas_share_one_catalog_and_a_disable_on_one_closes_the_gate_on_the_
         .await
         .unwrap();
     assert_eq!(
-        a.release(&gate(Some(1), None, None)).await.unwrap(),
-        GateOutcome::Open(3)
+        ra.release(&gate(Some(1), None, None)).await,
+        Released::Open(WRAP_BLOCK + 2)
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT wrap_count FROM key_versions WHERE key_name = 'k'"
+        )
+        .unwrap(),
+        (2 * WRAP_BLOCK).to_string(),
+        "two reservations, one per replica: no write per release"
     );
 }
 
 #[tokio::test]
 async fn version_min_version_and_revocations_close_the_gate_across_replicas() {
     let pg = TestPostgres::start().unwrap();
-    let a = replica(&pg, "postgres").await;
-    let b = replica(&pg, "postgres").await;
+    let (ra, rb) = (Replica::open(&pg).await, Replica::open(&pg).await);
+    let (a, b) = (&ra.store, &rb.store);
     a.create_key(&new_key("k")).await.unwrap();
     a.set_version_state("k", 1, VersionState::Enabled)
         .await
@@ -154,19 +248,19 @@ async fn version_min_version_and_revocations_close_the_gate_across_replicas() {
     // Every release wraps or leases: an open checks the opened version while recording a lease.
     let (l1, l2, l3) = (lease("l1"), lease("l2"), lease("l3"));
     assert_eq!(
-        b.release(&gate(None, Some(1), Some(&l1))).await.unwrap(),
-        GateOutcome::Open(0)
+        rb.release(&gate(None, Some(1), Some(&l1))).await,
+        Released::Open(0)
     );
     a.swap_version_state("k", 1, VersionState::Enabled, VersionState::Disabled)
         .await
         .unwrap();
     assert_eq!(
-        b.release(&gate(None, Some(1), Some(&l2))).await.unwrap(),
-        GateOutcome::Closed
+        rb.release(&gate(None, Some(1), Some(&l2))).await,
+        Released::Closed
     );
     assert_eq!(
-        b.release(&gate(Some(2), None, None)).await.unwrap(),
-        GateOutcome::Open(1)
+        rb.release(&gate(Some(2), None, None)).await,
+        Released::Open(1)
     );
     a.swap_version_state("k", 1, VersionState::Disabled, VersionState::Enabled)
         .await
@@ -181,15 +275,15 @@ async fn version_min_version_and_revocations_close_the_gate_across_replicas() {
     .await
     .unwrap();
     assert_eq!(
-        b.release(&gate(None, Some(1), Some(&l3))).await.unwrap(),
-        GateOutcome::Closed
+        rb.release(&gate(None, Some(1), Some(&l3))).await,
+        Released::Closed
     );
 
     // A job revocation on one replica: the other refuses that job, and only that job.
     let l = lease("l-job");
     assert_eq!(
-        b.release(&gate(Some(2), None, Some(&l))).await.unwrap(),
-        GateOutcome::Open(2)
+        rb.release(&gate(Some(2), None, Some(&l))).await,
+        Released::Open(2)
     );
     let marked = a
         .revoke(&RevocationTarget::Job("job-1".into()), 20, 100)
@@ -207,7 +301,7 @@ async fn version_min_version_and_revocations_close_the_gate_across_replicas() {
     );
     let mut g = gate(Some(2), None, None);
     g.now = 30;
-    assert_eq!(b.release(&g).await.unwrap(), GateOutcome::Closed);
+    assert_eq!(rb.release(&g).await, Released::Revoked);
     // Principal revocation of one issuer only.
     a.revoke(
         &RevocationTarget::Principal {

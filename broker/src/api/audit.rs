@@ -13,6 +13,13 @@ use crate::keys::context::EncryptionContext;
 
 use super::{ApiState, CallContext, CallFacts, REQUEST_ID_HEADER, RequestId, status};
 
+/// How long a call's work (authentication, policy, HSM, catalog) may take before it is refused
+/// with `UNAVAILABLE`.
+pub(crate) const WORK_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long the audit append of a call may take; with [`WORK_BUDGET`], a call answers within
+/// 5 s whatever is down (`docs/high-availability.md`).
+const APPEND_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Facts of one call, appended to the audit log when it ends.
 pub(crate) struct Recorder {
     record: AuditRecord,
@@ -21,6 +28,8 @@ pub(crate) struct Recorder {
     started: std::time::Instant,
     /// What authorization found (policy reasons, the key's HSM), once the call is authenticated.
     facts: Option<Arc<CallFacts>>,
+    /// Where a granted release's lease row goes after its record.
+    leases: crate::keys::leases::LeaseWriter,
 }
 
 impl ApiState {
@@ -38,6 +47,7 @@ impl ApiState {
             metrics: self.metrics.clone(),
             started: std::time::Instant::now(),
             facts: None,
+            leases: self.keys.leases().clone(),
         }
     }
 }
@@ -94,6 +104,14 @@ impl Recorder {
         self.record.lease_id = Some(id.to_owned());
     }
 
+    /// The refusal of a call whose work overran [`WORK_BUDGET`].
+    pub(crate) fn over_budget(&self) -> Status {
+        RequestId(self.record.request_id.clone()).status(
+            Code::Unavailable,
+            "the catalog or HSM did not answer in time; retry later".to_owned(),
+        )
+    }
+
     /// Appends the record of this call; returns `result` only if that worked.
     pub(crate) async fn finish<T>(
         mut self,
@@ -135,8 +153,42 @@ impl Recorder {
             self.record.surface.as_str(),
             format!("{:?}", self.record.op),
         );
-        let result = match self.log.append(self.record).await {
-            Ok(_) => result,
+        // A granted release carries the ticket its gate left: the lease is recorded after the
+        // record (or, by the PostgreSQL log, with it), and that log checks the gate again.
+        let ticket = match (&result, &self.facts) {
+            (Ok(_), Some(facts)) => facts
+                .ticket
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+            _ => None,
+        };
+        let append = async {
+            match ticket {
+                Some(ticket) => {
+                    self.record.lease_expires_at = ticket.lease.as_ref().map(|l| l.expires_at);
+                    self.log.append_release(self.record, ticket).await
+                }
+                None => self.log.append(self.record).await.map(|i| (i, None)),
+            }
+        };
+        // An append that does not finish in time refuses the call; the record may still land
+        // (then it says the operation was granted although nothing was released — the log may
+        // show more than happened, never less).
+        let appended = tokio::time::timeout(APPEND_BUDGET, append)
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::audit::AuditError::Database(
+                    "append timed out".into(),
+                ))
+            });
+        let result = match appended {
+            Ok((index, lease)) => {
+                if let Some(lease) = lease {
+                    self.leases.push(lease, index).await;
+                }
+                result
+            }
             Err(e) => Err(status::audit_error(&e, &RequestId(rid))),
         };
         let code = match &result {

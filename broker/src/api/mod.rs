@@ -107,6 +107,8 @@ pub(crate) struct CallFacts {
     pub(crate) decision: std::sync::OnceLock<Decision>,
     /// The key's HSM id and that HSM's jurisdiction, from the catalog.
     pub(crate) hsm: std::sync::OnceLock<(String, Option<String>)>,
+    /// What a release whose gate opened leaves for the audit record.
+    pub(crate) ticket: crate::keys::leases::TicketSlot,
 }
 
 impl CallContext {
@@ -115,6 +117,7 @@ impl CallContext {
             issuer: self.principal.issuer.clone(),
             subject: self.principal.subject.clone(),
             job_id: self.principal.job_id.clone(),
+            ticket: self.facts.ticket.clone(),
         }
     }
 }

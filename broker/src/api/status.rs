@@ -74,6 +74,19 @@ pub(crate) fn invalid(msg: impl Into<String>, rid: &RequestId) -> Status {
 
 /// Maps an audit-log failure: the operation is refused, whatever it would have returned.
 pub(crate) fn audit_error(err: &AuditError, rid: &RequestId) -> Status {
+    if let AuditError::GateClosed { revoked } = err {
+        return if *revoked {
+            rid.status(
+                Code::PermissionDenied,
+                crate::keys::KeyError::Revoked.to_string(),
+            )
+        } else {
+            rid.status(
+                Code::FailedPrecondition,
+                crate::audit::GATE_CLOSED_REASON.to_owned(),
+            )
+        };
+    }
     tracing::error!(request_id = %rid, error = %err, "audit append failed: refusing the operation");
     rid.status(Code::Unavailable, "audit log unavailable".to_owned())
 }

@@ -14,8 +14,18 @@ macro_rules! audited_service {
                     req: tonic::Request<$req>,
                 ) -> Result<tonic::Response<$resp>, tonic::Status> {
                     let mut rec = self.state.recorder(crate::audit::Op::$op);
-                    // Inherent methods win over trait methods: this is the handler.
-                    let result = Self::$method(self, req, &mut rec).await;
+                    // Inherent methods win over trait methods: this is the handler. It gets a
+                    // bounded time, so a slow or lost catalog or HSM answers UNAVAILABLE before
+                    // a client's deadline does (the record appended says so).
+                    let result = match tokio::time::timeout(
+                        crate::api::audit::WORK_BUDGET,
+                        Self::$method(self, req, &mut rec),
+                    )
+                    .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => Err(rec.over_budget()),
+                    };
                     rec.finish(result).await
                 }
             )*

@@ -1,7 +1,8 @@
 //! Checkpoints: a C2SP tlog-checkpoint body (origin, tree size, base64 root) signed as a C2SP
-//! signed-note by an Ed25519 key that lives in the HSM. Written to `<dir>/checkpoint` at least
-//! once per second while the log grows, and once more on shutdown; the verifier key (C2SP
-//! `vkey`) is written to `<dir>/checkpoint.vkey`.
+//! signed-note by the log's one Ed25519 key in the HSM ([`Signer`]). Signed at least once per
+//! second while the log grows, and once more on shutdown. A single node writes it to
+//! `<dir>/checkpoint`; replicas store it in PostgreSQL, and every replica copies the newest into
+//! its own directory. The verifier key (C2SP `vkey`) is written to `<dir>/checkpoint.vkey`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,10 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::merkle::Hash;
 use super::{AuditError, AuditLog};
-use crate::hsm::{HsmError, HsmPool};
 
-/// HSM label of the checkpoint signing key (created on first start).
-pub const KEY_LABEL: &str = "kb:audit:checkpoint";
+pub use super::signer::{KEY_LABEL, KeyError, Signer};
 /// Signature type byte of Ed25519 in C2SP signed-note.
 const ED25519_TYPE: u8 = 0x01;
 /// How often a growing log is checkpointed.
@@ -93,66 +92,16 @@ impl Latest {
             .clone()
     }
 
-    fn set(&self, signed: Signed) {
-        *self
+    /// Replaces the newest checkpoint, unless the one held is larger (a replica's mirror and
+    /// the publisher may race; checkpoints never go back).
+    pub(crate) fn set(&self, signed: Signed) {
+        let mut held = self
             .0
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signed);
-    }
-}
-
-/// Signs checkpoints of one log with the HSM key.
-#[derive(Debug, Clone)]
-pub struct Signer {
-    pool: HsmPool,
-    origin: String,
-    public: [u8; 32],
-}
-
-impl Signer {
-    /// Creates the signing key in `pool` if missing and reads its public half. `origin` names
-    /// the log and the key; it must not contain spaces or `+`.
-    ///
-    /// # Errors
-    /// HSM failures (e.g. a module without Ed25519).
-    pub async fn new(pool: HsmPool, origin: String) -> Result<Self, HsmError> {
-        if pool.create_ed25519_key(KEY_LABEL).await? {
-            tracing::info!(
-                hsm = pool.id(),
-                label = KEY_LABEL,
-                "created the audit checkpoint key"
-            );
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.as_ref().is_none_or(|h| h.size <= signed.size) {
+            *held = Some(signed);
         }
-        let public = pool.ed25519_public_key(KEY_LABEL).await?;
-        Ok(Self {
-            pool,
-            origin,
-            public,
-        })
-    }
-
-    /// The C2SP verifier key of this signer.
-    #[must_use]
-    pub fn vkey(&self) -> String {
-        vkey(&self.origin, &self.public)
-    }
-
-    /// The signed checkpoint of a tree of `size` leaves with root `root`.
-    ///
-    /// # Errors
-    /// HSM failures.
-    pub async fn sign(&self, size: u64, root: &Hash) -> Result<String, HsmError> {
-        let text = body(&self.origin, size, root);
-        let sig = self
-            .pool
-            .sign_eddsa(KEY_LABEL, text.clone().into_bytes())
-            .await?;
-        Ok(note(
-            &text,
-            &self.origin,
-            key_id(&self.origin, &self.public),
-            &sig,
-        ))
     }
 }
 
@@ -170,49 +119,79 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), AuditError> {
     std::fs::rename(&tmp, path).map_err(io("rename", path))
 }
 
-async fn publish(signer: &Signer, log: &dyn AuditLog, dir: &Path, latest: &Latest) -> Option<u64> {
-    let (size, root) = log.head();
-    match signer.sign(size, &root).await {
-        Ok(text) => match write_atomic(&dir.join("checkpoint"), &text) {
-            Ok(()) => {
-                latest.set(Signed {
-                    note: text,
-                    origin: signer.origin.clone(),
-                    size,
-                    root,
-                    vkey: signer.vkey(),
-                });
-                Some(size)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "audit checkpoint not written");
-                None
-            }
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "audit checkpoint not signed");
-            None
-        }
-    }
+/// Where signed checkpoints go.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// Single node: `<dir>/checkpoint` and the shared [`Latest`]; the log is then told, so it
+    /// may drop partial tiles older than the checkpoint.
+    Dir(PathBuf),
+    /// Replicas: the database's `audit_checkpoint` row. Every replica's mirror copies the
+    /// newest one into its own directory and [`Latest`] once it holds the records it covers.
+    Database(sqlx::PgPool),
 }
 
-/// Signs and writes a checkpoint whenever the log grew, at most every [`EVERY`], and once more
-/// when `cancel` fires (after the server stopped taking requests). Each one is also handed to
-/// `latest`.
-pub async fn run(
-    signer: Signer,
-    log: Arc<dyn AuditLog>,
-    dir: PathBuf,
-    latest: Latest,
-    cancel: CancellationToken,
-) {
+/// Writes `<dir>/checkpoint.vkey` (logged, not fatal: auditors pin the key out of band).
+pub(crate) fn write_vkey(dir: &Path, signer: &Signer) {
     if let Err(e) = write_atomic(
         &dir.join("checkpoint.vkey"),
         &format!("{}\n", signer.vkey()),
     ) {
         tracing::warn!(error = %e, "audit verifier key not written");
     }
-    let mut last = publish(&signer, log.as_ref(), &dir, &latest).await;
+}
+
+/// Writes a verified checkpoint note of `size` records into `dir`.
+///
+/// # Errors
+/// I/O failures.
+pub(crate) fn write_note(dir: &Path, text: &str) -> Result<(), AuditError> {
+    write_atomic(&dir.join("checkpoint"), text)
+}
+
+async fn publish(signer: &Signer, log: &dyn AuditLog, sink: &Sink, latest: &Latest) -> Option<u64> {
+    let (size, root) = log.head();
+    let text = match signer.sign(size, &root).await {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::warn!(error = %e, "audit checkpoint not signed");
+            return None;
+        }
+    };
+    let stored = match sink {
+        Sink::Dir(dir) => write_note(dir, &text).map(|()| {
+            latest.set(Signed {
+                note: text,
+                origin: signer.origin().to_owned(),
+                size,
+                root,
+                vkey: signer.vkey(),
+            });
+            log.checkpoint_written(size);
+        }),
+        Sink::Database(db) => super::pg::store_checkpoint(db, size, &text).await,
+    };
+    match stored {
+        Ok(()) => Some(size),
+        Err(e) => {
+            tracing::warn!(error = %e, "audit checkpoint not written");
+            None
+        }
+    }
+}
+
+/// Signs a checkpoint whenever the log grew, at most every [`EVERY`], and once more when
+/// `cancel` fires (after the server stopped taking requests), and hands each to `sink`.
+pub async fn run(
+    signer: Signer,
+    log: Arc<dyn AuditLog>,
+    sink: Sink,
+    latest: Latest,
+    cancel: CancellationToken,
+) {
+    if let Sink::Dir(dir) = &sink {
+        write_vkey(dir, &signer);
+    }
+    let mut last = publish(&signer, log.as_ref(), &sink, &latest).await;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -221,7 +200,9 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         if last != Some(log.head().0) {
-            last = publish(&signer, log.as_ref(), &dir, &latest).await.or(last);
+            last = publish(&signer, log.as_ref(), &sink, &latest)
+                .await
+                .or(last);
         }
     }
     // The final checkpoint covers every durable record: wait (bounded) for the tiles to catch up.
@@ -231,7 +212,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    publish(&signer, log.as_ref(), &dir, &latest).await;
+    publish(&signer, log.as_ref(), &sink, &latest).await;
 }
 
 #[cfg(test)]

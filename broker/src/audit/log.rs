@@ -51,6 +51,8 @@ pub struct FileAuditLog {
     shared: Arc<Shared>,
     dir: PathBuf,
     tree: Arc<RwLock<Tree>>,
+    /// Size of the checkpoint in the tiles directory (partial tiles below it may go).
+    pin: Arc<AtomicU64>,
 }
 
 impl FileAuditLog {
@@ -85,6 +87,7 @@ impl FileAuditLog {
         *lock(&shared.head) = publisher.head();
         shared.published.send_replace(publisher.head().0);
         let tree = publisher.tree();
+        let pin = publisher.pin();
         let tiles_dir = publisher.dir().to_path_buf();
         let (published, durable) = std::sync::mpsc::channel();
         let tiles_shared = shared.clone();
@@ -117,6 +120,7 @@ impl FileAuditLog {
             shared,
             dir: tiles_dir,
             tree,
+            pin,
         })
     }
 
@@ -172,6 +176,10 @@ impl AuditLog for FileAuditLog {
 
     fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
         tiles::read(&self.tree).consistency_proof(old, new)
+    }
+
+    fn checkpoint_written(&self, size: u64) {
+        self.pin.fetch_max(size, Ordering::SeqCst);
     }
 }
 

@@ -12,12 +12,13 @@ pub mod merkle;
 mod pg;
 pub mod record;
 mod segment;
+mod signer;
 pub mod tiles;
 
 use std::path::PathBuf;
 
 pub use log::{CommitObserver, FileAuditLog};
-pub use pg::{PgAuditLog, lead as lead_pg_publisher, origin as pg_origin};
+pub use pg::{PgAuditLog, lead as lead_pg_publisher, origin as pg_origin, store_checkpoint};
 pub use record::{AuditPrincipal, AuditRecord, Decision, Op, Outcome, Surface};
 
 /// Errors of the audit log.
@@ -60,7 +61,18 @@ pub enum AuditError {
     /// The writer has stopped (shutdown).
     #[error("audit log is closed")]
     Closed,
+    /// The log's own gate check (in the PostgreSQL transaction) found the release no longer
+    /// allowed: the record appended says so, and nothing may be released.
+    #[error("{GATE_CLOSED_REASON}")]
+    GateClosed {
+        /// A revocation covers the caller (else the key or a version changed).
+        revoked: bool,
+    },
 }
+
+/// Why a release whose gate closed between the key service and the audit append is refused
+/// (the status message, and the reason in its record).
+pub const GATE_CLOSED_REASON: &str = "key state changed during the request";
 
 /// A durable, append-only, totally ordered audit log.
 #[async_trait::async_trait]
@@ -98,4 +110,28 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// RFC 6962 consistency proof from `old` to `new` records; `None` unless
     /// `0 < old <= new <= ` the tree's size.
     fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<merkle::Hash>>;
+
+    /// Appends the record of a release whose gate opened in the key service, with its
+    /// `ticket`. Returns the record's index and the lease still to be written to the catalog
+    /// (`None` when this log wrote it in its own transaction). The file log appends as
+    /// [`AuditLog::append`] does; the PostgreSQL log checks the gate again in the transaction
+    /// that appends the record, on the newest catalog data.
+    ///
+    /// # Errors
+    /// As [`AuditLog::append`]; [`AuditError::GateClosed`] when the log's check found the
+    /// release no longer allowed (the record appended then says it was refused).
+    async fn append_release(
+        &self,
+        record: AuditRecord,
+        ticket: crate::keys::leases::ReleaseTicket,
+    ) -> Result<(u64, Option<crate::store::LeaseRecord>), AuditError> {
+        let index = self.append(record).await?;
+        Ok((index, ticket.lease))
+    }
+
+    /// A checkpoint of `size` records is now in the tiles directory: partial tiles of smaller
+    /// sizes are no longer needed by its readers and may be removed.
+    fn checkpoint_written(&self, size: u64) {
+        let _ = size;
+    }
 }

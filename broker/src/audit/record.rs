@@ -165,6 +165,10 @@ pub struct AuditRecord {
     pub outcome: Outcome,
     /// Lease id of released key material.
     pub lease_id: Option<String>,
+    /// When that lease ends (unix seconds): with the other fields, what the catalog's lease
+    /// row holds, so the row can be rebuilt from the log (absent on records without a lease).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<i64>,
     /// The API surface the call came through.
     pub surface: Surface,
 }
@@ -193,6 +197,7 @@ impl AuditRecord {
                 code: String::new(),
             },
             lease_id: None,
+            lease_expires_at: None,
             surface: Surface::Grpc,
         }
     }

@@ -3,11 +3,17 @@
 //!
 //! Level `L` tile `N` holds the hashes of tree level `8·L`, indices `256·N ..`; a bundle holds
 //! the records themselves, each prefixed by its big-endian `u16` length. Full tiles are written
-//! once and never rewritten; partial ones are replaced as the log grows. Tiles are derived data
-//! (rebuilt from the segments), so they are written atomically (temp + rename) but not fsynced.
+//! once and never rewritten; partial ones are written as the log grows and removed once no
+//! checkpoint reader needs them ([`partials`]). Tiles are derived data (rebuilt from the
+//! segments), so they are written atomically (temp + rename) but not fsynced.
+
+mod partials;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
+
+use partials::Partials;
 
 use super::AuditError;
 use super::merkle::{Hash, Tree};
@@ -32,6 +38,8 @@ pub fn bundle_bytes<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> 
 /// size. `entries[i]` is the record at index `entries_start + i`; it must cover the records from
 /// the start of the bundle holding `old_size`.
 ///
+/// Returns the partial files it wrote (paths relative to `dir`).
+///
 /// # Errors
 /// I/O failures, or [`AuditError::Corrupt`] if `entries` does not cover what is needed.
 pub fn write_new(
@@ -40,7 +48,8 @@ pub fn write_new(
     entries_start: u64,
     entries: &[Vec<u8>],
     old_size: u64,
-) -> Result<(), AuditError> {
+) -> Result<Vec<String>, AuditError> {
+    let mut partial = Vec::new();
     let new_size = tree.size();
     for level in 0u32.. {
         let shift = 8 * level;
@@ -63,15 +72,21 @@ pub fn write_new(
             }
             let bytes: Vec<u8> = slice(hashes, start, width, dir)?.concat();
             write_atomic(&path, &bytes)?;
+            if width < TILE_WIDTH {
+                partial.push(tile_path(level, n, width));
+            }
             if level == 0 {
                 let first = start.checked_sub(entries_start).ok_or_else(|| short(dir))?;
                 let records = slice(entries, first, width, dir)?;
                 let bundle = bundle_bytes(records.iter().map(Vec::as_slice));
                 write_atomic(&dir.join(bundle_path(n, width)), &bundle)?;
+                if width < TILE_WIDTH {
+                    partial.push(bundle_path(n, width));
+                }
             }
         }
     }
-    Ok(())
+    Ok(partial)
 }
 
 /// Keeps the Merkle tree and the tiles directory in step with the log: the records of the open
@@ -83,6 +98,7 @@ pub(crate) struct Publisher {
     tree: Arc<RwLock<Tree>>,
     bundle_start: u64,
     bundle: Vec<Vec<u8>>,
+    partials: Partials,
 }
 
 impl Publisher {
@@ -96,6 +112,7 @@ impl Publisher {
         if let Err(e) = write_new(dir, &tree, 0, &records, 0) {
             tracing::warn!(error = %e, "audit tiles: repair failed");
         }
+        let partials = start_partials(dir, &[tree.size()]);
         let bundle_start = tree.size() / TILE_WIDTH * TILE_WIDTH;
         let keep = usize::try_from(bundle_start).unwrap_or(usize::MAX);
         let bundle = records.into_iter().skip(keep).collect();
@@ -104,6 +121,7 @@ impl Publisher {
             tree: Arc::new(RwLock::new(tree)),
             bundle_start,
             bundle,
+            partials,
         }
     }
 
@@ -120,6 +138,7 @@ impl Publisher {
             bundle_start: tree.size(),
             tree: Arc::new(RwLock::new(tree)),
             bundle: Vec::new(),
+            partials: start_partials(dir, &[]),
         }
     }
 
@@ -136,10 +155,12 @@ impl Publisher {
         };
         // Readers (proofs) only read the tree: they may run while the files are written.
         let tree = read(&self.tree);
-        if let Err(e) = write_new(&self.dir, &tree, self.bundle_start, &self.bundle, old) {
-            tracing::warn!(error = %e, "audit tiles: write failed");
+        match write_new(&self.dir, &tree, self.bundle_start, &self.bundle, old) {
+            Ok(paths) => self.partials.wrote(new, paths),
+            Err(e) => tracing::warn!(error = %e, "audit tiles: write failed"),
         }
         drop(tree);
+        self.partials.prune(&self.dir, new);
         // Records of bundles that are now full are on disk; keep only the open bundle.
         let new_start = new / TILE_WIDTH * TILE_WIDTH;
         if new_start > self.bundle_start {
@@ -147,6 +168,66 @@ impl Publisher {
             self.bundle.drain(..done.min(self.bundle.len()));
             self.bundle_start = new_start;
         }
+    }
+
+    /// The handle through which whoever writes `<dir>/checkpoint` reports its size (older
+    /// partial tiles are then removed at the next growth).
+    pub(crate) fn pin(&self) -> Arc<AtomicU64> {
+        self.partials.pin()
+    }
+
+    /// Writes the partial tiles and bundle a reader of a checkpoint of `size` records needs,
+    /// where missing (a mirror that grew past `size` in one step never wrote them).
+    ///
+    /// # Errors
+    /// I/O failures; `size` beyond the tree, or records no longer at hand.
+    pub(crate) fn materialize(&mut self, size: u64) -> Result<(), AuditError> {
+        let tree = read(&self.tree);
+        if size > tree.size() {
+            return Err(short(&self.dir));
+        }
+        let mut wrote = Vec::new();
+        for path in partials::needed(size) {
+            let full = self.dir.join(&path);
+            if full.exists() {
+                wrote.push(path);
+                continue;
+            }
+            let bytes = if path.starts_with("tile/entries/") {
+                let n = size / TILE_WIDTH;
+                let width = size % TILE_WIDTH;
+                let start = n * TILE_WIDTH;
+                if start >= self.bundle_start {
+                    let first = start - self.bundle_start;
+                    let records = slice(&self.bundle, first, width, &self.dir)?;
+                    bundle_bytes(records.iter().map(Vec::as_slice))
+                } else {
+                    let all = read_bundle(&self.dir, n, TILE_WIDTH)?;
+                    let records = slice(&all, 0, width, &self.dir)?;
+                    bundle_bytes(records.iter().map(Vec::as_slice))
+                }
+            } else {
+                let level = path
+                    .strip_prefix("tile/")
+                    .and_then(|p| p.split('/').next())
+                    .and_then(|l| l.parse::<u32>().ok())
+                    .ok_or_else(|| short(&self.dir))?;
+                let count = size >> (8 * level);
+                let start = count / TILE_WIDTH * TILE_WIDTH;
+                slice(
+                    tree.level(8 * level as usize),
+                    start,
+                    count - start,
+                    &self.dir,
+                )?
+                .concat()
+            };
+            write_atomic(&full, &bytes)?;
+            wrote.push(path);
+        }
+        drop(tree);
+        self.partials.wrote(size, wrote);
+        Ok(())
     }
 
     /// Size and root hash of the tree.
@@ -237,25 +318,91 @@ pub fn read_entries(
     while next < size && out.len() < max {
         let n = next / TILE_WIDTH;
         let width = (size - n * TILE_WIDTH).min(TILE_WIDTH);
-        let path = dir.join(bundle_path(n, width));
-        let bytes = std::fs::read(&path).map_err(|source| AuditError::Io {
-            what: "read",
-            path: path.clone(),
-            source,
-        })?;
-        let records = parse_bundle(&bytes)
-            .filter(|r| r.len() as u64 == width)
-            .ok_or_else(|| AuditError::Corrupt {
-                path: path.clone(),
-                problem: format!("entry bundle does not hold {width} records"),
-            })?;
+        let records = read_bundle(dir, n, width)?;
         let skip = usize::try_from(next - n * TILE_WIDTH).unwrap_or(usize::MAX);
         for r in records.into_iter().skip(skip).take(max - out.len()) {
-            out.push(r.to_vec());
+            out.push(r);
             next += 1;
         }
     }
     Ok(out)
+}
+
+/// The first `width` records of entry bundle `n`: from its own file, or — when a newer
+/// checkpoint let that partial go — from the full bundle or a wider partial.
+fn read_bundle(dir: &Path, n: u64, width: u64) -> Result<Vec<Vec<u8>>, AuditError> {
+    let own = dir.join(bundle_path(n, width));
+    let (path, bytes) = match std::fs::read(&own) {
+        Ok(b) => (own, b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(other) = partials::wider(dir, n, width) else {
+                return Err(AuditError::Io {
+                    what: "read",
+                    path: own,
+                    source: e,
+                });
+            };
+            let bytes = std::fs::read(&other).map_err(|source| AuditError::Io {
+                what: "read",
+                path: other.clone(),
+                source,
+            })?;
+            (other, bytes)
+        }
+        Err(source) => {
+            return Err(AuditError::Io {
+                what: "read",
+                path: own,
+                source,
+            });
+        }
+    };
+    let corrupt = || AuditError::Corrupt {
+        path: path.clone(),
+        problem: format!("entry bundle does not hold {width} records"),
+    };
+    let records = parse_bundle(&bytes).ok_or_else(corrupt)?;
+    if (records.len() as u64) < width {
+        return Err(corrupt());
+    }
+    let own_width = records.len() as u64 == width;
+    if !own_width && path == dir.join(bundle_path(n, width)) {
+        return Err(corrupt());
+    }
+    Ok(records
+        .into_iter()
+        .take(usize::try_from(width).unwrap_or(usize::MAX))
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// The size of the checkpoint in `dir`, if one is there (its second line).
+fn checkpoint_size(dir: &Path) -> Option<u64> {
+    let path = dir.join("checkpoint");
+    if std::fs::metadata(&path).ok()?.len() > 16 * 1024 {
+        return None;
+    }
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Removes the partial tiles no reader needs (those of `sizes` and of the checkpoint already in
+/// `dir` stay) and pins that checkpoint.
+fn start_partials(dir: &Path, sizes: &[u64]) -> Partials {
+    let partials = Partials::default();
+    let mut keep = sizes.to_vec();
+    if let Some(size) = checkpoint_size(dir) {
+        keep.push(size);
+        partials
+            .pin()
+            .store(size, std::sync::atomic::Ordering::SeqCst);
+    }
+    partials::sweep(dir, &keep);
+    partials
 }
 
 fn short(dir: &Path) -> AuditError {

@@ -12,24 +12,43 @@ use super::HsmError;
 /// DER of the edwards25519 curve OID 1.3.101.112 (RFC 8410), the `CKA_EC_PARAMS` value.
 const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 
-/// The Ed25519 key of `class` (public or private) carrying `label`, if any.
-pub(crate) fn find(
+/// The Ed25519 keys of `class` (public or private) carrying `label`, and `id` when given.
+pub(crate) fn find_all(
     session: &Session,
     class: ObjectClass,
     label: &str,
-) -> Result<Option<ObjectHandle>, HsmError> {
-    let found = session
-        .find_objects(&[
-            Attribute::Class(class),
-            Attribute::KeyType(KeyType::EC_EDWARDS),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ])
-        .map_err(HsmError::ck("C_FindObjects"))?;
-    Ok(found.into_iter().next())
+    id: Option<&[u8]>,
+) -> Result<Vec<ObjectHandle>, HsmError> {
+    let mut template = vec![
+        Attribute::Class(class),
+        Attribute::KeyType(KeyType::EC_EDWARDS),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    if let Some(id) = id {
+        template.push(Attribute::Id(id.to_vec()));
+    }
+    session
+        .find_objects(&template)
+        .map_err(HsmError::ck("C_FindObjects"))
 }
 
-/// Generates an Ed25519 token key pair labelled `label`; the private half signs only.
-pub(crate) fn generate(session: &Session, label: &str) -> Result<(), HsmError> {
+/// The `CKA_ID` of `key`.
+pub(crate) fn id_of(session: &Session, key: ObjectHandle) -> Result<Vec<u8>, HsmError> {
+    let attrs = session
+        .get_attributes(key, &[AttributeType::Id])
+        .map_err(HsmError::ck("C_GetAttributeValue"))?;
+    Ok(attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Id(id) => Some(id),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// Generates an Ed25519 token key pair labelled `label` with a fresh random `CKA_ID`, which it
+/// returns; the private half signs only.
+pub(crate) fn generate(session: &Session, label: &str) -> Result<Vec<u8>, HsmError> {
     let id = session
         .generate_random_vec(16)
         .map_err(HsmError::ck("C_GenerateRandom"))?;
@@ -50,12 +69,12 @@ pub(crate) fn generate(session: &Session, label: &str) -> Result<(), HsmError> {
         Attribute::Decrypt(false),
         Attribute::Derive(false),
         Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(id),
+        Attribute::Id(id.clone()),
     ];
     session
         .generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)
-        .map(drop)
-        .map_err(HsmError::ck("C_GenerateKeyPair"))
+        .map_err(HsmError::ck("C_GenerateKeyPair"))?;
+    Ok(id)
 }
 
 /// A pure Ed25519 signature (RFC 8032) of `msg`.

@@ -5,6 +5,7 @@
 //! in place on the token: no session copies, so a destroyed key is unusable at once.
 
 mod eddsa;
+mod eddsa_pool;
 mod error;
 mod module;
 mod ops;
@@ -19,6 +20,7 @@ use secrecy::SecretString;
 use tracing::instrument;
 use zeroize::Zeroizing;
 
+pub use eddsa_pool::Ed25519Pair;
 pub use error::{HsmError, HsmErrorKind, triage};
 pub use pool::PoolSnapshot;
 pub use seal::{SealInput, SealedGcm};
@@ -76,16 +78,24 @@ const START_ATTEMPTS: u32 = 5;
 /// First pause between start-up attempts (doubling).
 const START_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// `CKR_GENERAL_ERROR` at start-up: SoftHSM answers it to a login that races another process
-/// on the same token; a retry succeeds.
+/// Transient at start-up, when several processes share a SoftHSM token directory: a login
+/// that races another process gets `CKR_GENERAL_ERROR`, and a token whose files another
+/// process is rewriting is briefly not found or reads as `CKR_USER_PIN_NOT_INITIALIZED`. A retry
+/// succeeds; a token that is really absent or uninitialized is still reported, after the
+/// retries (about 1.5 s).
 fn is_transient_at_start(e: &HsmError) -> bool {
     let source = match e {
         HsmError::LoginFailed { source } | HsmError::Pkcs11 { source, .. } => source,
+        HsmError::TokenNotFound { .. } => return true,
         _ => return false,
     };
     matches!(
         source,
-        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::GeneralError, _)
+        cryptoki::error::Error::Pkcs11(
+            cryptoki::error::RvError::GeneralError
+                | cryptoki::error::RvError::UserPinNotInitialized,
+            _
+        )
     )
 }
 
@@ -124,7 +134,7 @@ impl HsmPool {
                 }
                 Err(e) if attempt < START_ATTEMPTS && is_transient_at_start(&e) => {
                     tracing::warn!(error = %e, attempt, retry_in = ?backoff,
-                        "HSM start-up failed transiently (CKR_GENERAL_ERROR); retrying");
+                        "HSM start-up failed, possibly transiently; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                     attempt += 1;
@@ -272,74 +282,6 @@ impl HsmPool {
             .await
     }
 
-    /// Creates an Ed25519 key pair labelled `label` (private half sensitive, never
-    /// extractable, sign only), unless one exists. Returns whether it created it.
-    ///
-    /// # Errors
-    /// [`HsmError::Unavailable`] when the device is gone, [`HsmError::Pkcs11`] otherwise
-    /// (e.g. a module without CKM_EC_EDWARDS_KEY_PAIR_GEN).
-    #[instrument(skip_all, fields(hsm = %self.inner.id, label))]
-    pub async fn create_ed25519_key(&self, label: &str) -> Result<bool, HsmError> {
-        let label = non_empty(label)?;
-        self.inner
-            .run(move |cx| {
-                let _serialized = cx.create_lock();
-                let class = cryptoki::object::ObjectClass::PRIVATE_KEY;
-                if eddsa::find(cx.session, class, &label)?.is_some() {
-                    return Ok(false);
-                }
-                eddsa::generate(cx.session, &label).map(|()| true)
-            })
-            .await
-    }
-
-    /// Signs `msg` with the Ed25519 private key labelled `label` (CKM_EDDSA, pure Ed25519).
-    ///
-    /// # Errors
-    /// [`HsmError::KeyNotFound`], [`HsmError::Unavailable`] when the device is gone,
-    /// [`HsmError::Pkcs11`] otherwise.
-    #[instrument(skip_all, fields(hsm = %self.inner.id, label, len = msg.len()))]
-    pub async fn sign_eddsa(&self, label: &str, msg: Vec<u8>) -> Result<[u8; 64], HsmError> {
-        let label = non_empty(label)?;
-        self.inner
-            .run(move |cx| {
-                let class = cryptoki::object::ObjectClass::PRIVATE_KEY;
-                let Some(key) = eddsa::find(cx.session, class, &label)? else {
-                    ops::probe_token(cx.ctx, cx.slot)?;
-                    return Err(HsmError::KeyNotFound {
-                        label: label.clone(),
-                    });
-                };
-                let sig = eddsa::sign(cx.session, key, &msg)?;
-                sig.try_into().map_err(|_| HsmError::InvalidRequest {
-                    reason: "Ed25519 signature is not 64 bytes",
-                })
-            })
-            .await
-    }
-
-    /// The 32-byte Ed25519 public key labelled `label`.
-    ///
-    /// # Errors
-    /// [`HsmError::KeyNotFound`], [`HsmError::Unavailable`] when the device is gone,
-    /// [`HsmError::Pkcs11`] otherwise.
-    #[instrument(skip_all, fields(hsm = %self.inner.id, label))]
-    pub async fn ed25519_public_key(&self, label: &str) -> Result<[u8; 32], HsmError> {
-        let label = non_empty(label)?;
-        self.inner
-            .run(move |cx| {
-                let class = cryptoki::object::ObjectClass::PUBLIC_KEY;
-                let Some(key) = eddsa::find(cx.session, class, &label)? else {
-                    ops::probe_token(cx.ctx, cx.slot)?;
-                    return Err(HsmError::KeyNotFound {
-                        label: label.clone(),
-                    });
-                };
-                eddsa::public_key(cx.session, key)
-            })
-            .await
-    }
-
     /// Health probe: session and token info on the long-lived session. When the device is
     /// gone (or was), drains the pool and re-initializes; `Ok` means the pool serves again.
     ///
@@ -392,7 +334,7 @@ mod start_retry_tests {
     use super::*;
 
     #[test]
-    fn only_a_general_error_at_start_is_retried() {
+    fn only_a_general_error_or_a_missing_token_at_start_is_retried() {
         let general = CkError::Pkcs11(RvError::GeneralError, Function::Login);
         assert!(is_transient_at_start(&HsmError::LoginFailed {
             source: general
@@ -406,7 +348,7 @@ mod start_retry_tests {
         assert!(!is_transient_at_start(&HsmError::LoginFailed {
             source: wrong_pin
         }));
-        assert!(!is_transient_at_start(&HsmError::TokenNotFound {
+        assert!(is_transient_at_start(&HsmError::TokenNotFound {
             selector: "label \"x\"".into()
         }));
     }

@@ -207,6 +207,9 @@ impl KeyService {
         let now = self.clock.now();
         let longest = i64::try_from(self.settings.max_lease_ttl.as_secs()).unwrap_or(i64::MAX);
         let until = now.saturating_add(longest);
+        // Leases acknowledged before this call may still be on their way to the catalog
+        // (they are written after their audit record): land them first, so they are marked.
+        self.leases.flush().await;
         let marked = self.store.revoke(target, now, until).await?;
         Ok((marked, until))
     }

@@ -11,6 +11,7 @@ mod datakeys;
 pub mod envelope;
 mod error;
 mod input;
+pub mod leases;
 mod lifecycle;
 pub mod name;
 mod scheduler;

@@ -76,6 +76,8 @@ pub struct Caller {
     pub subject: String,
     /// Job id from verified identity.
     pub job_id: Option<String>,
+    /// Where a release whose gate opened leaves its ticket for the audit record.
+    pub ticket: super::leases::TicketSlot,
 }
 
 impl Caller {
@@ -132,6 +134,8 @@ pub struct KeyService {
     pub(super) wake: Arc<Notify>,
     /// Keys whose primary version reached `rotate_after_wraps`: name → that version.
     pub(super) wrap_due: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// Lease rows written after their audit record.
+    pub(super) leases: super::leases::LeaseWriter,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -151,6 +155,7 @@ impl KeyService {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
+            leases: super::leases::LeaseWriter::start(store.clone()),
             store,
             hsms: Arc::new(hsms),
             settings: Arc::new(settings),
@@ -158,6 +163,11 @@ impl KeyService {
             wake: Arc::new(Notify::new()),
             wrap_due: Arc::new(Mutex::new(BTreeMap::new())),
         }
+    }
+
+    /// The background writer of lease rows (leases whose audit record is durable).
+    pub fn leases(&self) -> &super::leases::LeaseWriter {
+        &self.leases
     }
 
     /// The HSMs, for health probes.
@@ -211,7 +221,25 @@ impl KeyService {
         gate: ReleaseGate<'_>,
     ) -> Result<u64, KeyError> {
         match self.store.release(&gate).await? {
-            GateOutcome::Open(count) => Ok(count),
+            GateOutcome::Open(count) => {
+                let ticket = super::leases::ReleaseTicket {
+                    check: super::leases::GateCheck {
+                        key: gate.key.to_owned(),
+                        wrap_version: gate.wrap_version,
+                        open_version: gate.open_version,
+                        issuer: caller.issuer.clone(),
+                        subject: caller.subject.clone(),
+                        job_id: caller.job_id.clone(),
+                        now: gate.now,
+                    },
+                    lease: gate.lease.cloned(),
+                };
+                *caller
+                    .ticket
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ticket);
+                Ok(count)
+            }
             GateOutcome::Closed => {
                 self.not_revoked(caller).await?;
                 let key = self

@@ -8,9 +8,10 @@ mod cached;
 mod gate;
 mod group;
 mod open;
-mod postgres;
+pub(crate) mod postgres;
 mod rows;
 mod sqlite;
+mod wraps;
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,7 @@ pub use gate::{GateOutcome, ReleaseGate, RevocationTarget, SettingsUpdate, Who};
 pub use open::{Opened, open};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use wraps::{BLOCK as WRAP_BLOCK, WrapCounters};
 
 /// Errors of the catalog store.
 #[derive(Debug, thiserror::Error)]
@@ -177,8 +179,33 @@ pub struct NewKey {
     pub next_rotation_at: Option<i64>,
 }
 
+/// A revocation in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// What it covers.
+    pub target: RevocationTarget,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+impl Revocation {
+    /// Whether it covers `who` at `now` (the rule of the gate statements).
+    #[must_use]
+    pub fn covers(&self, who: &Who<'_>, now: i64) -> bool {
+        if self.expires_at <= now {
+            return false;
+        }
+        match &self.target {
+            RevocationTarget::Job(job) => who.job_id == Some(job.as_str()),
+            RevocationTarget::Principal { issuer, subject } => {
+                who.subject == subject && (issuer.is_empty() || who.issuer == issuer)
+            }
+        }
+    }
+}
+
 /// A lease on released plaintext.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRecord {
     /// Opaque id given to the client.
     pub lease_id: String,
@@ -266,15 +293,45 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Conflict`] when the version is in another state.
     async fn abort_version(&self, name: &str, version: u32) -> Result<(), StoreError>;
 
-    /// The release gate, run after the HSM did its work and right before anything leaves the
-    /// broker: in one write transaction it checks that the key is enabled, that the versions
-    /// used are enabled (and, for `open_version`, not below `min_decryption_version`), and that
-    /// the caller is not revoked; only then it counts the wrap and records the lease. A closed
-    /// gate changes nothing.
+    /// The release gate, run after the HSM did its work and before the audit append: it checks
+    /// that the key is enabled, that the versions used are enabled (and, for `open_version`,
+    /// not below `min_decryption_version`), and that the caller is not revoked; only then it
+    /// counts the wrap. A closed gate changes nothing. Where the lease goes depends on the
+    /// backend (DESIGN §6): the single node ([`CachedStore`]) checks in memory and records no
+    /// lease here — the audit record is the durable record of the release, and the lease row
+    /// follows in the background ([`Store::insert_leases`]); PostgreSQL checks again and records
+    /// the lease in the audit log's own transaction; a bare [`SqliteStore`] (tests, tools)
+    /// records it durably here.
     ///
     /// # Errors
     /// Database failures; the caller must not release anything then.
     async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError>;
+
+    /// Durably raises the use count of an enabled version by up to `block` (never past the GCM
+    /// limit) and returns `(before, after)`: the wraps numbered `before + 1 ..= after` are the
+    /// caller's. `None` when the version is not enabled or at the limit.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn reserve_wraps(
+        &self,
+        name: &str,
+        version: u32,
+        block: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError>;
+
+    /// Records leases whose releases are in the audit log (each with its record's index); a
+    /// lease already recorded is left as it is.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn insert_leases(&self, leases: &[(LeaseRecord, u64)]) -> Result<(), StoreError>;
+
+    /// Revocations in force at `now` (for the in-memory gate).
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn active_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
 
     /// Whether a revocation in force at `now` covers the caller.
     ///

@@ -1,8 +1,9 @@
 //! PostgreSQL backend of the catalog: one database shared by every broker replica (DESIGN §10).
 //!
-//! Every release runs the gate in PostgreSQL, so a `DisableKey`, version disable, destruction
-//! or lease revocation committed through any replica closes the gate on every replica at the
-//! next request, with no cache to invalidate. A replica that cannot reach the database fails
+//! Every release runs the gate in PostgreSQL — in the audit log's transaction, which appends
+//! its record and inserts its lease (DESIGN §6) — so a `DisableKey`, version disable,
+//! destruction or lease revocation committed through any replica closes the gate on every
+//! replica at the next request, with no cache to invalidate. A replica that cannot reach the database fails
 //! the gate and releases nothing. Migrations (`migrations/postgres/`) run at connect under
 //! sqlx's advisory lock, so replicas starting together apply them once.
 
@@ -13,18 +14,18 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 mod creating;
-mod gate;
+pub(crate) mod gate;
+pub(crate) mod leases;
 mod lifecycle;
 
 use creating::Creating;
 
-use super::group::GroupCommit;
 use super::rows::{
     is_unique_violation, key_from_row, select_keys, select_versions, version_from_row,
 };
 use super::{
-    CatalogGauges, GateOutcome, KeyRecord, KeyState, NewKey, ReleaseGate, RevocationTarget,
-    SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
+    CatalogGauges, GateOutcome, KeyRecord, KeyState, LeaseRecord, NewKey, ReleaseGate, Revocation,
+    RevocationTarget, SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
 };
 
 /// How long a request waits for a database connection before it is refused: short, so a lost
@@ -37,8 +38,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// Locks of the versions this replica is creating (see `creating`).
     creating: std::sync::Arc<Creating>,
-    /// The release gate's group commit.
-    group: GroupCommit,
+    /// Use counts reserved in blocks (one catalog write per block, not per release).
+    wraps: std::sync::Arc<super::WrapCounters>,
 }
 
 impl PostgresStore {
@@ -56,11 +57,10 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        let group = GroupCommit::start(gate::PgBatch(pool.clone()));
         Ok(Self {
             pool,
             creating: std::sync::Arc::default(),
-            group,
+            wraps: std::sync::Arc::default(),
         })
     }
 
@@ -231,7 +231,33 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError> {
-        self.group.release(gate).await
+        // Only the use count, reserved a block at a time: the gate proper (key and version
+        // states, revocations) runs in the audit log's transaction, on the newest data, and the
+        // lease is inserted there too (`audit::pg::writer`). No row is locked per release.
+        match gate.wrap_version {
+            Some(v) => Ok(match self.wraps.take(self, gate.key, v).await? {
+                Some(n) => GateOutcome::Open(n),
+                None => GateOutcome::Closed,
+            }),
+            None => Ok(GateOutcome::Open(0)),
+        }
+    }
+
+    async fn reserve_wraps(
+        &self,
+        name: &str,
+        version: u32,
+        block: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        leases::reserve_wraps(&self.pool, name, version, block).await
+    }
+
+    async fn insert_leases(&self, leases: &[(LeaseRecord, u64)]) -> Result<(), StoreError> {
+        leases::insert_leases(&self.pool, leases).await
+    }
+
+    async fn active_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
+        leases::active_revocations(&self.pool, now).await
     }
 
     async fn is_revoked(&self, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {

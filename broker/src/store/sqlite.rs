@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 mod gate;
 mod gauges;
 mod group;
+mod leases;
 mod lifecycle;
 
 use super::group::GroupCommit;
@@ -23,14 +24,17 @@ use super::rows::{
     is_unique_violation, key_from_row, select_keys, select_versions, version_from_row,
 };
 use super::{
-    CatalogGauges, GateOutcome, KeyRecord, KeyState, NewKey, ReleaseGate, RevocationTarget,
-    SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
+    CatalogGauges, GateOutcome, KeyRecord, KeyState, LeaseRecord, NewKey, ReleaseGate, Revocation,
+    RevocationTarget, SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
 };
 
 /// The SQLite catalog.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection with `synchronous=NORMAL`, for lease rows written after their audit
+    /// record (the audit log is their durable record).
+    leases: SqlitePool,
     /// The release gate's group commit.
     group: GroupCommit,
 }
@@ -50,11 +54,19 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        let leases = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.synchronous(SqliteSynchronous::Normal))
+            .await?;
         let group = GroupCommit::start(group::SqliteBatch(pool.clone()));
-        Ok(Self { pool, group })
+        Ok(Self {
+            pool,
+            leases,
+            group,
+        })
     }
 
     /// An in-memory catalog (unit tests).
@@ -69,7 +81,11 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         let group = GroupCommit::start(group::SqliteBatch(pool.clone()));
-        Ok(Self { pool, group })
+        Ok(Self {
+            leases: pool.clone(),
+            pool,
+            group,
+        })
     }
 
     async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
@@ -251,6 +267,23 @@ impl Store for SqliteStore {
 
     async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError> {
         self.group.release(gate).await
+    }
+
+    async fn reserve_wraps(
+        &self,
+        name: &str,
+        version: u32,
+        block: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        leases::reserve_wraps(&self.pool, name, version, block).await
+    }
+
+    async fn insert_leases(&self, leases: &[(LeaseRecord, u64)]) -> Result<(), StoreError> {
+        leases::insert_leases(&self.leases, leases).await
+    }
+
+    async fn active_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
+        leases::active_revocations(&self.pool, now).await
     }
 
     async fn is_revoked(&self, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {

@@ -3,7 +3,6 @@
 //! notifications are lost while disconnected), and the holder of the publisher advisory lock
 //! signs checkpoints.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,8 +11,9 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoints::Copier;
 use super::{Shared, lock};
-use crate::audit::checkpoint::{self, Latest, Signer};
+use crate::audit::checkpoint::{self, Latest, Signer, Sink};
 use crate::audit::tiles::Publisher;
 use crate::audit::{AuditError, AuditLog};
 
@@ -52,12 +52,14 @@ pub(super) async fn read_from(
     Ok(out)
 }
 
-/// Mirrors new entries into `publisher` until `cancel` fires.
+/// Mirrors new entries into `publisher`, and the newest checkpoint with them (when `copier` is
+/// given), until `cancel` fires.
 pub(super) async fn run(
     pool: PgPool,
     mut publisher: Publisher,
     shared: Arc<Shared>,
     mut committed: tokio::sync::watch::Receiver<u64>,
+    mut copier: Option<Copier>,
     cancel: CancellationToken,
 ) {
     let mut listener = listen(&pool).await;
@@ -95,6 +97,19 @@ pub(super) async fn run(
                 break;
             }
         }
+        if let Some(c) = copier.as_mut() {
+            publisher = match c.step(&pool, publisher).await {
+                Ok(p) => p,
+                Err((e, Some(p))) => {
+                    tracing::warn!(error = %e, "audit mirror: checkpoint not copied");
+                    p
+                }
+                Err((e, None)) => {
+                    tracing::error!(error = %e, "audit mirror stopped");
+                    return;
+                }
+            };
+        }
         let notified = async {
             match listener.as_mut() {
                 Some(l) => l.recv().await.map(|_| ()),
@@ -129,16 +144,15 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
     Some(l)
 }
 
-/// Competes for the publisher lock; while holding it, signs checkpoints of `log` into `dir`
-/// (logged with `replica_id`, so operators see which replica signs).
-/// Losing the session (database restart, network) stops signing until the lock is won again.
+/// Competes for the publisher lock; while holding it, signs checkpoints of `log` into the
+/// database (logged with `replica_id`, so operators see which replica signs); every replica's
+/// mirror copies them into its own directory. Losing the session (database restart, network)
+/// stops signing until the lock is won again.
 pub async fn lead(
     pool: PgPool,
     replica_id: String,
     signer: Signer,
     log: Arc<dyn AuditLog>,
-    dir: PathBuf,
-    latest: Latest,
     cancel: CancellationToken,
 ) {
     loop {
@@ -151,8 +165,8 @@ pub async fn lead(
             let task = tokio::spawn(checkpoint::run(
                 signer.clone(),
                 log.clone(),
-                dir.clone(),
-                latest.clone(),
+                Sink::Database(pool.clone()),
+                Latest::default(),
                 signing.clone(),
             ));
             loop {

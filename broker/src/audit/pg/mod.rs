@@ -11,6 +11,7 @@
 //! proofs. One replica at a time — the holder of a PostgreSQL advisory lock — signs checkpoints;
 //! when it dies its session ends, the lock is free, and another replica continues the same log.
 
+mod checkpoints;
 mod follow;
 mod frontier;
 mod resume;
@@ -25,16 +26,21 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use checkpoints::store_checkpoint;
 pub use follow::lead;
 
+use super::checkpoint::{self, Latest, Signer};
 use super::merkle::{Hash, Tree};
 use super::tiles;
 use super::{AuditError, AuditLog, AuditRecord, CommitObserver};
+use crate::keys::leases::ReleaseTicket;
 
 /// Appends that may wait for the writer before callers are held back.
 const QUEUE: usize = 8192;
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
+/// A record, the ticket of the release it records (if any), and where its answer goes.
+type Item = (AuditRecord, Option<ReleaseTicket>, Reply);
 
 #[derive(Debug)]
 struct Shared {
@@ -52,7 +58,7 @@ struct Shared {
 /// The PostgreSQL-sequenced audit log of a replica.
 #[derive(Debug, Clone)]
 pub struct PgAuditLog {
-    tx: mpsc::Sender<(AuditRecord, Reply)>,
+    tx: mpsc::Sender<Item>,
     shared: Arc<Shared>,
     dir: PathBuf,
     tree: Arc<RwLock<Tree>>,
@@ -61,13 +67,16 @@ pub struct PgAuditLog {
 impl PgAuditLog {
     /// Mirrors the log into the tiles directory `dir` and starts the writer and the follower
     /// on `tasks`; both stop when `cancel` fires. The mirror resumes from the whole bundles
-    /// already in `dir`: only later entries are read from the database.
+    /// already in `dir`: only later entries are read from the database. With `checkpoints`
+    /// (the log's signer and where this replica serves checkpoints from), the newest stored
+    /// checkpoint is copied into `dir` and served as the mirror reaches it.
     ///
     /// # Errors
     /// The database cannot be read or holds a damaged log; `dir` mirrors another log.
     pub async fn open(
         pool: PgPool,
         dir: &Path,
+        checkpoints: Option<(Signer, Latest)>,
         tasks: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Result<Self, AuditError> {
@@ -77,6 +86,14 @@ impl PgAuditLog {
             source,
         })?;
         let publisher = resume::mirror(&pool, dir).await?;
+        let copier = checkpoints.map(|(signer, latest)| {
+            checkpoint::write_vkey(dir, &signer);
+            checkpoints::Copier {
+                signer,
+                latest,
+                copied: None,
+            }
+        });
         let head = publisher.head();
         let size = head.0;
         let shared = Arc::new(Shared {
@@ -102,6 +119,7 @@ impl PgAuditLog {
             publisher,
             shared.clone(),
             committed_rx,
+            copier,
             cancel.clone(),
         ));
         Ok(Self {
@@ -127,10 +145,26 @@ impl AuditLog for PgAuditLog {
     async fn append(&self, record: AuditRecord) -> Result<u64, AuditError> {
         let (reply, done) = oneshot::channel();
         self.tx
-            .send((record, reply))
+            .send((record, None, reply))
             .await
             .map_err(|_| AuditError::Closed)?;
         done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    async fn append_release(
+        &self,
+        record: AuditRecord,
+        ticket: ReleaseTicket,
+    ) -> Result<(u64, Option<crate::store::LeaseRecord>), AuditError> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send((record, Some(ticket), reply))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        // The lease went in with the record.
+        done.await
+            .map_err(|_| AuditError::Closed)?
+            .map(|i| (i, None))
     }
 
     fn size(&self) -> u64 {

@@ -1,131 +1,79 @@
 //! The release gate and lease revocations, in PostgreSQL.
 //!
-//! The gate is one write statement (plus the lease insert in the same transaction). Under READ
-//! COMMITTED each statement reads a snapshot taken when it starts, so a `DisableKey` committed
-//! by any replica before the gate statement starts is always seen; the release is refused
-//! unless the transaction commits. Nothing leaves the broker unless the gate opened.
+//! The gate is checked in the audit log's transaction (`audit::pg::writer`), for every release
+//! of a batch in one statement, right before the batch's records and leases are inserted.
+//! Under READ COMMITTED each statement reads a snapshot taken when it starts, so a `DisableKey`
+//! or revocation committed by any replica before the check is always seen; the release is
+//! refused unless the transaction commits. The check takes no row lock.
 
-use async_trait::async_trait;
 use sqlx::PgPool;
 
-use crate::store::group::{Batch, OwnedGate};
-use crate::store::{GateOutcome, LeaseRecord, ReleaseGate, RevocationTarget, StoreError, Who};
+use crate::keys::leases::GateCheck;
+use crate::store::{RevocationTarget, StoreError, Who};
 
-/// Conditions shared by both gate statements. Parameters: $1 key, $3 opened version (or
-/// NULL), $4 now, $5 job (or NULL), $6 subject, $7 issuer.
-macro_rules! gate_conditions {
-    () => {
-        concat!(
-            "EXISTS (SELECT 1 FROM keys WHERE name = $1 AND state = 'ENABLED') ",
-            "AND ($3::BIGINT IS NULL OR EXISTS (SELECT 1 FROM key_versions ov JOIN keys ok ",
-            "ON ok.name = ov.key_name WHERE ov.key_name = $1 AND ov.version = $3 ",
-            "AND ov.state = 'ENABLED' AND ov.version >= ok.min_decryption_version)) ",
-            "AND NOT EXISTS (SELECT 1 FROM lease_revocations r WHERE r.expires_at > $4 ",
-            "AND ((r.kind = 'job' AND r.value = $5::TEXT) OR (r.kind = 'principal' ",
-            "AND r.value = $6::TEXT AND (r.issuer = '' OR r.issuer = $7::TEXT))))"
-        )
-    };
+/// The verdict of one gate checked in the audit transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Key, versions and caller are all still allowed.
+    Open,
+    /// The key or a version used is no longer enabled (or below `min_decryption_version`).
+    KeyClosed,
+    /// A revocation covers the caller.
+    Revoked,
 }
 
-/// Runs a batch of gates in one transaction on `pool` and commits once (the PostgreSQL side
-/// of [`crate::store::group`]). Under READ COMMITTED each statement reads a fresh snapshot, so
-/// a later gate of the batch still sees a `DisableKey` another replica committed meanwhile.
-pub(super) struct PgBatch(pub(super) PgPool);
-
-#[async_trait]
-impl Batch for PgBatch {
-    async fn run(&self, gates: &[OwnedGate]) -> Result<Vec<GateOutcome>, String> {
-        let mut tx = self.0.begin().await.map_err(|e| e.to_string())?;
-        let mut outcomes = Vec::with_capacity(gates.len());
-        for gate in gates {
-            // An error drops `tx`, which rolls the whole batch back.
-            outcomes.push(
-                release_in(&mut tx, &gate.gate())
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        // A COMMIT whose answer is lost is an error too: every caller is refused.
-        tx.commit().await.map_err(|e| e.to_string())?;
-        Ok(outcomes)
+/// Checks `checks` on `conn` in one statement (inside the audit log's transaction, so every
+/// check reads what was committed before it ran, by any replica).
+pub(crate) async fn check_in(
+    conn: &mut sqlx::PgConnection,
+    checks: &[&GateCheck],
+) -> Result<Vec<Verdict>, sqlx::Error> {
+    if checks.is_empty() {
+        return Ok(Vec::new());
     }
-}
-
-/// One gate inside the batch's transaction. A closed gate has written nothing.
-async fn release_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    gate: &ReleaseGate<'_>,
-) -> Result<GateOutcome, StoreError> {
-    let who = &gate.who;
-    let count = match gate.wrap_version {
-        Some(version) => {
-            let count: Option<i64> = sqlx::query_scalar(concat!(
-                "UPDATE key_versions SET wrap_count = wrap_count + 1 ",
-                "WHERE key_name = $1 AND version = $2 AND state = 'ENABLED' AND ",
-                // The GCM random-IV limit (service::GCM_RANDOM_IV_LIMIT - 1), enforced where
-                // the use is counted.
-                "wrap_count < 4294967295 AND ",
-                gate_conditions!(),
-                " RETURNING wrap_count"
-            ))
-            .bind(gate.key)
-            .bind(i64::from(version))
-            .bind(gate.open_version.map(i64::from))
-            .bind(gate.now)
-            .bind(who.job_id)
-            .bind(who.subject)
-            .bind(who.issuer)
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(count) = count else {
-                return Ok(GateOutcome::Closed);
-            };
-            u64::try_from(count).map_err(|_| StoreError::Corrupt {
-                field: "key_versions.wrap_count",
-                problem: "negative".into(),
-            })?
-        }
-        None => 0,
-    };
-    if let Some(lease) = gate.lease {
-        let inserted = insert_lease(tx, gate, lease).await?;
-        if !inserted {
-            if gate.wrap_version.is_some() {
-                // Same conditions opened the wrap a statement ago: only a concurrent change can
-                // close them now, and the count written must not stand (the batch rolls back).
-                return Err(StoreError::Conflict("release gate".into()));
-            }
-            return Ok(GateOutcome::Closed);
-        }
-    }
-    Ok(GateOutcome::Open(count))
-}
-
-/// Inserts the lease if the gate is open (checked in the same statement).
-async fn insert_lease(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    gate: &ReleaseGate<'_>,
-    lease: &LeaseRecord,
-) -> Result<bool, StoreError> {
-    let res = sqlx::query(concat!(
-        "INSERT INTO leases (lease_id, key_name, version, op, issuer, subject, job_id, ",
-        "issued_at, expires_at) SELECT $8, $1, $2, $9, $7, $6, $5, $10, $11 WHERE ",
-        gate_conditions!()
+    let col = |f: fn(&GateCheck) -> Option<i64>| checks.iter().map(|c| f(c)).collect::<Vec<_>>();
+    let keys: Vec<&str> = checks.iter().map(|c| c.key.as_str()).collect();
+    let wraps = col(|c| c.wrap_version.map(i64::from));
+    let opens = col(|c| c.open_version.map(i64::from));
+    let nows: Vec<i64> = checks.iter().map(|c| c.now).collect();
+    let jobs: Vec<Option<&str>> = checks.iter().map(|c| c.job_id.as_deref()).collect();
+    let subjects: Vec<&str> = checks.iter().map(|c| c.subject.as_str()).collect();
+    let issuers: Vec<&str> = checks.iter().map(|c| c.issuer.as_str()).collect();
+    let rows: Vec<(i64, bool, bool)> = sqlx::query_as(concat!(
+        "SELECT g.i, ",
+        "EXISTS (SELECT 1 FROM keys WHERE name = g.key AND state = 'ENABLED') ",
+        "AND (g.wrap IS NULL OR EXISTS (SELECT 1 FROM key_versions WHERE key_name = g.key ",
+        "AND version = g.wrap AND state = 'ENABLED')) ",
+        "AND (g.open IS NULL OR EXISTS (SELECT 1 FROM key_versions ov JOIN keys ok ",
+        "ON ok.name = ov.key_name WHERE ov.key_name = g.key AND ov.version = g.open ",
+        "AND ov.state = 'ENABLED' AND ov.version >= ok.min_decryption_version)), ",
+        "EXISTS (SELECT 1 FROM lease_revocations r WHERE r.expires_at > g.now ",
+        "AND ((r.kind = 'job' AND r.value = g.job) OR (r.kind = 'principal' ",
+        "AND r.value = g.subject AND (r.issuer = '' OR r.issuer = g.issuer)))) ",
+        "FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], ",
+        "$6::TEXT[], $7::TEXT[]) WITH ORDINALITY AS g(key, wrap, open, now, job, subject, ",
+        "issuer, i) ORDER BY g.i"
     ))
-    .bind(gate.key)
-    .bind(i64::from(lease.version))
-    .bind(gate.open_version.map(i64::from))
-    .bind(gate.now)
-    .bind(gate.who.job_id)
-    .bind(gate.who.subject)
-    .bind(gate.who.issuer)
-    .bind(&lease.lease_id)
-    .bind(lease.op)
-    .bind(lease.issued_at)
-    .bind(lease.expires_at)
-    .execute(&mut **tx)
+    .bind(&keys)
+    .bind(&wraps)
+    .bind(&opens)
+    .bind(&nows)
+    .bind(&jobs)
+    .bind(&subjects)
+    .bind(&issuers)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(res.rows_affected() == 1)
+    if rows.len() != checks.len() {
+        return Err(sqlx::Error::Protocol("gate check lost rows".into()));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(_, key_ok, revoked)| match (key_ok, revoked) {
+            (_, true) => Verdict::Revoked,
+            (false, false) => Verdict::KeyClosed,
+            (true, false) => Verdict::Open,
+        })
+        .collect())
 }
 
 pub(super) async fn is_revoked(pool: &PgPool, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {
