@@ -507,6 +507,9 @@ impl Broker {
                 Ok(())
             }
         };
+        // Lease rows of the releases answered so far, before the process goes (a kill skips
+        // this; the next start re-inserts them from the audit log).
+        self.state.keys.leases().flush().await;
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
