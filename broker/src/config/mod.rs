@@ -276,6 +276,9 @@ pub struct JwtIssuerConfig {
     pub cluster: Option<String>,
     /// Region of that cluster (`eu-west-1`, …), for the residency guard and policy.
     pub region: Option<String>,
+    /// Top-level claim carrying the caller's region, which then wins over `region` for
+    /// tokens that carry it (verified identity only).
+    pub region_claim: Option<String>,
     /// Jurisdiction of that cluster (`EU`, …).
     pub jurisdiction: Option<String>,
 }

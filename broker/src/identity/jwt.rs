@@ -48,6 +48,8 @@ pub struct IssuerSettings {
     pub cluster: Option<String>,
     /// Region of that cluster.
     pub region: Option<String>,
+    /// Claim carrying the caller's region, which wins over `region` when a token has it.
+    pub region_claim: Option<String>,
     /// Jurisdiction of that cluster.
     pub jurisdiction: Option<String>,
 }
@@ -322,10 +324,14 @@ impl JwtVerifier {
         }
         let c = claims::parse(&payload, issuer.settings.job_claim.as_deref())?;
         claims::check(&c, issuer.rules(), now)?;
+        let mut principal = claims::principal(c.clone(), &issuer.facts)?;
+        if let Some(region) = claims::region(&payload, issuer.settings.region_claim.as_deref())? {
+            principal.region = Some(region);
+        }
         Ok(Verified {
             issuer: issuer.settings.issuer.clone(),
             keys,
-            principal: claims::principal(c.clone(), &issuer.facts)?,
+            principal,
             claims: c,
         })
     }
