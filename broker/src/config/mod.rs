@@ -317,17 +317,6 @@ impl JwtAlgorithm {
     }
 }
 
-impl From<JwtAlgorithm> for jsonwebtoken::Algorithm {
-    fn from(a: JwtAlgorithm) -> Self {
-        match a {
-            JwtAlgorithm::Rs256 => Self::RS256,
-            JwtAlgorithm::Ps256 => Self::PS256,
-            JwtAlgorithm::Es256 => Self::ES256,
-            JwtAlgorithm::EdDsa => Self::EdDSA,
-        }
-    }
-}
-
 impl BrokerConfig {
     /// Reads `path`, validates it, resolves relative paths against its directory and loads the
     /// HSM inventory it names.

@@ -27,6 +27,19 @@ use crate::config::JwksSource;
 /// Largest token accepted, before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
+// Here, not in `config`: the config parser stays free of the JWT library (it is fuzzed alone).
+impl From<crate::config::JwtAlgorithm> for Algorithm {
+    fn from(a: crate::config::JwtAlgorithm) -> Self {
+        use crate::config::JwtAlgorithm;
+        match a {
+            JwtAlgorithm::Rs256 => Self::RS256,
+            JwtAlgorithm::Ps256 => Self::PS256,
+            JwtAlgorithm::Es256 => Self::ES256,
+            JwtAlgorithm::EdDsa => Self::EdDSA,
+        }
+    }
+}
+
 /// One trusted issuer.
 #[derive(Debug, Clone)]
 pub struct IssuerSettings {

@@ -12,6 +12,7 @@ mod jwt;
 mod mtls;
 mod principal;
 mod remote;
+pub(crate) mod spiffe;
 mod strict_json;
 pub(crate) mod svid;
 mod token_cache;
