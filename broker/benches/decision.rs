@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
         max_token_lifetime: Duration::from_secs(3600),
         leeway: Duration::from_secs(30),
         job_claim: Some("job".into()),
+        region_claim: None,
         cluster: Some("train-a".into()),
         region: Some("eu-west-1".into()),
         jurisdiction: Some("EU".into()),

@@ -300,6 +300,9 @@ pub fn init_tls(dir: &Path) -> Result<(), DevError> {
     )
 }
 
+/// Region of the dev issuer's callers (and of the dev HSM).
+pub const DEV_REGION: &str = "local-dev";
+
 fn write_configs(dir: &Path) -> Result<(), DevError> {
     let module = softhsm_module()?;
     write_public(
@@ -322,7 +325,9 @@ fn write_configs(dir: &Path) -> Result<(), DevError> {
              [store]\nsqlite_path = \"catalog.db\"\n\n[residency]\nallowed_jurisdictions = [\"EU\"]\n\n\
              [audit]\ndir = \"audit\"\n\n\
              [[identity.jwt_issuers]]\nissuer = \"{DEV_ISSUER}\"\naudiences = [\"{DEV_AUDIENCE}\"]\n\
-             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\nmax_token_lifetime = \"24h\"\n\n\
+             jwks_file = \"dev-issuer/jwks.json\"\nalgorithms = [\"EdDSA\"]\nmax_token_lifetime = \"24h\"\n\
+             # The callers' region, recorded in every audit record (principal.region).\n\
+             region = \"{DEV_REGION}\"\n\n\
              {POLICY_SECTION}"
         ),
     )

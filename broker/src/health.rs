@@ -3,7 +3,9 @@
 //! component) and the readiness metrics — one probe, three views that cannot disagree.
 //!
 //! NOT_SERVING while any HSM is unreachable, the catalog is down or the audit log is poisoned; the HSM probe also lets the
-//! pool re-initialize by itself, so serving resumes when the device returns.
+//! pool re-initialize by itself, so serving resumes when the device returns. The audit log is
+//! not left to the next probe: it calls the monitor's hook as it poisons, before it refuses
+//! anything, so no caller is refused while health still says SERVING.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +51,14 @@ fn component(ok: bool, problem: &'static str) -> Component {
 
 /// Service names whose health is reported (besides the server-wide "").
 const SERVICES: [&str; 2] = ["keybroker.v1.DataKeys", "keybroker.v1.KeyAdmin"];
+
+/// Sets the server-wide status and every service's.
+async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for s in SERVICES {
+        reporter.set_service_status(s, status).await;
+    }
+}
 
 pub(crate) struct Monitor {
     keys: KeyService,
@@ -125,13 +135,40 @@ impl Monitor {
     }
 
     async fn set(&self, status: ServingStatus) {
-        self.reporter.set_service_status("", status).await;
-        for s in SERVICES {
-            self.reporter.set_service_status(s, status).await;
-        }
+        set_all(&self.reporter, status).await;
+    }
+
+    /// Flips every view to not ready from the audit writer's thread, in the event that
+    /// poisons the log and before any call is refused (the next probe agrees).
+    fn watch_audit(&self) {
+        let (reporter, readiness, metrics) = (
+            self.reporter.clone(),
+            self.readiness.clone(),
+            self.metrics.clone(),
+        );
+        let runtime = tokio::runtime::Handle::current();
+        self.audit.on_unhealthy(Arc::new(move || {
+            tracing::warn!(
+                "audit log unhealthy: NOT_SERVING, refusing key operations until restart"
+            );
+            let mut report = ReadinessReport::clone(&readiness.load());
+            report.components.insert(
+                "audit".to_owned(),
+                component(
+                    false,
+                    "audit log not writable: refusing key operations until restart",
+                ),
+            );
+            report.ready = false;
+            readiness.store(Arc::new(report));
+            metrics.component("audit", false);
+            // The writer is a plain thread, outside the runtime: blocking on it is allowed.
+            runtime.block_on(set_all(&reporter, ServingStatus::NotServing));
+        }));
     }
 
     pub(crate) async fn run(self, cancel: CancellationToken, every: Duration) {
+        self.watch_audit();
         let mut last = None;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -156,7 +156,19 @@ async fn run_dev(
     println!("keybroker dev mode");
     println!("  endpoint:   {endpoint}");
     if let Some(addr) = broker.http_addr() {
-        println!("  http:       http://{addr} (/healthz, /readyz, /metrics)");
+        // The scheme the side port really speaks: a dev config switched to TLS for the
+        // transit endpoint (docs/vault-openbao.md) serves https.
+        let http = config.http.as_ref();
+        let scheme = if http.is_some_and(|h| h.tls) {
+            "https"
+        } else {
+            "http"
+        };
+        let transit = match http.and_then(|h| h.transit.as_ref()) {
+            Some(t) => format!(", /v1/{}/", t.mount),
+            None => String::new(),
+        };
+        println!("  http:       {scheme}://{addr} (/healthz, /readyz, /metrics{transit})");
     }
     println!("  state dir:  {}", paths.dir.display());
     println!("  client env: source {}", paths.client_env().display());

@@ -229,6 +229,7 @@ impl Broker {
                 job_claim: i.job_claim.clone(),
                 cluster: i.cluster.clone(),
                 region: i.region.clone(),
+                region_claim: i.region_claim.clone(),
                 jurisdiction: i.jurisdiction.clone(),
             })
             .collect();

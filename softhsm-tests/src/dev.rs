@@ -97,7 +97,11 @@ impl DevBroker {
             }
             if let Some(h) = line.strip_prefix("http:") {
                 let addr = h.split_whitespace().next().unwrap_or_default();
-                http = Some(addr.trim_start_matches("http://").parse()?);
+                http = Some(
+                    addr.trim_start_matches("https://")
+                        .trim_start_matches("http://")
+                        .parse()?,
+                );
             }
         }
         broker.endpoint = endpoint.unwrap_or_default();

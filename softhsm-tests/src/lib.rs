@@ -26,6 +26,7 @@ pub mod https;
 pub mod postgres;
 pub mod replicas;
 pub mod svid;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

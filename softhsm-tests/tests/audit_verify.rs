@@ -448,3 +448,90 @@ when { principal.namespace == "dev" };
         .unwrap();
     b.stop().await.unwrap();
 }
+
+/// `keybroker audit verify DIR --vkey FILE --old-checkpoint …`: success, stdout, stderr.
+fn cli_verify_old(dir: &Path, vkey_file: &Path, old: &[&Path]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(bin("keybroker"));
+    cmd.args(["audit", "verify"])
+        .arg(dir)
+        .arg("--vkey")
+        .arg(vkey_file)
+        .env_remove("KEYBROKER_ENDPOINT");
+    for o in old {
+        cmd.arg("--old-checkpoint").arg(o);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_old_checkpoint_put_back_is_caught_offline_by_a_checkpoint_kept_from_later() {
+    let mut b = TestBroker::start().await.unwrap();
+    let c = b.client().await.unwrap();
+    c.create_key(
+        "datasets/rollback",
+        KeyPurpose::DataKey,
+        &BTreeMap::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    generate(&c, "datasets/rollback", 40).await;
+    let (early, early_note, vkey) = checkpoint_at_least(&c, 41).await;
+    // Past a tile boundary, so the rollback leaves whole bundles beyond the old checkpoint.
+    generate(&c, "datasets/rollback", 300).await;
+    let (late, late_note, _) = checkpoint_at_least(&c, 341).await;
+    drop(c);
+    b.stop_ref().await.unwrap();
+    let scratch = b.dir.path();
+    let vkey_file = scratch.join("audit.vkey");
+    std::fs::write(&vkey_file, format!("{vkey}\n")).unwrap();
+    let (early_file, late_file) = (
+        scratch.join("early.checkpoint"),
+        scratch.join("late.checkpoint"),
+    );
+    std::fs::write(&early_file, &early_note).unwrap();
+    std::fs::write(&late_file, &late_note).unwrap();
+    let dir = b.config.audit.dir.clone();
+
+    // The live directory only grew since both kept checkpoints.
+    let (ok, stdout, stderr) = cli_verify_old(&dir, &vkey_file, &[&early_file, &late_file]);
+    assert!(ok, "{stderr}");
+    let out: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        out["old_checkpoint_sizes"],
+        serde_json::json!([early.size(), late.size()]),
+        "{stdout}"
+    );
+    assert_eq!(out["entries_beyond_checkpoint"], false);
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    // Rolled back: the early checkpoint put back over the tiles. It verifies on its own (with
+    // a warning about the unsigned entries beyond it); the checkpoint kept later catches it.
+    let rolled = scratch.join("rolled");
+    copy_dir(&dir, &rolled);
+    std::fs::write(rolled.join("checkpoint"), &early_note).unwrap();
+    let (ok, _, stderr) = cli_verify_old(&rolled, &vkey_file, &[]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("beyond its checkpoint"), "{stderr}");
+    let (ok, _, stderr) = cli_verify_old(&rolled, &vkey_file, &[&early_file, &late_file]);
+    assert!(!ok, "a rolled-back log verified against a later checkpoint");
+    assert!(
+        stderr.contains("rolled back") && stderr.contains(&late.size().to_string()),
+        "{stderr}"
+    );
+
+    // A kept checkpoint that is not a checkpoint of this key is refused, not skipped.
+    let forged = scratch.join("forged.checkpoint");
+    std::fs::write(
+        &forged,
+        late_note.replace(&late.size().to_string(), "999999"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = cli_verify_old(&dir, &vkey_file, &[&forged]);
+    assert!(!ok && stderr.contains("forged.checkpoint"), "{stderr}");
+}

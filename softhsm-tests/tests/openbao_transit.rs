@@ -386,3 +386,163 @@ fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+/// `bao write PATH ARGS…` as a client of `b`'s side port (the real CLI: Go's HTTP/2 client,
+/// bao's own error handling): exit code and everything it printed.
+fn bao_write(b: &TestBroker, args: &[&str]) -> (i32, String) {
+    let addr = format!("https://localhost:{}", b.http_addr.unwrap().port());
+    let out = std::process::Command::new(softhsm_tests::bao::bao_bin())
+        .arg("write")
+        .args(args)
+        .env("BAO_ADDR", &addr)
+        .env("VAULT_ADDR", &addr)
+        .env("BAO_CACERT", b.ca())
+        .env("VAULT_CACERT", b.ca())
+        .env("BAO_TOKEN", TOKEN)
+        .env("VAULT_TOKEN", TOKEN)
+        .env("BAO_MAX_RETRIES", "0")
+        .env("VAULT_MAX_RETRIES", "0")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refusals_before_the_hsm_are_audited_for_a_real_bao_client() {
+    let b = broker().await;
+    let c = b.client().await.unwrap();
+    for k in [SEAL_KEY, "seal/acc-second"] {
+        c.create_key(k, KeyPurpose::Seal, &BTreeMap::new(), None)
+            .await
+            .unwrap();
+    }
+    let (code, out) = tokio::task::block_in_place(|| {
+        bao_write(
+            &b,
+            &[&format!("transit/encrypt/{SEAL_KEY}"), "plaintext=aGVsbG8="],
+        )
+    });
+    assert_eq!(code, 0, "{out}");
+    let theirs = out
+        .split_whitespace()
+        .find(|w| w.starts_with("vault:v1:"))
+        .unwrap()
+        .to_owned();
+    let before = records(&b).len();
+    let big = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(big.path(), "A".repeat(200 * 1024)).unwrap();
+    let big_arg = format!("plaintext=@{}", big.path().display());
+    let cases: Vec<(&str, Vec<String>, &str, &str)> = vec![
+        (
+            "not an envelope (the hostile review's example)",
+            vec![
+                "transit/decrypt/seal/acc-second".into(),
+                "ciphertext=vault:v1:S0IBbm90LWEtY2lwaGVydGV4dA==".into(),
+            ],
+            "Code: 400",
+            "invalid_argument",
+        ),
+        (
+            "another key's ciphertext",
+            vec![
+                "transit/decrypt/seal/acc-second".into(),
+                format!("ciphertext={theirs}"),
+            ],
+            "Code: 400",
+            "invalid_argument",
+        ),
+        (
+            "wrong version prefix",
+            vec![
+                format!("transit/decrypt/{SEAL_KEY}"),
+                format!("ciphertext={}", theirs.replace("vault:v1:", "vault:v2:")),
+            ],
+            "Code: 400",
+            "invalid_argument",
+        ),
+        (
+            "plaintext not base64",
+            vec![
+                format!("transit/encrypt/{SEAL_KEY}"),
+                "plaintext=***".into(),
+            ],
+            "Code: 400",
+            "invalid_argument",
+        ),
+        (
+            "a 200 KiB body (HTTP/2)",
+            vec![format!("transit/encrypt/{SEAL_KEY}"), big_arg.clone()],
+            "Code: 413",
+            "resource_exhausted",
+        ),
+    ];
+    for (what, args, want, outcome) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out) = tokio::task::block_in_place(|| bao_write(&b, &args));
+        assert_ne!(code, 0, "{what}: {out}");
+        assert!(out.contains(want), "{what}: want {want}:\n{out}");
+        if *want == "Code: 413" {
+            // The documented JSON error, not a stream reset or a text/plain body.
+            assert!(
+                out.contains("request body larger than 128 KiB"),
+                "{what}:\n{out}"
+            );
+        }
+        let recs = records(&b);
+        let last = recs.last().unwrap();
+        assert!(
+            recs.len() > before
+                && last["surface"] == "transit"
+                && last["decision"] == "deny"
+                && last["outcome"]["code"] == *outcome
+                && last["principal"]["subject"] == "transit:bao",
+            "{what}: no refusal record; last is {last:#}"
+        );
+    }
+    assert_eq!(
+        records(&b).len(),
+        before + cases.len(),
+        "one record per refusal"
+    );
+    let acc = &records(&b)[before];
+    assert_eq!(acc["key_name"], "seal/acc-second", "{acc:#}");
+    assert_eq!(acc["op"], "decrypt");
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_the_json_413_on_http_1_and_is_audited() {
+    let b = broker().await;
+    let before = records(&b).len();
+    let body = format!(r#"{{"plaintext":"{}"}}"#, "A".repeat(200_000));
+    let r = put(
+        &b,
+        &format!("/v1/transit/encrypt/{SEAL_KEY}"),
+        Some(TOKEN),
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(
+        r.json["errors"][0], "request body larger than 128 KiB",
+        "{r:?}"
+    );
+    let recs = records(&b);
+    assert_eq!(recs.len(), before + 1);
+    let rec = recs.last().unwrap();
+    assert_eq!(rec["outcome"]["code"], "resource_exhausted", "{rec:#}");
+    assert_eq!(rec["key_name"], SEAL_KEY);
+    // Unauthenticated and oversized: refused for who it is, and recorded as such.
+    let r = put(&b, &format!("/v1/transit/encrypt/{SEAL_KEY}"), None, &body).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        records(&b).last().unwrap()["outcome"]["code"],
+        "unauthenticated"
+    );
+}

@@ -1,7 +1,7 @@
 //! `/readyz` follows the HSM: it turns false within about a second (one probe period) when the
 //! token disappears, and true again once it is back, without a restart. (The audit side: a
 //! full disk turns readiness false until restart, by design — see `audit.rs`,
-//! `a_full_audit_disk_refuses_key_release_goes_not_serving_and_recovers_on_restart`; the database side is the PostgreSQL
+//! `a_full_audit_disk_refuses_key_release_goes_not_serving_at_once_and_recovers_on_restart`; the database side is the PostgreSQL
 //! work's.)
 
 #![allow(

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
 
-use crate::audit::{AuditLog, AuditPrincipal, AuditRecord, Decision, Op};
+use crate::audit::record::MAX_RECORD_BYTES;
+use crate::audit::{AuditError, AuditLog, AuditPrincipal, AuditRecord, Decision, Op};
 use crate::keys::KeyService;
 use crate::keys::context::EncryptionContext;
 
@@ -153,6 +154,11 @@ impl Recorder {
             self.record.surface.as_str(),
             format!("{:?}", self.record.op),
         );
+        let rid = RequestId(rid);
+        let result = match fit(&mut self.record, &rid) {
+            Some(refused) => Err(refused),
+            None => result,
+        };
         // A granted release carries the ticket its gate left: the lease is recorded after the
         // record (or, by the PostgreSQL log, with it), and that log checks the gate again.
         let ticket = match (&result, &self.facts) {
@@ -189,7 +195,7 @@ impl Recorder {
                 }
                 result
             }
-            Err(e) => Err(status::audit_error(&e, &RequestId(rid))),
+            Err(e) => Err(status::audit_error(&e, &rid)),
         };
         let code = match &result {
             Ok(_) => "ok".to_owned(),
@@ -198,6 +204,56 @@ impl Recorder {
         self.metrics
             .request(surface, &method, &code, self.started.elapsed());
         result
+    }
+}
+
+/// Bytes of caller-sized fields above which [`fit`] encodes the record to check its size
+/// (below, even all-escaped JSON stays within the cap; most records never pay for the check).
+const CHECK_ABOVE: usize = MAX_RECORD_BYTES / 8;
+
+/// Makes `record` fit [`MAX_RECORD_BYTES`]. Identity fields are already bounded
+/// (`AuditPrincipal::from`), so an accepted request fits; if one still does not, the record
+/// becomes the smaller record of its refusal (no context, one reason) and the returned status
+/// (INVALID_ARGUMENT: retrying the same request cannot help) replaces the call's result.
+fn fit(record: &mut AuditRecord, rid: &RequestId) -> Option<Status> {
+    let principal = record.principal.as_ref().map_or(0, |p| {
+        p.issuer.len()
+            + p.subject.len()
+            + [
+                &p.spiffe_id,
+                &p.namespace,
+                &p.service_account,
+                &p.job,
+                &p.region,
+                &p.cert_fingerprint,
+            ]
+            .iter()
+            .map(|f| f.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+    });
+    let caller_sized = principal
+        + record
+            .encryption_context
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + record.reasons.iter().map(String::len).sum::<usize>()
+        + record.key_name.as_ref().map_or(0, String::len);
+    if caller_sized <= CHECK_ABOVE {
+        return None;
+    }
+    match record.to_canonical_json() {
+        Err(AuditError::RecordTooLarge { len }) => {
+            tracing::warn!(request_id = %rid, len, "audit record over 16 KiB: refusing the request");
+            const WHY: &str = "request too large to record in the audit log";
+            record.encryption_context.clear();
+            record.reasons = vec![WHY.to_owned()];
+            record.decision = Decision::Deny;
+            record.outcome.code = code_name(Code::InvalidArgument);
+            record.lease_id = None;
+            Some(rid.status(Code::InvalidArgument, WHY.to_owned()))
+        }
+        _ => None,
     }
 }
 
@@ -234,7 +290,16 @@ fn code_name(code: Code) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::identity::Principal;
+    use crate::keys::context::EncryptionContext;
+    use crate::keys::name::KeyName;
 
     #[test]
     fn code_names_are_snake_case() {
@@ -242,5 +307,164 @@ mod tests {
         assert_eq!(code_name(Code::Unauthenticated), "unauthenticated");
         assert_eq!(decision(Code::InvalidArgument), Decision::Deny);
         assert_eq!(decision(Code::Unavailable), Decision::Allow);
+    }
+
+    /// The record the recorder makes of a call by `p` with `ctx` on `key`.
+    fn record(p: &Principal, ctx: &EncryptionContext, key: &KeyName, reason: &str) -> AuditRecord {
+        let mut r = AuditRecord::new(Op::GenerateDataKey, "r".repeat(64), "replica-a".into());
+        r.principal = Some(AuditPrincipal::from(p));
+        r.key_name = Some(key.as_str().to_owned());
+        r.key_version = Some(u32::MAX);
+        r.hsm_id = Some("softhsm-dev".into());
+        r.hsm_jurisdiction = Some("EU".into());
+        r.policy_sha256 = "f".repeat(64);
+        r.lease_id = Some(uuid::Uuid::new_v4().to_string());
+        r.encryption_context = ctx
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        r.reasons = vec![reason.to_owned(), "policy:allow-namespace-dev".into()];
+        r
+    }
+
+    fn principal_of(field: &str) -> Principal {
+        Principal {
+            issuer: field.to_owned(),
+            subject: field.to_owned(),
+            namespace: Some(field.to_owned()),
+            service_account: Some(field.to_owned()),
+            pod: Some(field.to_owned()),
+            spiffe_id: Some(field.to_owned()),
+            job_id: Some(field.to_owned()),
+            cluster: Some(field.to_owned()),
+            region: Some(field.to_owned()),
+            jurisdiction: Some(field.to_owned()),
+            cert_fingerprint: Some(field.to_owned()),
+        }
+    }
+
+    /// A string of up to `max` characters drawn from `alphabet` (a seed and a length: two
+    /// values to generate, not one per character, so many large cases run in little time).
+    fn text(alphabet: &'static [char], max: usize) -> impl Strategy<Value = String> {
+        (any::<u64>(), 0..=max).prop_map(move |(mut seed, len)| {
+            (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect()
+        })
+    }
+
+    /// Characters that grow most in JSON, multi-byte ones, and plain ones.
+    const HOSTILE: &[char] = &[
+        '"',
+        '\\',
+        '\n',
+        '\u{1}',
+        '\u{7f}',
+        '\u{2026}',
+        '\u{1d11e}',
+        'a',
+        'Z',
+        '0',
+    ];
+    /// What a context value may hold (no control characters), worst cases first.
+    const VALUE: &[char] = &['"', '\\', '\u{e9}', '\u{20ac}', 'a', ' ', '~'];
+    /// What a context key may hold.
+    const KEY: &[char] = &['A', 'z', '0', '9', '.', '_', ':', '/', '-'];
+
+    fn identity_field() -> impl Strategy<Value = String> {
+        // Past the cut (128 bytes) by far; the 8 KiB a token allows is the fixed test below.
+        text(HOSTILE, 2048)
+    }
+
+    fn context() -> impl Strategy<Value = EncryptionContext> {
+        let value = text(VALUE, 256).prop_map(|mut s| {
+            while s.len() > 256 {
+                s.pop();
+            }
+            s
+        });
+        proptest::collection::hash_map(text(KEY, 256), value, 0..=16)
+            .prop_filter_map("the API accepts it", |m: HashMap<String, String>| {
+                EncryptionContext::from_map(m).ok()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever identity a verified token carries and whatever context the API accepts,
+        /// the record fits the cap: the call is never refused for the record's size.
+        #[test]
+        fn any_accepted_request_makes_a_record_within_the_cap(
+            fields in proptest::collection::vec(identity_field(), 11),
+            ctx in context(),
+            key in "[a-z0-9][a-z0-9._-]{0,127}",
+            reason in text(&['a', ' ', '"', ':'], 300),
+        ) {
+            let p = Principal {
+                issuer: fields[0].clone(),
+                subject: fields[1].clone(),
+                namespace: Some(fields[2].clone()),
+                service_account: Some(fields[3].clone()),
+                pod: Some(fields[4].clone()),
+                spiffe_id: Some(fields[5].clone()),
+                job_id: Some(fields[6].clone()),
+                cluster: Some(fields[7].clone()),
+                region: Some(fields[8].clone()),
+                jurisdiction: Some(fields[9].clone()),
+                cert_fingerprint: Some(fields[10].clone()),
+            };
+            let key = KeyName::parse(&key).map_err(|e| TestCaseError::reject(e.to_string()))?;
+            let mut r = record(&p, &ctx, &key, &reason);
+            let rid = RequestId("r".into());
+            prop_assert!(fit(&mut r, &rid).is_none());
+            let bytes = r.to_canonical_json().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(bytes.len() <= MAX_RECORD_BYTES);
+        }
+    }
+
+    #[test]
+    fn the_largest_accepted_request_fits_with_its_long_names_cut_and_hashed() {
+        // Every limit at once: 16 context pairs of 256-byte keys and values that double in
+        // JSON, and identity fields of 8 KiB that grow sixfold.
+        let ctx: HashMap<String, String> = (0..16)
+            .map(|i| (format!("{i:0>256}"), "\"".repeat(256)))
+            .collect();
+        let ctx = EncryptionContext::from_map(ctx).unwrap();
+        let long = "\u{1}".repeat(8192);
+        let key = KeyName::parse(&"k".repeat(128)).unwrap();
+        let mut r = record(&principal_of(&long), &ctx, &key, &"x".repeat(300));
+        assert!(fit(&mut r, &RequestId("r".into())).is_none());
+        let bytes = r.to_canonical_json().unwrap();
+        assert!(bytes.len() <= MAX_RECORD_BYTES, "{}", bytes.len());
+        let subject = &r.principal.as_ref().unwrap().subject;
+        assert!(
+            subject.contains(crate::audit::record::CUT_MARKER),
+            "{subject}"
+        );
+        assert_eq!(r.encryption_context.len(), 16, "the context is kept whole");
+    }
+
+    #[test]
+    fn a_record_that_still_does_not_fit_becomes_a_smaller_refusal() {
+        let key = KeyName::parse("datasets/a").unwrap();
+        let mut r = record(&principal_of("ml"), &EncryptionContext::empty(), &key, "");
+        r.reasons = vec!["x".repeat(MAX_RECORD_BYTES)];
+        r.decision = Decision::Allow;
+        let refused = fit(&mut r, &RequestId("r".into())).unwrap();
+        assert_eq!(refused.code(), Code::InvalidArgument, "not retryable");
+        assert_eq!(r.decision, Decision::Deny);
+        assert_eq!(r.outcome.code, "invalid_argument");
+        assert!(r.to_canonical_json().unwrap().len() < MAX_RECORD_BYTES);
+        assert_eq!(
+            r.key_name.as_deref(),
+            Some("datasets/a"),
+            "still says what was asked"
+        );
     }
 }

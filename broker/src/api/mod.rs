@@ -141,6 +141,21 @@ impl ApiState {
                 }
             };
         }
+        // Two `authorization` values name two callers (or a caller and garbage): which one a
+        // proxy, the policy or the audit record would believe is ambiguous, so neither is.
+        if req
+            .metadata()
+            .get_all("authorization")
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            tracing::info!(request_id = %rid, "unauthenticated request: more than one authorization value");
+            return Err(rid.status(
+                Code::Unauthenticated,
+                "more than one authorization value".to_owned(),
+            ));
+        }
         let token = req
             .metadata()
             .get("authorization")

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::merkle::{Hash, Tree};
 use super::segment::{self, Tail};
 use super::tiles::{self, Publisher};
-use super::{AuditError, AuditLog, AuditRecord};
+use super::{AuditError, AuditLog, AuditRecord, UnhealthyHook};
 
 /// Most records one commit takes.
 const MAX_BATCH: usize = 4096;
@@ -35,7 +35,11 @@ pub trait CommitObserver: Send + Sync + std::fmt::Debug {
 struct Shared {
     size: AtomicU64,
     commits: AtomicU64,
+    /// Set first when a write fails: [`AuditLog::healthy`] is false from here on.
+    failing: AtomicBool,
+    /// Set after the unhealthy hook ran: appends are refused from here on.
     poisoned: AtomicBool,
+    unhealthy: std::sync::OnceLock<Hook>,
     closed: AtomicBool,
     /// Size and Merkle root of the published log (what a checkpoint signs).
     head: std::sync::Mutex<(u64, Hash)>,
@@ -77,7 +81,9 @@ impl FileAuditLog {
         let shared = Arc::new(Shared {
             size: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            unhealthy: std::sync::OnceLock::new(),
             closed: AtomicBool::new(false),
             head: std::sync::Mutex::new((0, Hash::default())),
             published: tokio::sync::watch::Sender::new(0),
@@ -159,7 +165,11 @@ impl AuditLog for FileAuditLog {
     }
 
     fn healthy(&self) -> bool {
-        !self.shared.poisoned.load(Ordering::SeqCst) && !self.shared.closed.load(Ordering::SeqCst)
+        !self.shared.failing.load(Ordering::SeqCst) && !self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    fn on_unhealthy(&self, hook: UnhealthyHook) {
+        let _ = self.shared.unhealthy.set(Hook(hook));
     }
 
     fn read_published(&self, from: u64, max: usize) -> Result<Vec<Vec<u8>>, AuditError> {
@@ -180,6 +190,15 @@ impl AuditLog for FileAuditLog {
 
     fn checkpoint_written(&self, size: u64) {
         self.pin.fetch_max(size, Ordering::SeqCst);
+    }
+}
+
+/// The unhealthy hook (a closure has no `Debug`).
+struct Hook(UnhealthyHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
     }
 }
 
@@ -279,6 +298,12 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, lost = accepted.len(),
                     "audit log poisoned: refusing every record until restart");
+                // Unhealthy, then told, then refusing: no caller is refused while health
+                // still says SERVING.
+                self.shared.failing.store(true, Ordering::SeqCst);
+                if let Some(Hook(hook)) = self.shared.unhealthy.get() {
+                    hook();
+                }
                 self.shared.poisoned.store(true, Ordering::SeqCst);
                 for (_, reply) in accepted {
                     let _ = reply.send(Err(AuditError::Poisoned));
@@ -384,11 +409,18 @@ mod tests {
         let publisher = Publisher::rebuild(dir.path(), Vec::new());
         let log = FileAuditLog::start(tail, publisher, MAX_BATCH).unwrap();
         assert!(log.healthy());
+        // The hook runs before the refusal is answered, and sees the log unhealthy.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen_by_hook, probe) = (seen.clone(), log.shared.clone());
+        log.on_unhealthy(Arc::new(move || {
+            lock(&seen_by_hook).push(probe.failing.load(Ordering::SeqCst));
+        }));
         assert!(matches!(
             log.append(record(0)).await,
             Err(AuditError::Poisoned)
         ));
         assert!(!log.healthy());
+        assert_eq!(*lock(&seen), vec![true], "called once, before the refusal");
         assert!(matches!(
             log.append(record(1)).await,
             Err(AuditError::Poisoned)

@@ -74,6 +74,9 @@ pub enum AuditError {
 /// (the status message, and the reason in its record).
 pub const GATE_CLOSED_REASON: &str = "key state changed during the request";
 
+/// What [`AuditLog::on_unhealthy`] calls: quick, and callable from any thread (not async).
+pub type UnhealthyHook = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// A durable, append-only, totally ordered audit log.
 #[async_trait::async_trait]
 pub trait AuditLog: Send + Sync + std::fmt::Debug {
@@ -88,6 +91,13 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
 
     /// False once the log cannot accept records (poisoned or closed).
     fn healthy(&self) -> bool;
+
+    /// Calls `hook` once when the log stops accepting records (a write or fsync failed),
+    /// before the first refusal is answered, so health flips in the same event that poisons
+    /// the log. The default never calls it: such a log is seen by polling [`Self::healthy`].
+    fn on_unhealthy(&self, hook: UnhealthyHook) {
+        let _ = hook;
+    }
 
     /// Size and RFC 6962 root of the published tree (what a checkpoint signs).
     fn head(&self) -> (u64, merkle::Hash);

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use sha2::Digest as _;
 
 use super::AuditError;
 
@@ -13,6 +14,14 @@ use super::AuditError;
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest encoded record; larger ones are refused (and the operation with them).
 pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+/// An identity field whose JSON encoding is longer than this many bytes is cut
+/// ([`bound_identity`]), so that any request the API accepts makes a record within
+/// [`MAX_RECORD_BYTES`] (the encryption context alone may take about 12 KiB).
+pub const MAX_IDENTITY_FIELD: usize = 128;
+/// What a cut identity field keeps of the original: at most this many bytes, encoded.
+const CUT_PREFIX: usize = 64;
+/// Marks a cut identity field; followed by 16 hex digits of the SHA-256 of the whole value.
+pub const CUT_MARKER: &str = "\u{2026}sha256:";
 
 /// The operation a record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,18 +116,51 @@ pub struct AuditPrincipal {
 }
 
 impl From<&crate::identity::Principal> for AuditPrincipal {
+    /// Every field bounded by [`bound_identity`]: identity values come from the caller's
+    /// token, and a record must not outgrow the cap because a name is long.
     fn from(p: &crate::identity::Principal) -> Self {
+        let opt = |v: &Option<String>| v.as_deref().map(bound_identity);
         Self {
-            issuer: p.issuer.clone(),
-            subject: p.subject.clone(),
-            spiffe_id: p.spiffe_id.clone(),
-            namespace: p.namespace.clone(),
-            service_account: p.service_account.clone(),
-            job: p.job_id.clone(),
-            region: p.region.clone(),
-            cert_fingerprint: p.cert_fingerprint.clone(),
+            issuer: bound_identity(&p.issuer),
+            subject: bound_identity(&p.subject),
+            spiffe_id: opt(&p.spiffe_id),
+            namespace: opt(&p.namespace),
+            service_account: opt(&p.service_account),
+            job: opt(&p.job_id),
+            region: opt(&p.region),
+            cert_fingerprint: opt(&p.cert_fingerprint),
         }
     }
+}
+
+/// Bytes `c` takes inside a JSON string as serde_json writes it.
+fn encoded_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// `value` when its JSON encoding fits [`MAX_IDENTITY_FIELD`] bytes; otherwise its longest
+/// prefix (whole characters) whose encoding fits 64 bytes, then [`CUT_MARKER`] and the first
+/// 16 hex digits of the SHA-256 of the whole value — enough to tell two long values apart
+/// and to match one against a token an auditor holds.
+#[must_use]
+pub fn bound_identity(value: &str) -> String {
+    if value.chars().map(encoded_len).sum::<usize>() <= MAX_IDENTITY_FIELD {
+        return value.to_owned();
+    }
+    let mut used = 0;
+    let prefix: String = value
+        .chars()
+        .take_while(|c| {
+            used += encoded_len(*c);
+            used <= CUT_PREFIX
+        })
+        .collect();
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    format!("{prefix}{CUT_MARKER}{}", hex::encode(&digest[..8]))
 }
 
 /// The result as the caller saw it.

@@ -176,6 +176,13 @@ impl Publisher {
         self.partials.pin()
     }
 
+    /// Removes the partial tiles that neither the pinned checkpoint nor the tree's size reads
+    /// (also done after each growth; call it after pinning a new checkpoint).
+    pub(crate) fn prune(&mut self) {
+        let head = read(&self.tree).size();
+        self.partials.prune(&self.dir, head);
+    }
+
     /// Writes the partial tiles and bundle a reader of a checkpoint of `size` records needs,
     /// where missing (a mirror that grew past `size` in one step never wrote them).
     ///

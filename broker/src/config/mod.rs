@@ -276,6 +276,9 @@ pub struct JwtIssuerConfig {
     pub cluster: Option<String>,
     /// Region of that cluster (`eu-west-1`, …), for the residency guard and policy.
     pub region: Option<String>,
+    /// Top-level claim carrying the caller's region, which then wins over `region` for
+    /// tokens that carry it (verified identity only).
+    pub region_claim: Option<String>,
     /// Jurisdiction of that cluster (`EU`, …).
     pub jurisdiction: Option<String>,
 }
@@ -311,17 +314,6 @@ impl JwtAlgorithm {
         [Self::Rs256, Self::Ps256, Self::Es256, Self::EdDsa]
             .into_iter()
             .find(|a| a.as_str() == name)
-    }
-}
-
-impl From<JwtAlgorithm> for jsonwebtoken::Algorithm {
-    fn from(a: JwtAlgorithm) -> Self {
-        match a {
-            JwtAlgorithm::Rs256 => Self::RS256,
-            JwtAlgorithm::Ps256 => Self::PS256,
-            JwtAlgorithm::Es256 => Self::ES256,
-            JwtAlgorithm::EdDsa => Self::EdDSA,
-        }
     }
 }
 

@@ -11,24 +11,25 @@
 //! certificate must be valid and carry the token's `spiffe_id` when it has one). Each call runs
 //! the gRPC `DataKeys` handler in-process with that principal — or with the refusal, so a
 //! refused call is audited too — so identity, residency guard, Cedar policy, key state and the
-//! audit record (with `surface = "transit"`) are the same code as for gRPC. Errors are
-//! `{"errors": ["…"]}`: 4xx for the caller's mistakes (bao does not retry), 5xx only for what
-//! a retry can fix (HSM or audit unavailable).
+//! audit record (with `surface = "transit"`) are the same code as for gRPC. What this edge
+//! refuses itself (method, a body over 128 KiB, JSON, base64, the `vault:vN:` envelope) goes
+//! through the same recorder, so every answer on an encrypt or decrypt route is in the audit
+//! log. Errors are `{"errors": ["…"]}`: 4xx for the caller's mistakes (bao does not retry), 5xx
+//! only for what a retry can fix (HSM or audit unavailable).
 
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::any;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keybroker_proto::v1 as pb;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use tonic::Code;
 use zeroize::Zeroizing;
 
 use crate::api::audit::Recorder;
@@ -37,10 +38,13 @@ use crate::audit::{Op, Surface};
 use crate::config::{TransitAuth, TransitConfig, TransitToken};
 use crate::http::PeerCertificate;
 use crate::identity::{IdentityError, Principal, Reason};
-use crate::keys::envelope::{Envelope, MAX_ENVELOPE_LEN, MAX_PLAINTEXT_LEN};
+use crate::keys::envelope::MAX_PLAINTEXT_LEN;
+use crate::keys::name::KeyName;
 
-/// Largest request body: a base64 SEAL plaintext of 64 KiB plus JSON.
-const MAX_BODY: usize = 128 * 1024;
+mod wire;
+
+use wire::{Refusal, error, from_status, ok, parse_ciphertext, request_id, response_rid};
+
 /// Issuer recorded for transit-token principals.
 pub(crate) const TOKEN_ISSUER: &str = "keybroker:transit-token";
 /// Lease reported by renew-self: keybroker tokens do not expire, so bao renews rarely.
@@ -53,7 +57,8 @@ struct Transit {
     config: TransitConfig,
 }
 
-/// The router of the transit endpoint.
+/// The router of the transit endpoint. The body limit is the handler's own
+/// ([`wire::read_body`]): axum's limit answers `text/plain` mid-upload and is not audited.
 pub(crate) fn router(state: Arc<ApiState>, config: TransitConfig) -> axum::Router {
     let t = Arc::new(Transit {
         api: DataKeysApi::new(state.clone()),
@@ -63,7 +68,6 @@ pub(crate) fn router(state: Arc<ApiState>, config: TransitConfig) -> axum::Route
     axum::Router::new()
         .route("/v1/{*path}", any(handle))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no handler for route", None) })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(t)
 }
 
@@ -77,47 +81,53 @@ struct DecryptBody {
     ciphertext: String,
 }
 
+/// What an encrypt or decrypt call asks the API for, once its body is read and checked.
+enum Input {
+    Encrypt(Zeroizing<Vec<u8>>),
+    Decrypt(Vec<u8>),
+}
+
 async fn handle(
     State(t): State<Arc<Transit>>,
     method: axum::http::Method,
     Path(path): Path<String>,
     peer: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    if method != axum::http::Method::PUT && method != axum::http::Method::POST {
+    let leaf = peer.as_ref().map(|Extension(p)| p.0.as_slice());
+    let route = t.route(&path);
+    let put = method == axum::http::Method::PUT || method == axum::http::Method::POST;
+    if let Route::Key(op, key) = route {
+        // Every answer on a key route is a key operation: refusals at this edge (method, body,
+        // JSON, base64, envelope) are recorded like the API's own, with the caller's principal.
+        let input = match wire::read_body(&headers, body).await {
+            Ok(bytes) if put => parse_input(op, key, &bytes),
+            Ok(_) => Err(Refusal::METHOD),
+            Err(refusal) => Err(refusal),
+        };
+        let auth = t.authenticate(&headers, leaf);
+        return match (auth, input) {
+            (Ok(p), Ok(Input::Encrypt(plaintext))) => t.encrypt(p, key, &headers, plaintext).await,
+            (Ok(p), Ok(Input::Decrypt(envelope))) => t.decrypt(p, &headers, envelope).await,
+            (Ok(p), Err(refusal)) => t.refuse(op, key, Ok(p), &headers, Some(refusal)).await,
+            // Who is refused comes before what they sent.
+            (Err(why), _) => t.refuse(op, key, Err(why), &headers, None).await,
+        };
+    }
+    // Not a key operation: the body is not needed, but reading it (bounded) keeps the
+    // connection reusable.
+    let _ = wire::read_body(&headers, body).await;
+    if !put {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "use PUT or POST",
             request_id(&headers),
         );
     }
-    let leaf = peer.as_ref().map(|Extension(p)| p.0.as_slice());
     let auth = t.authenticate(&headers, leaf);
-    let route = if path == "auth/token/renew-self" {
-        Route::RenewSelf
-    } else {
-        match path
-            .strip_prefix(t.config.mount.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-        {
-            Some(rest) => match (rest.strip_prefix("encrypt/"), rest.strip_prefix("decrypt/")) {
-                (Some(key), _) => Route::Encrypt(key),
-                (_, Some(key)) => Route::Decrypt(key),
-                _ => Route::Unknown,
-            },
-            None => Route::Unknown,
-        }
-    };
     match route {
-        // Refused callers of encrypt/decrypt go through the API too, so the refusal is in the
-        // audit log like any other.
-        Route::Encrypt(key) | Route::Decrypt(key) => match auth {
-            Ok(p) if matches!(route, Route::Encrypt(_)) => t.encrypt(p, key, &headers, &body).await,
-            Ok(p) => t.decrypt(p, key, &headers, &body).await,
-            Err(why) => t.refuse(&route, why, &headers).await,
-        },
-        Route::RenewSelf | Route::Unknown if auth.is_err() => {
+        _ if auth.is_err() => {
             // Vault answers a missing or wrong token with 403; bao does not retry a 4xx.
             tracing::info!(
                 reason = auth.err().unwrap_or_default(),
@@ -130,7 +140,7 @@ async fn handle(
             )
         }
         Route::RenewSelf => renew_self(&headers),
-        Route::Unknown => error(
+        Route::Key(..) | Route::Unknown => error(
             StatusCode::NOT_FOUND,
             "no handler for route",
             request_id(&headers),
@@ -138,40 +148,95 @@ async fn handle(
     }
 }
 
+/// The body of an encrypt or decrypt call, checked as far as this edge can.
+fn parse_input(op: Op, key: &str, body: &[u8]) -> Result<Input, Refusal> {
+    if op == Op::Encrypt {
+        let parsed: EncryptBody = serde_json::from_slice(body)
+            .map_err(|_| Refusal::bad("body must be JSON with a \"plaintext\" string"))?;
+        let encoded = Zeroizing::new(parsed.plaintext);
+        match STANDARD.decode(encoded.as_bytes()) {
+            Ok(p) if p.len() <= MAX_PLAINTEXT_LEN => Ok(Input::Encrypt(Zeroizing::new(p))),
+            Ok(p) => {
+                drop(Zeroizing::new(p));
+                Err(Refusal::bad("plaintext larger than 64 KiB"))
+            }
+            Err(_) => Err(Refusal::bad("plaintext is not base64")),
+        }
+    } else {
+        let parsed: DecryptBody = serde_json::from_slice(body)
+            .map_err(|_| Refusal::bad("body must be JSON with a \"ciphertext\" string"))?;
+        parse_ciphertext(&parsed.ciphertext, key)
+            .map(Input::Decrypt)
+            .map_err(Refusal::bad)
+    }
+}
+
 /// What a transit path asks for.
+#[derive(Clone, Copy)]
 enum Route<'a> {
-    Encrypt(&'a str),
-    Decrypt(&'a str),
+    /// Encrypt or decrypt with the named key.
+    Key(Op, &'a str),
     RenewSelf,
     Unknown,
 }
 
 impl Transit {
-    /// A caller that did not authenticate: the API refuses it (so the refusal is in the audit
-    /// log like any other) and the answer is 403.
-    async fn refuse(&self, route: &Route<'_>, why: &'static str, headers: &HeaderMap) -> Response {
-        let result = if matches!(route, Route::Encrypt(_)) {
-            let mut rec = self.recorder(Op::Encrypt);
-            let req = self.request(pb::EncryptRequest::default(), Err(why), headers);
-            let result = self.api.encrypt(req, &mut rec).await.map(|_| ());
-            rec.finish(result.map(tonic::Response::new))
-                .await
-                .map(|_| ())
-        } else {
-            let mut rec = self.recorder(Op::Decrypt);
-            let req = self.request(pb::DecryptRequest::default(), Err(why), headers);
-            let result = self.api.decrypt(req, &mut rec).await.map(|_| ());
-            rec.finish(result.map(tonic::Response::new))
-                .await
-                .map(|_| ())
+    /// What `path` (after `/v1/`) asks for.
+    fn route<'a>(&self, path: &'a str) -> Route<'a> {
+        if path == "auth/token/renew-self" {
+            return Route::RenewSelf;
+        }
+        let Some(rest) = path
+            .strip_prefix(self.config.mount.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return Route::Unknown;
         };
-        match result {
-            Ok(()) => error(
+        match (rest.strip_prefix("encrypt/"), rest.strip_prefix("decrypt/")) {
+            (Some(key), _) => Route::Key(Op::Encrypt, key),
+            (_, Some(key)) => Route::Key(Op::Decrypt, key),
+            _ => Route::Unknown,
+        }
+    }
+
+    /// A refused `op` call: the caller did not authenticate (`auth` is why), or it did and
+    /// this edge refused what it sent (`refusal`). Either way the refusal goes through the
+    /// API's recorder, so it is in the audit log like any other, then the answer is sent
+    /// (403 for identity; the refusal's own code otherwise; 503 if the record failed).
+    async fn refuse(
+        &self,
+        op: Op,
+        key: &str,
+        auth: Result<Principal, &'static str>,
+        headers: &HeaderMap,
+        refusal: Option<Refusal>,
+    ) -> Response {
+        let mut rec = self.recorder(op);
+        let req = self.request((), auth, headers);
+        let result: Result<tonic::Response<()>, tonic::Status> =
+            match rec.begin(&self.state, &req).await {
+                Err(status) => Err(status),
+                Ok(call) => {
+                    // The key the URL names, when it is a key name at all (a `..` path is not).
+                    if let Ok(name) = KeyName::parse(key) {
+                        rec.key(name.as_str());
+                    }
+                    let r = refusal.unwrap_or(Refusal::bad("request refused"));
+                    tracing::info!(request_id = %call.rid, reason = r.message,
+                        "transit: request refused before the API");
+                    Err(call.rid.status(r.code, r.message.to_owned()))
+                }
+            };
+        match (rec.finish(result).await, refusal) {
+            (Err(s), Some(r)) if s.code() == r.code => {
+                error(r.http, s.message(), response_rid(s.metadata()))
+            }
+            (Err(s), _) => from_status(&s),
+            (Ok(_), _) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error",
                 request_id(headers),
             ),
-            Err(status) => from_status(&status),
         }
     }
 
@@ -242,30 +307,14 @@ impl Transit {
         principal: Principal,
         key: &str,
         headers: &HeaderMap,
-        body: &[u8],
+        mut plaintext: Zeroizing<Vec<u8>>,
     ) -> Response {
-        let rid = request_id(headers);
-        let parsed: EncryptBody = match serde_json::from_slice(body) {
-            Ok(b) => b,
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "body must be JSON with a \"plaintext\" string",
-                    rid,
-                );
-            }
-        };
-        let encoded = Zeroizing::new(parsed.plaintext);
-        let plaintext = match STANDARD.decode(encoded.as_bytes()) {
-            Ok(p) if p.len() <= MAX_PLAINTEXT_LEN => Zeroizing::new(p),
-            Ok(_) => return error(StatusCode::BAD_REQUEST, "plaintext larger than 64 KiB", rid),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "plaintext is not base64", rid),
-        };
         let req = self.request(
             pb::EncryptRequest {
                 key: key.to_owned(),
                 context: std::collections::HashMap::new(),
-                plaintext: plaintext.to_vec(),
+                // Moved, not copied: the API zeroizes it.
+                plaintext: std::mem::take(&mut *plaintext),
             },
             Ok(principal),
             headers,
@@ -293,25 +342,9 @@ impl Transit {
     async fn decrypt(
         &self,
         principal: Principal,
-        key: &str,
         headers: &HeaderMap,
-        body: &[u8],
+        envelope: Vec<u8>,
     ) -> Response {
-        let rid = request_id(headers);
-        let parsed: DecryptBody = match serde_json::from_slice(body) {
-            Ok(b) => b,
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "body must be JSON with a \"ciphertext\" string",
-                    rid,
-                );
-            }
-        };
-        let envelope = match parse_ciphertext(&parsed.ciphertext, key) {
-            Ok(e) => e,
-            Err(msg) => return error(StatusCode::BAD_REQUEST, msg, rid),
-        };
         let req = self.request(
             pb::DecryptRequest {
                 ciphertext: envelope,
@@ -367,40 +400,6 @@ impl Transit {
     }
 }
 
-/// `vault:v<N>:<base64 envelope>` for key `key` → the envelope bytes. The version in the text
-/// and the key and version inside the envelope must agree with the URL.
-fn parse_ciphertext(text: &str, key: &str) -> Result<Vec<u8>, &'static str> {
-    let mut parts = text.split(':');
-    let (Some(prefix), Some(version), Some(b64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("ciphertext must be vault:v<N>:<base64>");
-    };
-    if prefix != "vault" {
-        return Err("ciphertext must start with vault:");
-    }
-    let version: u32 = version
-        .strip_prefix('v')
-        .filter(|d| !d.is_empty() && d.len() <= 10 && d.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|d| d.parse().ok())
-        .filter(|v| *v >= 1)
-        .ok_or("ciphertext version must be v<N>")?;
-    if b64.len() > MAX_ENVELOPE_LEN.div_ceil(3) * 4 {
-        return Err("ciphertext too large");
-    }
-    let bytes = STANDARD
-        .decode(b64)
-        .map_err(|_| "ciphertext is not base64")?;
-    let env = Envelope::parse(&bytes).map_err(|_| "ciphertext is malformed")?;
-    if env.key.as_str() != key {
-        return Err("ciphertext was not made with this key");
-    }
-    if env.version != version {
-        return Err("ciphertext version does not match its envelope");
-    }
-    Ok(bytes)
-}
-
 fn renew_self(headers: &HeaderMap) -> Response {
     // The caller already holds the token; echoing it is what Vault does, and bao's renewer
     // reads it back from here.
@@ -421,129 +420,4 @@ fn renew_self(headers: &HeaderMap) -> Response {
         "data": null, "wrap_info": null, "warnings": null,
     });
     ok(&body, request_id(headers))
-}
-
-/// The caller's request id header, if it is well formed (echoed on early errors).
-fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-        .map(str::to_owned)
-}
-
-fn response_rid(m: &tonic::metadata::MetadataMap) -> Option<String> {
-    m.get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-fn ok(body: &serde_json::Value, rid: Option<String>) -> Response {
-    with_rid((StatusCode::OK, axum::Json(body)).into_response(), rid)
-}
-
-fn error(code: StatusCode, msg: &str, rid: Option<String>) -> Response {
-    let body = serde_json::json!({ "errors": [msg] });
-    with_rid((code, axum::Json(body)).into_response(), rid)
-}
-
-fn with_rid(mut r: Response, rid: Option<String>) -> Response {
-    if let Some(v) = rid.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        r.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    r
-}
-
-/// gRPC status → HTTP: 4xx for what the caller must change, 5xx only for what a retry can fix.
-fn http_code(code: Code) -> StatusCode {
-    match code {
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-            StatusCode::BAD_REQUEST
-        }
-        Code::Unauthenticated | Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-fn from_status(status: &tonic::Status) -> Response {
-    // Status messages are safe by construction (api/status.rs): no secrets, no key names of
-    // keys the caller may not see.
-    error(
-        http_code(status.code()),
-        status.message(),
-        response_rid(status.metadata()),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::keys::name::KeyName;
-
-    fn envelope(key: &str, version: u32) -> Vec<u8> {
-        Envelope {
-            key: KeyName::parse(key).unwrap(),
-            version,
-            iv: [7; 12],
-            sealed: vec![1; 32],
-        }
-        .encode()
-    }
-
-    #[test]
-    fn ciphertext_parsing_accepts_exactly_our_shape() {
-        let env = envelope("seal/bao", 3);
-        let text = format!("vault:v3:{}", STANDARD.encode(&env));
-        assert_eq!(parse_ciphertext(&text, "seal/bao").unwrap(), env);
-        let b64 = STANDARD.encode(&env);
-        for (bad, why) in [
-            (format!("vault:{b64}"), "two parts"),
-            (format!("vault:v3:{b64}:x"), "four parts"),
-            (format!("other:v3:{b64}"), "prefix"),
-            (format!("vault:3:{b64}"), "no v"),
-            (format!("vault:v:{b64}"), "empty version"),
-            (format!("vault:v0:{b64}"), "version 0"),
-            (format!("vault:v4:{b64}"), "version differs from envelope"),
-            (format!("vault:v99999999999:{b64}"), "version overflow"),
-            ("vault:v3:not base64!".to_owned(), "bad base64"),
-            (
-                format!("vault:v3:{}", STANDARD.encode(b"KBgarbage")),
-                "not an envelope",
-            ),
-            (
-                format!("vault:v3:{}", STANDARD.encode(envelope("seal/other", 3))),
-                "other key",
-            ),
-            (format!("vault:v3:{}", "A".repeat(1 << 20)), "oversized"),
-        ] {
-            assert!(parse_ciphertext(&bad, "seal/bao").is_err(), "{why}");
-        }
-    }
-
-    #[test]
-    fn retryable_codes_and_only_those_are_5xx() {
-        for c in [Code::Unavailable, Code::DeadlineExceeded, Code::Aborted] {
-            assert_eq!(http_code(c), StatusCode::SERVICE_UNAVAILABLE);
-        }
-        for c in [
-            Code::InvalidArgument,
-            Code::Unauthenticated,
-            Code::PermissionDenied,
-            Code::FailedPrecondition,
-            Code::NotFound,
-            Code::ResourceExhausted,
-        ] {
-            assert!(http_code(c).is_client_error(), "{c:?}");
-        }
-    }
 }

@@ -74,9 +74,15 @@ pub(crate) fn parse(map: &Map<String, Value>, job_claim: Option<&str>) -> Result
     let k8s = match map.get("kubernetes.io") {
         None => None,
         Some(Value::Object(k)) => Some(K8s {
-            namespace: typed(k.get("namespace"), "kubernetes.io.namespace")?,
-            service_account: reference(k, "serviceaccount", "kubernetes.io.serviceaccount")?,
-            pod: reference(k, "pod", "kubernetes.io.pod")?,
+            namespace: typed(k.get("namespace"), "kubernetes.io.namespace")?
+                .map(|n| dns1123_label(n, "kubernetes.io.namespace"))
+                .transpose()?,
+            service_account: reference(k, "serviceaccount", "kubernetes.io.serviceaccount")?
+                .map(|n| dns1123_subdomain(n, "kubernetes.io.serviceaccount"))
+                .transpose()?,
+            pod: reference(k, "pod", "kubernetes.io.pod")?
+                .map(|n| dns1123_subdomain(n, "kubernetes.io.pod"))
+                .transpose()?,
         }),
         Some(_) => return Err(Reason::ClaimType("kubernetes.io")),
     };
@@ -157,6 +163,58 @@ pub(crate) fn principal(c: Claims, facts: &IssuerFacts) -> Result<Principal, Rea
     })
 }
 
+/// The caller's region from the issuer's `region_claim`, when configured and present: 1 to 64
+/// of `[A-Za-z0-9._-]` (a region name, never free text), or the token is refused.
+pub(crate) fn region(
+    map: &Map<String, Value>,
+    region_claim: Option<&str>,
+) -> Result<Option<String>, Reason> {
+    let Some(name) = region_claim else {
+        return Ok(None);
+    };
+    let Some(region) = typed(map.get(name), "region")? else {
+        return Ok(None);
+    };
+    let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if region.is_empty() || region.len() > 64 || !region.bytes().all(ok) {
+        return Err(Reason::ClaimType("region"));
+    }
+    Ok(Some(region))
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label (1–63 of `[a-z0-9-]`, alphanumeric at both
+/// ends), as the API server enforces. Anything else did not come from Kubernetes — and a
+/// newline or a quote in a name is how log lines and records get forged.
+fn dns1123_label(name: String, claim: &'static str) -> Result<String, Reason> {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let b = name.as_bytes();
+    let valid = !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|&c| ok(c) || c == b'-')
+        && b.first().copied().is_some_and(ok)
+        && b.last().copied().is_some_and(ok);
+    if valid {
+        Ok(name)
+    } else {
+        Err(Reason::KubernetesName(claim))
+    }
+}
+
+/// A Kubernetes service-account or pod name: an RFC 1123 subdomain (at most 253 characters,
+/// dot-separated labels of `[a-z0-9-]`, alphanumeric at both ends of each).
+fn dns1123_subdomain(name: String, claim: &'static str) -> Result<String, Reason> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| dns1123_label(label.to_owned(), claim).is_ok());
+    if valid {
+        Ok(name)
+    } else {
+        Err(Reason::KubernetesName(claim))
+    }
+}
+
 fn string<'a>(map: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, Reason> {
     match map.get(name) {
         None => Ok(None),
@@ -223,8 +281,8 @@ mod tests {
         /// facts come from the issuer, never from the token.
         #[test]
         fn kubernetes_claims_map_to_principal(
-            ns in "[a-z][a-z0-9-]{0,20}", sa in "[a-z][a-z0-9-]{0,20}",
-            pod in "[a-z0-9-]{1,30}", job in proptest::option::of("[a-z0-9-]{1,20}"),
+            ns in "[a-z]([a-z0-9-]{0,19}[a-z0-9])?", sa in "[a-z]([a-z0-9-]{0,19}[a-z0-9])?",
+            pod in "[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?", job in proptest::option::of("[a-z0-9-]{1,20}"),
             region in "[a-z]{2}-[a-z]+-[0-9]",
         ) {
             let mut m = obj(json!({"iss": "i", "sub": format!("system:serviceaccount:{ns}:{sa}"),
@@ -251,6 +309,64 @@ mod tests {
                 prop_assert_eq!(parse(&m, None), Err(Reason::ClaimType("kubernetes.io.namespace")));
             }
         }
+    }
+
+    #[test]
+    fn kubernetes_names_outside_rfc_1123_refuse_the_token() {
+        let token = |ns: &str, sa: &str| {
+            obj(
+                json!({"iss": "i", "sub": format!("system:serviceaccount:{ns}:{sa}"),
+                "aud": "a", "exp": 2, "iat": 1,
+                "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa}}}),
+            )
+        };
+        assert!(parse(&token("ml", "trainer"), None).is_ok());
+        assert!(parse(&token("ml", "trainer.v2-a"), None).is_ok());
+        for (ns, sa, claim) in [
+            ("ml", "x\nFORGED-LOG-LINE", "kubernetes.io.serviceaccount"),
+            ("ml\r", "trainer", "kubernetes.io.namespace"),
+            ("ml", "Trainer", "kubernetes.io.serviceaccount"),
+            ("ml", "-trainer", "kubernetes.io.serviceaccount"),
+            ("ml", "trainer.", "kubernetes.io.serviceaccount"),
+            ("ml", "a..b", "kubernetes.io.serviceaccount"),
+            ("ml", "", "kubernetes.io.serviceaccount"),
+            ("ml", "a\"b", "kubernetes.io.serviceaccount"),
+            ("m.l", "trainer", "kubernetes.io.namespace"),
+            ("", "trainer", "kubernetes.io.namespace"),
+        ] {
+            assert_eq!(
+                parse(&token(ns, sa), None).map(|_| ()),
+                Err(Reason::KubernetesName(claim)),
+                "{ns:?} {sa:?}"
+            );
+        }
+        let long_sa = "a".repeat(254);
+        assert!(parse(&token("ml", &long_sa), None).is_err());
+        assert!(parse(&token(&"n".repeat(64), "sa"), None).is_err());
+        let max_sa = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert!(parse(&token(&"n".repeat(63), &max_sa), None).is_ok());
+    }
+
+    #[test]
+    fn the_region_claim_is_read_only_when_configured_and_only_as_a_region_name() {
+        let m = obj(json!({"region": "eu-west-1", "zone": "eu-west-1\nFORGED"}));
+        assert_eq!(region(&m, None), Ok(None));
+        assert_eq!(region(&m, Some("region")), Ok(Some("eu-west-1".into())));
+        assert_eq!(region(&m, Some("absent")), Ok(None));
+        assert_eq!(region(&m, Some("zone")), Err(Reason::ClaimType("region")));
+        let n = obj(json!({"region": 5}));
+        assert_eq!(region(&n, Some("region")), Err(Reason::ClaimType("region")));
+        let long = obj(json!({"region": "r".repeat(65)}));
+        assert_eq!(
+            region(&long, Some("region")),
+            Err(Reason::ClaimType("region"))
+        );
     }
 
     #[test]

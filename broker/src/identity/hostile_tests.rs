@@ -57,6 +57,7 @@ fn settings(issuer: &str, jwks: std::path::PathBuf) -> IssuerSettings {
         max_token_lifetime: Duration::from_secs(3600),
         leeway: Duration::from_secs(30),
         job_claim: Some("job".into()),
+        region_claim: None,
         cluster: Some("train-a".into()),
         region: Some("eu-west-1".into()),
         jurisdiction: Some("EU".into()),

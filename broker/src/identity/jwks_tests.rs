@@ -116,6 +116,7 @@ async fn fixture(mode: Mode, limits: Limits) -> Fixture {
         max_token_lifetime: Duration::from_secs(3600),
         leeway: Duration::from_secs(30),
         job_claim: None,
+        region_claim: None,
         cluster: None,
         region: Some("eu-west-1".into()),
         jurisdiction: Some("EU".into()),

@@ -27,6 +27,19 @@ use crate::config::JwksSource;
 /// Largest token accepted, before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
+// Here, not in `config`: the config parser stays free of the JWT library (it is fuzzed alone).
+impl From<crate::config::JwtAlgorithm> for Algorithm {
+    fn from(a: crate::config::JwtAlgorithm) -> Self {
+        use crate::config::JwtAlgorithm;
+        match a {
+            JwtAlgorithm::Rs256 => Self::RS256,
+            JwtAlgorithm::Ps256 => Self::PS256,
+            JwtAlgorithm::Es256 => Self::ES256,
+            JwtAlgorithm::EdDsa => Self::EdDSA,
+        }
+    }
+}
+
 /// One trusted issuer.
 #[derive(Debug, Clone)]
 pub struct IssuerSettings {
@@ -48,6 +61,8 @@ pub struct IssuerSettings {
     pub cluster: Option<String>,
     /// Region of that cluster.
     pub region: Option<String>,
+    /// Claim carrying the caller's region, which wins over `region` when a token has it.
+    pub region_claim: Option<String>,
     /// Jurisdiction of that cluster.
     pub jurisdiction: Option<String>,
 }
@@ -322,10 +337,14 @@ impl JwtVerifier {
         }
         let c = claims::parse(&payload, issuer.settings.job_claim.as_deref())?;
         claims::check(&c, issuer.rules(), now)?;
+        let mut principal = claims::principal(c.clone(), &issuer.facts)?;
+        if let Some(region) = claims::region(&payload, issuer.settings.region_claim.as_deref())? {
+            principal.region = Some(region);
+        }
         Ok(Verified {
             issuer: issuer.settings.issuer.clone(),
             keys,
-            principal: claims::principal(c.clone(), &issuer.facts)?,
+            principal,
             claims: c,
         })
     }

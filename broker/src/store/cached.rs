@@ -316,7 +316,12 @@ mod tests {
     use crate::store::{Purpose, SqliteStore};
 
     async fn store() -> CachedStore {
-        let s = CachedStore::new(Arc::new(SqliteStore::in_memory().await.unwrap()));
+        store_over(Arc::new(SqliteStore::in_memory().await.unwrap())).await
+    }
+
+    /// A cache over `inner` holding key `k` with version 1 enabled.
+    async fn store_over(inner: Arc<SqliteStore>) -> CachedStore {
+        let s = CachedStore::new(inner);
         s.create_key(&NewKey {
             name: "k".into(),
             purpose: Purpose::DataKey,
@@ -472,21 +477,7 @@ mod tests {
     #[tokio::test]
     async fn use_counts_are_reserved_a_block_at_a_time_and_a_restart_forfeits_the_rest() {
         let inner = Arc::new(SqliteStore::in_memory().await.unwrap());
-        let s = CachedStore::new(inner.clone());
-        s.create_key(&NewKey {
-            name: "k".into(),
-            purpose: Purpose::DataKey,
-            labels: BTreeMap::new(),
-            hsm_id: "hsm-a".into(),
-            created_at: 1,
-            rotation_period_secs: None,
-            next_rotation_at: None,
-        })
-        .await
-        .unwrap();
-        s.set_version_state("k", 1, VersionState::Enabled)
-            .await
-            .unwrap();
+        let s = store_over(inner.clone()).await;
         for n in 1..=3 {
             assert_eq!(s.release(&wrap()).await.unwrap(), GateOutcome::Open(n));
         }

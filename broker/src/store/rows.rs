@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{KeyRecord, KeyState, Purpose, StoreError, VersionRecord, VersionState};
+use super::{
+    KeyRecord, KeyState, Purpose, Revocation, RevocationTarget, StoreError, VersionRecord,
+    VersionState,
+};
 
 /// `SELECT … FROM keys` followed by the given SQL literal (kept literal: sqlx audits dynamic
 /// SQL). The columns [`key_from_row`] reads.
@@ -97,6 +100,36 @@ where
 ///
 /// # Errors
 /// `v` is negative or too large.
+/// The SELECT both backends use for [`revocations_from_rows`] (`$1`/`?1`: now).
+pub(super) const ACTIVE_REVOCATIONS: (&str, &str) = (
+    "SELECT kind, issuer, value, expires_at FROM lease_revocations WHERE expires_at > ?1",
+    "SELECT kind, issuer, value, expires_at FROM lease_revocations WHERE expires_at > $1",
+);
+
+/// Revocations from `(kind, issuer, value, expires_at)` rows of `lease_revocations`.
+pub(super) fn revocations_from_rows(
+    rows: Vec<(String, String, String, i64)>,
+) -> Result<Vec<Revocation>, StoreError> {
+    rows.into_iter()
+        .map(|(kind, issuer, value, expires_at)| {
+            let target = match kind.as_str() {
+                "job" => RevocationTarget::Job(value),
+                "principal" => RevocationTarget::Principal {
+                    issuer,
+                    subject: value,
+                },
+                other => {
+                    return Err(StoreError::Corrupt {
+                        field: "lease_revocations.kind",
+                        problem: other.to_owned(),
+                    });
+                }
+            };
+            Ok(Revocation { target, expires_at })
+        })
+        .collect()
+}
+
 pub(super) fn to_u32(field: &'static str, v: i64) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| StoreError::Corrupt {
         field,

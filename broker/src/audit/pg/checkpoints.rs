@@ -112,6 +112,7 @@ impl Copier {
                 publisher
                     .pin()
                     .fetch_max(size, std::sync::atomic::Ordering::SeqCst);
+                publisher.prune();
             }
             (publisher, written)
         })

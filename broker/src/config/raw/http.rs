@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::Ctx;
 use crate::config::{ConfigError, HttpConfig, TransitAuth, TransitConfig, TransitToken};
-use crate::identity::svid::parse_spiffe_id;
+use crate::identity::spiffe::parse_spiffe_id;
 
 /// Most tokens one transit endpoint accepts (one per Vault/OpenBao cluster is the norm).
 const MAX_TOKENS: usize = 64;

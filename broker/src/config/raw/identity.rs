@@ -54,6 +54,7 @@ pub(super) struct RawIssuer {
     job_claim: Option<String>,
     cluster: Option<String>,
     region: Option<String>,
+    region_claim: Option<String>,
     jurisdiction: Option<String>,
 }
 
@@ -131,6 +132,13 @@ pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig,
                 format!("{c:?} is a registered claim; name the claim that carries the job id"),
             ));
         }
+        let region_claim = label("region_claim", r.region_claim)?;
+        if let Some(c) = region_claim.as_deref().filter(|c| REGISTERED.contains(c)) {
+            return Err(cx.invalid(
+                field("region_claim"),
+                format!("{c:?} is a registered claim; name the claim that carries the region"),
+            ));
+        }
         if let Some(j) = r
             .jurisdiction
             .as_deref()
@@ -175,6 +183,7 @@ pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig,
             job_claim,
             cluster: label("cluster", r.cluster)?,
             region: label("region", r.region)?,
+            region_claim,
             jurisdiction: r.jurisdiction,
             issuer: r.issuer,
             audiences: r.audiences,

@@ -5,7 +5,7 @@
 
 use sqlx::PgPool;
 
-use crate::store::{LeaseRecord, Revocation, RevocationTarget, StoreError};
+use crate::store::{LeaseRecord, Revocation, StoreError};
 
 /// The GCM random-IV limit minus one: no count goes past it.
 const COUNT_LIMIT: i64 = 4_294_967_295;
@@ -86,28 +86,10 @@ pub(super) async fn active_revocations(
     pool: &PgPool,
     now: i64,
 ) -> Result<Vec<Revocation>, StoreError> {
-    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "SELECT kind, issuer, value, expires_at FROM lease_revocations WHERE expires_at > $1",
-    )
-    .bind(now)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|(kind, issuer, value, expires_at)| {
-            let target = match kind.as_str() {
-                "job" => RevocationTarget::Job(value),
-                "principal" => RevocationTarget::Principal {
-                    issuer,
-                    subject: value,
-                },
-                other => {
-                    return Err(StoreError::Corrupt {
-                        field: "lease_revocations.kind",
-                        problem: other.to_owned(),
-                    });
-                }
-            };
-            Ok(Revocation { target, expires_at })
-        })
-        .collect()
+    let rows: Vec<(String, String, String, i64)> =
+        sqlx::query_as(crate::store::rows::ACTIVE_REVOCATIONS.1)
+            .bind(now)
+            .fetch_all(pool)
+            .await?;
+    crate::store::rows::revocations_from_rows(rows)
 }

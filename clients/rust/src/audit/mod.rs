@@ -8,6 +8,7 @@
 mod calls;
 pub mod note;
 pub mod proof;
+pub mod rollback;
 pub mod tiles;
 
 pub use calls::{AuditEntry, AuditStream, SignedCheckpoint};

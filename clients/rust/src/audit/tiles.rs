@@ -146,8 +146,26 @@ fn read_limited(path: &Path, limit: u64, kind: &'static str) -> Result<Vec<u8>, 
     std::fs::read(path).map_err(err)
 }
 
-/// Reads hash tile `(level, n)` of `width` hashes: the partial tile of that width, or else the
-/// full tile (C2SP lets a client use a full tile in place of a partial one).
+/// The file standing in for the partial `own` (of `width` entries) when a log removed it: the
+/// full file `full`, or the narrowest wider partial beside `own`. C2SP tlog-tiles lets a log
+/// drop partial tiles no current checkpoint reads, and a reader use a wider one instead.
+fn stand_in(dir: &Path, full: &str, own: &Path, width: u64) -> Option<PathBuf> {
+    let full = dir.join(full);
+    if full.exists() {
+        return Some(full);
+    }
+    let partials = own.parent()?;
+    std::fs::read_dir(partials)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|w| *w > width && *w < TILE_WIDTH)
+        .min()
+        .map(|w| partials.join(w.to_string()))
+}
+
+/// Reads hash tile `(level, n)` of `width` hashes: the partial tile of that width, or else a
+/// wider or the full tile, cut to `width` hashes.
 fn read_tile(
     dir: &Path,
     level: u32,
@@ -160,12 +178,15 @@ fn read_tile(
         Err(VerifyError::Read { source, .. })
             if width < TILE_WIDTH && source.kind() == std::io::ErrorKind::NotFound =>
         {
-            let full = dir.join(tile_path(level, n, TILE_WIDTH));
-            let bytes = read_limited(&full, limit, "tile").map_err(|_| VerifyError::Read {
+            let missing = || VerifyError::Read {
                 path: path.clone(),
-                source,
-            })?;
-            Ok((full, bytes))
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            };
+            let other = stand_in(dir, &tile_path(level, n, TILE_WIDTH), &path, width)
+                .ok_or_else(missing)?;
+            let mut bytes = read_limited(&other, limit, "tile").map_err(|_| missing())?;
+            bytes.truncate(usize::try_from(width * 32).unwrap_or(usize::MAX));
+            Ok((other, bytes))
         }
         other => Ok((path, other?)),
     }
@@ -237,8 +258,13 @@ pub fn verify_dir(dir: &Path, vkey: &VerifierKey) -> Result<Verified, VerifyErro
     let mut above: Vec<Hash> = Vec::new();
     for n in 0..size.div_ceil(TILE_WIDTH) {
         let width = (size - n * TILE_WIDTH).min(TILE_WIDTH);
-        let path = dir.join(bundle_path(n, width));
+        let own = dir.join(bundle_path(n, width));
         let first = n * TILE_WIDTH;
+        // A removed partial bundle: a wider or the full one holds the same first records.
+        let (path, wider) = match stand_in(dir, &bundle_path(n, TILE_WIDTH), &own, width) {
+            Some(other) if width < TILE_WIDTH && !own.exists() => (other, true),
+            _ => (own, false),
+        };
         let bytes = match read_limited(&path, MAX_BUNDLE_BYTES, "bundle") {
             Err(VerifyError::Read { source, .. }) => {
                 return Err(VerifyError::Record {
@@ -249,11 +275,14 @@ pub fn verify_dir(dir: &Path, vkey: &VerifierKey) -> Result<Verified, VerifyErro
             }
             other => other?,
         };
-        let records = parse_bundle(&bytes).ok_or_else(|| VerifyError::Record {
+        let mut records = parse_bundle(&bytes).ok_or_else(|| VerifyError::Record {
             index: first,
             path: path.clone(),
             problem: "entry bundle is cut short".to_owned(),
         })?;
+        if wider && records.len() as u64 > width {
+            records.truncate(usize::try_from(width).unwrap_or(usize::MAX));
+        }
         if records.len() as u64 != width {
             let index = first + (records.len() as u64).min(width);
             return Err(VerifyError::Record {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use keybroker_client::audit::note::{VerifierKey, verify_checkpoint};
 use keybroker_client::audit::proof::{verify_consistency, verify_inclusion};
+use keybroker_client::audit::rollback::{check_old_checkpoint, entries_beyond};
 use keybroker_client::audit::tiles::verify_dir;
 use serde::Serialize;
 
@@ -22,13 +23,19 @@ pub(crate) enum AuditCmd {
     /// checkpoint verifies with it. Compare it with the one published out of band.
     Vkey,
     /// Verify a tiles directory offline: the checkpoint signature, every record, every tile,
-    /// the root. Exits non-zero naming the first bad record or tile.
+    /// the root. Exits non-zero naming the first bad record or tile. With --old-checkpoint,
+    /// also that the log only grew since each checkpoint you kept (no rollback, no rewrite).
     Verify {
         /// The audit directory (holding `checkpoint` and `tile/`).
         dir: PathBuf,
         /// File holding the verifier key (`<name>+<id>+<key>`, as `audit vkey` prints it).
         #[arg(long, value_name = "FILE")]
         vkey: PathBuf,
+        /// A checkpoint saved earlier (a copy of `<audit dir>/checkpoint`); repeatable. Each
+        /// must verify with the key, be no larger than the directory's checkpoint, and its
+        /// root must be the root of the directory's first N records.
+        #[arg(long, value_name = "FILE")]
+        old_checkpoint: Vec<PathBuf>,
     },
     /// Print audit records as JSON lines, from an index; with --follow, keep printing new ones.
     Tail {
@@ -80,6 +87,10 @@ struct VerifyOut {
     tree_size: u64,
     root: String,
     tiles: u64,
+    /// Sizes of the `--old-checkpoint`s, each a verified prefix of this log.
+    old_checkpoint_sizes: Vec<u64>,
+    /// Entry bundles beyond the checkpoint (no signature covers them).
+    entries_beyond_checkpoint: bool,
 }
 
 #[derive(Serialize)]
@@ -105,23 +116,53 @@ impl AuditCmd {
         out: &mut dyn Write,
     ) -> Result<(), CliError> {
         match self {
-            Self::Verify { dir, vkey } => {
+            Self::Verify {
+                dir,
+                vkey,
+                old_checkpoint,
+            } => {
                 let vkey = read_vkey(vkey)?;
                 let v = verify_dir(dir, &vkey).map_err(CliError::Audit)?;
+                let mut old_sizes = Vec::with_capacity(old_checkpoint.len());
+                for old in old_checkpoint {
+                    let cp = check_old_checkpoint(dir, &v.checkpoint, old, &vkey)
+                        .map_err(CliError::Rollback)?;
+                    old_sizes.push(cp.size);
+                }
+                let beyond = entries_beyond(dir, v.checkpoint.size);
+                if beyond {
+                    eprintln!(
+                        "warning: {} holds entry bundles beyond its checkpoint's {} records: \
+                         no signature covers them (an older checkpoint put back, or a newer one \
+                         not published yet); verify with --old-checkpoint FILE",
+                        dir.display(),
+                        v.checkpoint.size
+                    );
+                }
                 let o = VerifyOut {
                     verified: true,
                     origin: v.checkpoint.origin,
                     tree_size: v.checkpoint.size,
                     root: hex::encode(v.checkpoint.root),
                     tiles: v.tiles,
+                    old_checkpoint_sizes: old_sizes,
+                    entries_beyond_checkpoint: beyond,
                 };
                 match format {
                     Format::Json => write_json(out, &o)?,
-                    Format::Text => writeln!(
-                        out,
-                        "verified: {} records of {} (root {}, {} tiles)",
-                        o.tree_size, o.origin, o.root, o.tiles
-                    )?,
+                    Format::Text => {
+                        writeln!(
+                            out,
+                            "verified: {} records of {} (root {}, {} tiles)",
+                            o.tree_size, o.origin, o.root, o.tiles
+                        )?;
+                        for size in &o.old_checkpoint_sizes {
+                            writeln!(
+                                out,
+                                "consistent: the old checkpoint's {size} records are the first {size} of this log"
+                            )?;
+                        }
+                    }
                 }
                 Ok(())
             }

@@ -35,6 +35,9 @@ pub(crate) enum CliError {
     /// Offline audit verification found a problem (the first one).
     #[error("audit verification failed: {0}")]
     Audit(#[source] keybroker_client::audit::tiles::VerifyError),
+    /// A checkpoint kept earlier does not fit the directory (rolled back or rewritten).
+    #[error("audit verification failed: {0}")]
+    Rollback(#[source] keybroker_client::audit::rollback::RollbackError),
     /// A checkpoint or verifier key was refused.
     #[error("audit checkpoint: {0}")]
     Note(#[source] keybroker_client::audit::note::NoteError),
