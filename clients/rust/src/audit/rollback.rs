@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::note::{Checkpoint, NoteError, VerifierKey, verify_checkpoint};
 use super::proof::{RootBuilder, leaf_hash};
-use super::tiles::{TILE_WIDTH, bundle_path, parse_bundle};
+use super::tiles::{TILE_WIDTH, bundle_path, parse_bundle, stand_in};
 
 /// Largest checkpoint file read.
 const MAX_NOTE_FILE: u64 = 64 * 1024;
@@ -131,7 +131,12 @@ fn prefix_root(dir: &Path, total: u64, size: u64) -> Result<RootBuilder, Rollbac
     let mut root = RootBuilder::default();
     for n in 0..size.div_ceil(TILE_WIDTH) {
         let width = (total - n * TILE_WIDTH).min(TILE_WIDTH);
-        let path = dir.join(bundle_path(n, width));
+        let own = dir.join(bundle_path(n, width));
+        // A partial bundle the log removed: a wider or the full one holds the same records.
+        let path = match stand_in(dir, &bundle_path(n, TILE_WIDTH), &own, width) {
+            Some(other) if width < TILE_WIDTH && !own.exists() => other,
+            _ => own,
+        };
         let bytes = read(&path, MAX_BUNDLE_FILE)?;
         let records = parse_bundle(&bytes).ok_or(RollbackError::Bundle { path: path.clone() })?;
         let wanted = usize::try_from((size - n * TILE_WIDTH).min(TILE_WIDTH)).unwrap_or(0);

@@ -149,7 +149,7 @@ fn read_limited(path: &Path, limit: u64, kind: &'static str) -> Result<Vec<u8>, 
 /// The file standing in for the partial `own` (of `width` entries) when a log removed it: the
 /// full file `full`, or the narrowest wider partial beside `own`. C2SP tlog-tiles lets a log
 /// drop partial tiles no current checkpoint reads, and a reader use a wider one instead.
-fn stand_in(dir: &Path, full: &str, own: &Path, width: u64) -> Option<PathBuf> {
+pub(super) fn stand_in(dir: &Path, full: &str, own: &Path, width: u64) -> Option<PathBuf> {
     let full = dir.join(full);
     if full.exists() {
         return Some(full);
