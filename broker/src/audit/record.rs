@@ -61,6 +61,12 @@ pub enum Op {
     AutoRotateKey,
     /// The broker destroyed a key's HSM objects at the end of its waiting period.
     DestroyKey,
+    /// `Signing.Sign`.
+    Sign,
+    /// `Signing.SignDsse`.
+    SignDsse,
+    /// `Signing.GetPublicKey`.
+    GetPublicKey,
 }
 
 /// The API surface a call came through.
@@ -213,6 +219,39 @@ pub struct AuditRecord {
     pub lease_expires_at: Option<i64>,
     /// The API surface the call came through.
     pub surface: Surface,
+    /// What a signature (Sign, SignDsse) was made over: the record is its transparency-log
+    /// entry. Absent on other records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedFacts>,
+}
+
+/// What a SIGN key signed, as its audit record names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SignedFacts {
+    /// The digest signed, `alg:hex` (Sign: the artifact's; SignDsse: the statement's SHA-256).
+    pub digest: String,
+    /// Artifact name (Sign).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_name: Option<String>,
+    /// Media type (Sign), when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The statement's predicate type (SignDsse).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicate_type: Option<String>,
+    /// In-toto subjects: name and `alg:hex` digests.
+    pub subjects: Vec<SignedSubject>,
+    /// The signature algorithm (`ecdsa-p256` or `ed25519`).
+    pub algorithm: String,
+}
+
+/// One subject of a signature.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SignedSubject {
+    /// Name.
+    pub name: String,
+    /// `alg:hex` digests.
+    pub digests: Vec<String>,
 }
 
 impl AuditRecord {
@@ -241,6 +280,7 @@ impl AuditRecord {
             lease_id: None,
             lease_expires_at: None,
             surface: Surface::Grpc,
+            signed: None,
         }
     }
 

@@ -188,6 +188,11 @@ impl KeyService {
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         // Either purpose: a SEAL payload and a wrapped data key open the same way.
         check_usable(key, None)?;
+        if matches!(key.purpose, Purpose::Sign(_)) {
+            return Err(KeyError::Precondition(
+                "key purpose is SIGN; it opens no ciphertext".into(),
+            ));
+        }
         check_version(key, envelope.version, true)?;
         self.hsm_for(key)?
             .pool

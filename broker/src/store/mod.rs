@@ -71,6 +71,9 @@ pub enum Purpose {
     DataKey,
     /// Encrypt/decrypt of small secrets.
     Seal,
+    /// Signatures (Signing service). The algorithm is fixed for the key's life, so it is part
+    /// of the purpose (stored as `SIGN_ECDSA_P256` / `SIGN_ED25519`: no column of its own).
+    Sign(crate::hsm::SignAlgorithm),
 }
 
 /// State of a whole key.
@@ -465,6 +468,8 @@ impl Purpose {
         match self {
             Purpose::DataKey => "DATA_KEY",
             Purpose::Seal => "SEAL",
+            Purpose::Sign(crate::hsm::SignAlgorithm::EcdsaP256) => "SIGN_ECDSA_P256",
+            Purpose::Sign(crate::hsm::SignAlgorithm::Ed25519) => "SIGN_ED25519",
         }
     }
 
@@ -472,6 +477,8 @@ impl Purpose {
         match s {
             "DATA_KEY" => Ok(Purpose::DataKey),
             "SEAL" => Ok(Purpose::Seal),
+            "SIGN_ECDSA_P256" => Ok(Purpose::Sign(crate::hsm::SignAlgorithm::EcdsaP256)),
+            "SIGN_ED25519" => Ok(Purpose::Sign(crate::hsm::SignAlgorithm::Ed25519)),
             other => Err(corrupt("keys.purpose", other)),
         }
     }
