@@ -154,3 +154,52 @@ def test_sign_blob_with_a_data_key_is_refused(broker, tmp_path: Path) -> None:
     r = cli(broker, "sign-blob", str(tmp_path / "f"), "--key-name", "datasets/demo")
     assert r.returncode == 1
     assert b"FAILED_PRECONDITION" in r.stderr.upper().replace(b" ", b"_") or b"SIGN" in r.stderr
+
+
+def test_python_client_signs_a_checkpoint_and_attests_a_dataset(broker, tmp_path: Path) -> None:
+    make_key(broker, "models/py-client")
+    ckpt = tmp_path / "step-100.ckpt"
+    ckpt.write_bytes(b"\x00checkpoint" * 10_000)
+    snapshot = tmp_path / "snapshot.manifest"
+    snapshot.write_bytes(b"shard-0 sha256:...\nshard-1 sha256:...\n")
+    with broker.client() as kb:
+        sig = kb.sign_file(ckpt, key="models/py-client", signature_path=tmp_path / "step-100.sig")
+        pem = kb.public_key("models/py-client", sig.key_version)
+        att = kb.attest([snapshot], predicate_type="https://slsa.dev/provenance/v1",
+                        predicate={"buildDefinition": {"buildType": "dataset-snapshot"}}, key="models/py-client")
+    assert sig.algorithm == "ecdsa-p256" and sig.digest == "sha256:" + hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert att.audit_index > sig.audit_index
+    load_pem_public_key(pem.encode()).verify(sig.signature, ckpt.read_bytes(), ec.ECDSA(hashes.SHA256()))
+    (tmp_path / "pub.pem").write_text(pem)
+    ok(cli(broker, "verify-blob", str(ckpt), "--signature", str(tmp_path / "step-100.sig"),
+           "--public-key", str(tmp_path / "pub.pem")))
+    key = SSlibKey.from_crypto(load_pem_public_key(pem.encode()), keyid=att.keyid)
+    assert att.keyid in Envelope.from_dict(json.loads(json.dumps(att.envelope))).verify([key], 1)
+
+
+def test_training_example_signs_every_checkpoint_and_attests_the_model(broker, tmp_path: Path) -> None:
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("training_loop_signing", REPO / "examples" / "training_loop.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    pem = make_key(broker, "models/example-signing")
+    (tmp_path / "pub.pem").write_text(pem)
+    with broker.client() as kb:
+        shards, _ = example.make_shards(kb, tmp_path, key="datasets/demo", dataset="ds", shards=2, rows=64)
+        _, _, ckpt = example.train(kb, shards, tmp_path, key="datasets/demo", dataset="ds", run="r",
+                                   epochs=2, sign_key="models/example-signing")
+        envelope = example.attest_model(kb, ckpt, shards, sign_key="models/example-signing", run="r")
+    for step in range(2):
+        path = tmp_path / f"ckpt-{step:04d}.kbef"
+        ok(cli(broker, "verify-blob", str(path), "--signature", str(path) + ".sig",
+               "--public-key", str(tmp_path / "pub.pem")))
+    doc = json.loads(envelope.read_text())
+    keyid = doc["signatures"][0]["keyid"]
+    key = SSlibKey.from_crypto(load_pem_public_key(pem.encode()), keyid=keyid)
+    assert keyid in InTotoEnvelope.from_dict(doc).verify([key], 1)
+    names = [s["name"] for s in json.loads(base64.b64decode(doc["payload"]))["subject"]]
+    assert names == [str(ckpt), *map(str, shards)]
