@@ -16,6 +16,7 @@ mod lifecycle;
 mod output;
 mod policy;
 mod sign;
+mod signed_report;
 
 use std::io::Write;
 use std::path::PathBuf;
