@@ -128,7 +128,7 @@ impl SigningApi {
             .await
             .map_err(|e| key_error(&e, rid))?;
         rec.version(sig.version);
-        algorithm_name(sig.algorithm).clone_into(&mut rec.signed().algorithm);
+        rec.signed().algorithm = Some(algorithm_name(sig.algorithm).to_owned());
         tracing::info!(request_id = %rid, key = name.as_str(), version = sig.version,
             subject = %call.principal.subject, digest = %digest.label(), "digest signed");
         Ok(rid.response(pb::SignResponse {
@@ -173,7 +173,7 @@ impl SigningApi {
             .await
             .map_err(|e| key_error(&e, rid))?;
         rec.version(sig.version);
-        algorithm_name(sig.algorithm).clone_into(&mut rec.signed().algorithm);
+        rec.signed().algorithm = Some(algorithm_name(sig.algorithm).to_owned());
         tracing::info!(request_id = %rid, key = name.as_str(), version = sig.version,
             subject = %call.principal.subject, digest = %digest,
             predicate_type = %statement.predicate_type, "statement signed");

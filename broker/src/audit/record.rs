@@ -241,8 +241,9 @@ pub struct SignedFacts {
     pub predicate_type: Option<String>,
     /// In-toto subjects: name and `alg:hex` digests.
     pub subjects: Vec<SignedSubject>,
-    /// The signature algorithm (`ecdsa-p256` or `ed25519`).
-    pub algorithm: String,
+    /// The signature algorithm (`ecdsa-p256` or `ed25519`), once a key signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
 }
 
 /// One subject of a signature.
