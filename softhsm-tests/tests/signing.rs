@@ -369,3 +369,58 @@ async fn dsse_envelopes_verify_for_both_algorithms_and_rotation_keeps_old_versio
         assert!(envelope.verify(&pk).is_ok());
     }
 }
+
+/// The dev policy, plus: only SLSA provenance may be attested, and only for `models/*` keys.
+const PROVENANCE_ONLY: &str = r#"
+@id("dev-namespace-may-do-anything")
+permit (principal, action, resource) when { principal.namespace == "dev" };
+
+@id("only-slsa-provenance-for-models")
+forbid (principal, action == Keybroker::Action::"SignAttestation", resource)
+unless {
+  resource.name like "models/*" &&
+  context.predicate_type == "https://slsa.dev/provenance/v1"
+};
+"#;
+
+#[tokio::test]
+async fn an_unknown_predicate_type_is_refused_by_policy_and_the_refusal_names_it() {
+    let b = TestBroker::start().await.unwrap();
+    std::fs::write(b.dir.path().join("dev-policy.cedar"), PROVENANCE_ONLY).unwrap();
+    let b = b
+        .restart_with_residency("allowed_jurisdictions = [\"EU\"]")
+        .await
+        .unwrap();
+    let c = b.client().await.unwrap();
+    c.create_signing_key(
+        "models/attest",
+        Algorithm::EcdsaP256,
+        &BTreeMap::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    let subject = hex::encode(Sha256::digest(b"model"));
+    let slsa = statement(&subject, "https://slsa.dev/provenance/v1");
+    c.sign_dsse("models/attest", &slsa).await.unwrap();
+    let other = statement(&subject, "https://example.invalid/unknown-predicate/v1");
+    assert_eq!(
+        code(c.sign_dsse("models/attest", &other).await),
+        Code::PermissionDenied
+    );
+    let refused = last_record(&b);
+    assert_eq!(refused["op"], "sign_dsse");
+    assert_eq!(refused["decision"], "deny");
+    assert_eq!(
+        refused["signed"]["predicate_type"],
+        "https://example.invalid/unknown-predicate/v1"
+    );
+    assert!(
+        refused["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "policy:only-slsa-provenance-for-models"),
+        "{refused}"
+    );
+}
