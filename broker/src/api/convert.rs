@@ -98,8 +98,9 @@ pub(crate) fn purpose_from_pb(p: i32, rid: &RequestId) -> Result<Purpose, Status
     match pb::KeyPurpose::try_from(p) {
         Ok(pb::KeyPurpose::DataKey) => Ok(Purpose::DataKey),
         Ok(pb::KeyPurpose::Seal) => Ok(Purpose::Seal),
+        Ok(pb::KeyPurpose::Xks) => Ok(Purpose::Xks),
         _ => Err(invalid(
-            "purpose must be KEY_PURPOSE_DATA_KEY or KEY_PURPOSE_SEAL",
+            "purpose must be KEY_PURPOSE_DATA_KEY, KEY_PURPOSE_SEAL or KEY_PURPOSE_XKS",
             rid,
         )),
     }
@@ -109,6 +110,7 @@ fn purpose_to_pb(p: Purpose) -> pb::KeyPurpose {
     match p {
         Purpose::DataKey => pb::KeyPurpose::DataKey,
         Purpose::Seal => pb::KeyPurpose::Seal,
+        Purpose::Xks => pb::KeyPurpose::Xks,
     }
 }
 

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 pub use log::{CommitObserver, FileAuditLog};
 pub use pg::{PgAuditLog, lead as lead_pg_publisher, origin as pg_origin, store_checkpoint};
-pub use record::{AuditPrincipal, AuditRecord, Decision, Op, Outcome, Surface};
+pub use record::{AuditPrincipal, AuditRecord, Decision, Op, Outcome, Surface, XksFacts};
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]

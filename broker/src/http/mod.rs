@@ -8,6 +8,7 @@ pub(crate) mod metrics;
 mod ops;
 pub(crate) mod sampler;
 pub(crate) mod transit;
+pub(crate) mod xks;
 
 pub(crate) use ops::router as ops_router;
 
@@ -42,6 +43,9 @@ pub enum HttpError {
     /// The certificate or key could not be read or used.
     #[error("server.tls_cert / server.tls_key for the HTTPS side port: {0}")]
     Tls(String),
+    /// The XKS proxy API could not be set up.
+    #[error(transparent)]
+    Xks(#[from] xks::XksSetupError),
     /// The listen address could not be bound.
     #[error("http.listen: cannot bind {addr}: {source}")]
     Bind {

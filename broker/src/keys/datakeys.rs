@@ -186,8 +186,14 @@ impl KeyService {
         envelope: &Envelope,
         ctx: &EncryptionContext,
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        // Either purpose: a SEAL payload and a wrapped data key open the same way.
+        // Either purpose: a SEAL payload and a wrapped data key open the same way. An XKS key
+        // never opens an envelope: its ciphertexts are AWS KMS's, on the XKS API only.
         check_usable(key, None)?;
+        if key.purpose == Purpose::Xks {
+            return Err(KeyError::Precondition(
+                "key purpose is XKS: it is used on the XKS proxy API only".into(),
+            ));
+        }
         check_version(key, envelope.version, true)?;
         self.hsm_for(key)?
             .pool

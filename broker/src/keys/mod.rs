@@ -16,6 +16,7 @@ mod lifecycle;
 pub mod name;
 mod scheduler;
 mod service;
+pub mod xks;
 
 pub use catalog::{KeyUpdate, MIN_ROTATION_PERIOD};
 pub use error::KeyError;

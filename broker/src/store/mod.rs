@@ -71,6 +71,8 @@ pub enum Purpose {
     DataKey,
     /// Encrypt/decrypt of small secrets.
     Seal,
+    /// An AWS KMS external key: AES-256-GCM on the XKS proxy API only.
+    Xks,
 }
 
 /// State of a whole key.
@@ -465,6 +467,7 @@ impl Purpose {
         match self {
             Purpose::DataKey => "DATA_KEY",
             Purpose::Seal => "SEAL",
+            Purpose::Xks => "XKS",
         }
     }
 
@@ -472,6 +475,7 @@ impl Purpose {
         match s {
             "DATA_KEY" => Ok(Purpose::DataKey),
             "SEAL" => Ok(Purpose::Seal),
+            "XKS" => Ok(Purpose::Xks),
             other => Err(corrupt("keys.purpose", other)),
         }
     }

@@ -97,6 +97,8 @@ pub enum KeyPurpose {
     DataKey,
     /// Encrypt/decrypt of small secrets (seal keys).
     Seal,
+    /// An AWS KMS external key, served on the XKS proxy API.
+    Xks,
     /// Not set, or a value this client does not know.
     Unspecified,
 }
@@ -108,6 +110,7 @@ impl KeyPurpose {
         match self {
             Self::DataKey => "DATA_KEY",
             Self::Seal => "SEAL",
+            Self::Xks => "XKS",
             Self::Unspecified => "UNSPECIFIED",
         }
     }
@@ -116,6 +119,7 @@ impl KeyPurpose {
         match self {
             Self::DataKey => pb::KeyPurpose::DataKey,
             Self::Seal => pb::KeyPurpose::Seal,
+            Self::Xks => pb::KeyPurpose::Xks,
             Self::Unspecified => pb::KeyPurpose::Unspecified,
         }
     }
@@ -124,6 +128,7 @@ impl KeyPurpose {
         match pb::KeyPurpose::try_from(v) {
             Ok(pb::KeyPurpose::DataKey) => Self::DataKey,
             Ok(pb::KeyPurpose::Seal) => Self::Seal,
+            Ok(pb::KeyPurpose::Xks) => Self::Xks,
             _ => Self::Unspecified,
         }
     }

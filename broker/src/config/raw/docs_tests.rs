@@ -15,6 +15,7 @@ use super::http::{RawHttp, RawToken, RawTransit};
 use super::identity::{RawIdentity, RawIssuer};
 use super::log::RawLog;
 use super::mtls::RawTrustDomain;
+use super::xks::{RawXks, RawXksCredential, RawXksStore};
 use super::{RawAudit, RawConfig, RawKeys, RawPolicy, RawResidency, RawServer, RawStore};
 
 const PROBE: &str = "zz_not_a_field";
@@ -54,6 +55,9 @@ fn sections() -> Vec<(&'static str, Vec<String>)> {
         ("http", fields::<RawHttp>()),
         ("http.transit", fields::<RawTransit>()),
         ("http.transit.tokens", fields::<RawToken>()),
+        ("http.xks", fields::<RawXks>()),
+        ("http.xks.stores", fields::<RawXksStore>()),
+        ("http.xks.stores.credentials", fields::<RawXksCredential>()),
         ("log", fields::<RawLog>()),
     ]
 }

@@ -22,6 +22,9 @@ pub(crate) enum PurposeArg {
     DataKey,
     /// Encrypt/decrypt of small secrets (e.g. an OpenBao seal key).
     Seal,
+    /// An AWS KMS external key on the XKS proxy API (name without '/'; usage from the
+    /// `xks-usage` label: encrypt,decrypt (default), encrypt, decrypt or none).
+    Xks,
 }
 
 impl From<PurposeArg> for KeyPurpose {
@@ -29,6 +32,7 @@ impl From<PurposeArg> for KeyPurpose {
         match p {
             PurposeArg::DataKey => KeyPurpose::DataKey,
             PurposeArg::Seal => KeyPurpose::Seal,
+            PurposeArg::Xks => KeyPurpose::Xks,
         }
     }
 }
