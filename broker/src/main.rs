@@ -182,6 +182,11 @@ async fn run_dev(
     reload_on(hangups, broker.reloader(), paths.config(), log);
     let token = keybroker_client::dev_token::mint(&paths.dir, Duration::from_secs(24 * 3600))?;
     keybroker_client::dev_token::write_token_file(&paths.token(), &token)?;
+    // Before client.env: a harness that waits for client.env finds xks.env too.
+    let xks_addr = broker.xks_addr();
+    if let (Some(addr), Some(xks)) = (xks_addr, config.http.as_ref().and_then(|h| h.xks.as_ref())) {
+        dev::write_xks_env(&paths, xks, addr)?;
+    }
     dev::write_client_env(&paths, &endpoint)?;
     println!("keybroker dev mode");
     println!("  endpoint:   {endpoint}");
@@ -200,11 +205,7 @@ async fn run_dev(
         };
         println!("  http:       {scheme}://{addr} (/healthz, /readyz, /metrics{transit})");
     }
-    if let (Some(addr), Some(xks)) = (
-        broker.xks_addr(),
-        config.http.as_ref().and_then(|h| h.xks.as_ref()),
-    ) {
-        dev::write_xks_env(&paths, xks, addr)?;
+    if let (Some(addr), Some(xks)) = (xks_addr, config.http.as_ref().and_then(|h| h.xks.as_ref())) {
         let prefix = xks.stores.first().map_or("", |s| s.uri_prefix.as_str());
         println!(
             "  xks:        https://localhost:{}/{prefix}/kms/xks/v1/ (source {})",
