@@ -345,7 +345,7 @@ mod tests {
     fn xks_key_ids_are_key_names_without_slashes() {
         assert!(is_xks_key_id("xks-main"));
         assert!(is_xks_key_id("a.b-c1"));
-        assert!(!is_xks_key_id("a_b"));
+        assert!(is_xks_key_id("a_b"));
         assert!(!is_xks_key_id("models/a"));
         assert!(!is_xks_key_id("Upper"));
         assert!(!is_xks_key_id(""));
