@@ -178,6 +178,7 @@ fn upgrade_xks(dir: &Path, config: &Path) -> Result<(), DevError> {
     let secret =
         zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&random[24..]));
     write_secret(&d.join("secret"), secret.as_bytes())?;
+    init_kms_client(&d)?;
     write_public(
         config,
         &format!(
@@ -191,8 +192,45 @@ uri_prefix = \"{XKS_PREFIX}\"
 region = \"{XKS_REGION}\"
 keys = [\"xks-*\"]
 credentials = [{{ access_key_id = \"{access_key_id}\", secret_file = \"xks/secret\" }}]
+# Calls must present the dev \"AWS KMS\" client certificate (xks/kms-client.pem), as KMS does.
+mtls = {{ ca_file = \"xks/kms-client-ca.pem\", names = [\"{XKS_CLIENT_NAME}\"] }}
 "
         ),
+    )
+}
+
+/// The name on the dev "AWS KMS" client certificate (KMS presents `cks.kms.<region>.amazonaws.com`).
+pub const XKS_CLIENT_NAME: &str = "cks.kms.eu-central-1.amazonaws.com";
+
+/// A dev CA standing in for Amazon Trust Services, and a client certificate for
+/// [`XKS_CLIENT_NAME`] from it, under `d` (`kms-client-ca.pem`, `kms-client.pem`,
+/// `kms-client-key.pem`).
+fn init_kms_client(d: &Path) -> Result<(), DevError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        "keybroker dev stand-in for the AWS KMS client CA",
+    );
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec![XKS_CLIENT_NAME.to_owned()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, XKS_CLIENT_NAME);
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer)?;
+    write_public(&d.join("kms-client-ca.pem"), &ca_cert.pem())?;
+    write_public(&d.join("kms-client.pem"), &cert.pem())?;
+    write_secret(
+        &d.join("kms-client-key.pem"),
+        key.serialize_pem().as_bytes(),
     )
 }
 
@@ -229,6 +267,21 @@ pub fn write_xks_env(
     );
     for (var, name, _) in XKS_KEYS {
         text.push_str(&format!("export {var}={name}\n"));
+    }
+    if store.mtls.is_some() {
+        let (cert, key) = (
+            paths.dir.join("xks/kms-client.pem"),
+            paths.dir.join("xks/kms-client-key.pem"),
+        );
+        text.push_str(&format!(
+            "# The dev stand-in for AWS KMS's client certificate (the store requires mTLS).\n\
+             export XKS_CLIENT_CERT={}\nexport XKS_CLIENT_KEY={}\n\
+             export MTLS=\"--key {} --cert {}\"\n",
+            cert.display(),
+            key.display(),
+            key.display(),
+            cert.display()
+        ));
     }
     let text = zeroize::Zeroizing::new(text);
     write_secret(&paths.dir.join("xks.env"), text.as_bytes())

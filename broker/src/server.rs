@@ -387,7 +387,8 @@ impl Broker {
                                 crate::tls::server_config(
                                     &config.server.tls_cert,
                                     &config.server.tls_key,
-                                    None,
+                                    crate::http::xks::client_verifier(x)
+                                        .map_err(crate::http::HttpError::Xks)?,
                                     crate::tls::ALPN_HTTP,
                                 )
                                 .map_err(|e| crate::http::HttpError::Tls(e.to_string()))?,

@@ -112,6 +112,18 @@ pub struct XksStoreConfig {
     pub keys: Vec<String>,
     /// SigV4 credential sets (one or two, so KMS credentials rotate without downtime).
     pub credentials: Vec<XksCredentialConfig>,
+    /// Mutual TLS: calls to this store must present a client certificate from this CA with
+    /// one of these names (AWS KMS presents `cks.kms.<region>.amazonaws.com`).
+    pub mtls: Option<XksMtlsConfig>,
+}
+
+/// `[http.xks.stores.mtls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XksMtlsConfig {
+    /// PEM bundle of the CA(s) the client certificate must chain to.
+    pub ca_file: std::path::PathBuf,
+    /// Accepted names: the certificate's subject CN or a DNS subject alternative name.
+    pub names: Vec<String>,
 }
 
 /// One SigV4 credential set: the access key id, and the file holding the secret access key

@@ -30,7 +30,7 @@ pub use check::{CheckItem, CheckReport, check_config};
 pub use error::ConfigError;
 pub use http::{
     HttpConfig, TransitAuth, TransitConfig, TransitToken, XksConfig, XksCredentialConfig,
-    XksStoreConfig,
+    XksMtlsConfig, XksStoreConfig,
 };
 pub use log::{LogConfig, LogFormat};
 pub(crate) use raw::is_trust_domain;

@@ -48,7 +48,14 @@ class Xks:
         self.region = self.env["REGION"]
         self.base = f"https://{self.env['XKS_PROXY_HOST']}"
         self.prefix = self.env["URI_PREFIX"]
-        self.ctx = ssl.create_default_context(cafile=self.env["CURL_CA_BUNDLE"])
+        self.ctx = self.context(with_client_cert=True)
+
+    def context(self, with_client_cert: bool) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.env["CURL_CA_BUNDLE"])
+        if with_client_cert:
+            # The dev store requires mTLS, as AWS KMS presents its client certificate.
+            ctx.load_cert_chain(self.env["XKS_CLIENT_CERT"], self.env["XKS_CLIENT_KEY"])
+        return ctx
 
     def prepare(self, tail: str, body: Any, *, akid: str | None = None, secret: str | None = None,
                 region: str | None = None, service: str = "kms-xks-proxy", prefix: str | None = None,
@@ -60,10 +67,11 @@ class Xks:
         SigV4Auth(Credentials(akid or self.akid, secret or self.secret), service, region or self.region).add_auth(req)
         return req.prepare()
 
-    def send(self, p: AWSPreparedRequest, method: str = "POST") -> tuple[int, dict[str, Any]]:
+    def send(self, p: AWSPreparedRequest, method: str = "POST",
+             ctx: ssl.SSLContext | None = None) -> tuple[int, dict[str, Any]]:
         r = urllib.request.Request(p.url, data=p.body, headers=dict(p.headers), method=method)
         try:
-            with urllib.request.urlopen(r, context=self.ctx, timeout=30) as resp:
+            with urllib.request.urlopen(r, context=ctx or self.ctx, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -421,3 +429,33 @@ def test_a_second_credential_set_works_and_a_removed_one_is_refused(tmp_path_fac
         x = Xks(b)
         assert_error(x.call("keys/xks-demo/metadata", {"requestMetadata": md()}, akid=first.akid, secret=first.secret),
                      401, "AuthenticationFailedException")
+
+
+def test_mtls_a_call_without_the_kms_client_certificate_is_refused_and_audited(broker: Any, xks: Xks,
+                                                                               tmp_path: Path) -> None:
+    p = xks.prepare("keys/xks-demo/metadata", {"requestMetadata": md("DescribeKey")})
+    rid = json.loads(p.body)["requestMetadata"]["kmsRequestId"]
+    # Correctly signed, but no client certificate: the store requires one.
+    assert_error(xks.send(p, ctx=xks.context(with_client_cert=False)), 401, "AuthenticationFailedException")
+    r = record(broker, rid)
+    assert r["decision"] == "deny" and any("client certificate" in x for x in r["reasons"]), r
+    # A certificate from another CA ends the TLS handshake (no HTTP answer at all).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cks.kms.eu-central-1.amazonaws.com")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("cks.kms.eu-central-1.amazonaws.com")]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    ctx = xks.context(with_client_cert=False)
+    ctx.load_cert_chain(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        xks.send(xks.prepare("keys/xks-demo/metadata", {"requestMetadata": md("DescribeKey")}), ctx=ctx)

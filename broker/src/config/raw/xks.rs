@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use super::Ctx;
-use crate::config::{ConfigError, XksConfig, XksCredentialConfig, XksStoreConfig};
+use crate::config::{ConfigError, XksConfig, XksCredentialConfig, XksMtlsConfig, XksStoreConfig};
 
 /// Most key stores one broker serves.
 const MAX_STORES: usize = 32;
@@ -34,6 +34,14 @@ pub(super) struct RawXksStore {
     #[serde(default = "all_keys")]
     keys: Vec<String>,
     credentials: Vec<RawXksCredential>,
+    mtls: Option<RawXksMtls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawXksMtls {
+    ca_file: std::path::PathBuf,
+    names: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -145,12 +153,37 @@ pub(super) fn xks(cx: &Ctx<'_>, raw: RawXks) -> Result<XksConfig, ConfigError> {
                 secret_file: cx.resolve(&format!("{f}.secret_file"), c.secret_file)?,
             });
         }
+        let mtls = match s.mtls {
+            None => None,
+            Some(m) => {
+                if m.names.is_empty()
+                    || m.names.iter().any(|n| {
+                        n.is_empty()
+                            || n.len() > 253
+                            || !n
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                    })
+                {
+                    return Err(cx.invalid(
+                        field("mtls.names"),
+                        "list the client certificate names to accept, e.g. \
+                         [\"cks.kms.eu-central-1.amazonaws.com\"]",
+                    ));
+                }
+                Some(XksMtlsConfig {
+                    ca_file: cx.resolve(&field("mtls.ca_file"), m.ca_file)?,
+                    names: m.names,
+                })
+            }
+        };
         stores.push(XksStoreConfig {
             uri_prefix: prefix.to_owned(),
             region: s.region,
             namespace: s.namespace,
             keys: s.keys,
             credentials,
+            mtls,
         });
     }
     let listen = raw
@@ -164,6 +197,12 @@ pub(super) fn xks(cx: &Ctx<'_>, raw: RawXks) -> Result<XksConfig, ConfigError> {
             })
         })
         .transpose()?;
+    if listen.is_none() && stores.iter().any(|s| s.mtls.is_some()) {
+        return Err(cx.invalid(
+            "http.xks.listen",
+            "a store with mtls needs the XKS API on a listener of its own (http.xks.listen)",
+        ));
+    }
     Ok(XksConfig {
         listen,
         stores,

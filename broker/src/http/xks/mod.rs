@@ -15,6 +15,7 @@
 //! key operation and is only logged.
 
 mod health;
+mod mtls;
 mod ops;
 mod sigv4;
 mod wire;
@@ -31,6 +32,7 @@ use crate::api::ApiState;
 use crate::config::{XksConfig, XksStoreConfig};
 use crate::identity::Principal;
 
+pub(crate) use mtls::client_verifier;
 use sigv4::{Credential, Verifier};
 use wire::XksError;
 
@@ -52,6 +54,14 @@ pub enum XksSetupError {
         /// The file.
         path: String,
         /// What is wrong (never the content).
+        problem: String,
+    },
+    /// An mTLS CA file cannot be used.
+    #[error("http.xks.stores[].mtls.ca_file {path}: {problem}")]
+    Mtls {
+        /// The file.
+        path: String,
+        /// What is wrong.
         problem: String,
     },
 }
@@ -218,6 +228,7 @@ async fn handle(
     method: Method,
     // The router is merged, not nested: this is the path exactly as sent, as SigV4 signs it.
     uri: axum::http::Uri,
+    peer: Option<axum::Extension<crate::http::PeerCertificate>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -246,16 +257,23 @@ async fn handle(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(axum::http::uri::Authority::as_str));
-    let auth = store
-        .verifier
-        .verify(
-            uri.path(),
-            &headers,
-            host,
-            &bytes,
-            std::time::SystemTime::now(),
-        )
-        .map(str::to_owned);
+    let leaf = peer.as_ref().map(|axum::Extension(p)| p.0.as_slice());
+    let auth = match &store.config.mtls {
+        Some(m) => mtls::check(m, leaf),
+        None => Ok(()),
+    }
+    .and_then(|()| {
+        store
+            .verifier
+            .verify(
+                uri.path(),
+                &headers,
+                host,
+                &bytes,
+                std::time::SystemTime::now(),
+            )
+            .map(str::to_owned)
+    });
     let call = ops::Call {
         state: &x.state,
         store: &store.config,

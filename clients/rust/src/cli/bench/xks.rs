@@ -77,13 +77,26 @@ impl XksTarget {
                 .map_err(|e| format!("CA file {ca}: {e}"))?;
             roots.add_parsable_certificates(certs);
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        // A store with mTLS: present the client certificate, as AWS KMS does.
+        let tls = match (var("XKS_CLIENT_CERT"), var("XKS_CLIENT_KEY")) {
+            (Ok(cert), Ok(key)) => {
+                let chain = CertificateDer::pem_file_iter(&cert)
+                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("client certificate {cert}: {e}"))?;
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&key)
+                    .map_err(|e| format!("client key {key}: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| e.to_string())?
+            }
+            _ => builder.with_no_client_auth(),
+        };
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .pool_max_idle_per_host(pool)
