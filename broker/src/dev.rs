@@ -48,6 +48,9 @@ pub enum DevError {
     /// `softhsm2-util` failed.
     #[error("softhsm2-util --init-token failed: {0}")]
     InitToken(String),
+    /// The dev config has no XKS key store (`[[http.xks.stores]]` was removed by hand).
+    #[error("the dev config has no [[http.xks.stores]] with a credential")]
+    NoXksStore,
     /// Certificate or key generation failed.
     #[error("generating dev credentials: {0}")]
     Credentials(#[from] rcgen::Error),
@@ -106,6 +109,7 @@ pub fn prepare(dir: &Path) -> Result<DevPaths, DevError> {
     }
     upgrade_policy(&dir, &paths.config())?;
     upgrade_http(&paths.config())?;
+    upgrade_xks(&dir, &paths.config())?;
     Ok(paths)
 }
 
@@ -134,6 +138,153 @@ fn upgrade_http(config: &Path) -> Result<(), DevError> {
         )?;
     }
     Ok(())
+}
+
+/// URI prefix of the dev XKS key store.
+pub const XKS_PREFIX: &str = "dev/xks";
+/// AWS region of the dev XKS key store (the SigV4 scope the tester signs with).
+pub const XKS_REGION: &str = "eu-central-1";
+/// The dev XKS keys: (name, `xks-usage` label), as AWS's conformance client names them in
+/// `xks.env` (`KEY_ID`, `ENCRYPT_ONLY_KEY_ID`, `DECRYPT_ONLY_KEY_ID`, `IMPOTENT_KEY_ID`).
+pub const XKS_KEYS: [(&str, &str, &str); 4] = [
+    ("KEY_ID", "xks-demo", "encrypt,decrypt"),
+    ("ENCRYPT_ONLY_KEY_ID", "xks-encrypt-only", "encrypt"),
+    ("DECRYPT_ONLY_KEY_ID", "xks-decrypt-only", "decrypt"),
+    ("IMPOTENT_KEY_ID", "xks-impotent", "none"),
+];
+
+/// Dev dirs without an XKS key store get one: a SigV4 credential (secret in `xks/secret`,
+/// 0600) and an `[http.xks]` section with its own TLS listener (the dev side port is plain
+/// HTTP).
+fn upgrade_xks(dir: &Path, config: &Path) -> Result<(), DevError> {
+    let text = fs::read_to_string(config).map_err(io(config))?;
+    if text.contains("[http.xks]") {
+        return Ok(());
+    }
+    let d = dir.join("xks");
+    create_private_dir(&d)?;
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    let rng = ring::rand::SystemRandom::new();
+    let mut random = zeroize::Zeroizing::new([0u8; 56]);
+    rng.fill(random.as_mut_slice())
+        .map_err(|_| DevError::InitToken("no system randomness".into()))?;
+    // 24 characters of A-Z2-7 (32 symbols: a byte mod 32 is unbiased), then a 256-bit secret.
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let access_key_id: String = random[..24]
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b % 32)]))
+        .collect();
+    let secret =
+        zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&random[24..]));
+    write_secret(&d.join("secret"), secret.as_bytes())?;
+    init_kms_client(&d)?;
+    write_public(
+        config,
+        &format!(
+            "{text}
+# The AWS KMS External Key Store proxy API (docs/xks.md): its own TLS listener, one key store.
+[http.xks]
+listen = \"{DEV_XKS_LISTEN}\"
+
+[[http.xks.stores]]
+uri_prefix = \"{XKS_PREFIX}\"
+region = \"{XKS_REGION}\"
+keys = [\"xks-*\"]
+credentials = [{{ access_key_id = \"{access_key_id}\", secret_file = \"xks/secret\" }}]
+# Calls must present the dev \"AWS KMS\" client certificate (xks/kms-client.pem), as KMS does.
+mtls = {{ ca_file = \"xks/kms-client-ca.pem\", names = [\"{XKS_CLIENT_NAME}\"] }}
+"
+        ),
+    )
+}
+
+/// The name on the dev "AWS KMS" client certificate (KMS presents `cks.kms.<region>.amazonaws.com`).
+pub const XKS_CLIENT_NAME: &str = "cks.kms.eu-central-1.amazonaws.com";
+
+/// A dev CA standing in for Amazon Trust Services, and a client certificate for
+/// [`XKS_CLIENT_NAME`] from it, under `d` (`kms-client-ca.pem`, `kms-client.pem`,
+/// `kms-client-key.pem`).
+fn init_kms_client(d: &Path) -> Result<(), DevError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        "keybroker dev stand-in for the AWS KMS client CA",
+    );
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec![XKS_CLIENT_NAME.to_owned()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, XKS_CLIENT_NAME);
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer)?;
+    write_public(&d.join("kms-client-ca.pem"), &ca_cert.pem())?;
+    write_public(&d.join("kms-client.pem"), &cert.pem())?;
+    write_secret(
+        &d.join("kms-client-key.pem"),
+        key.serialize_pem().as_bytes(),
+    )
+}
+
+/// Default listen address of the dev XKS proxy API.
+pub const DEV_XKS_LISTEN: &str = "127.0.0.1:7482";
+
+/// Writes `xks.env` (mode 0600: it holds the dev SigV4 secret) with exactly the variables
+/// AWS's XKS conformance client reads, so `source DIR/xks.env` is all a tester needs.
+///
+/// # Errors
+/// File-system problems, or a config without an XKS key store.
+pub fn write_xks_env(
+    paths: &DevPaths,
+    config: &crate::config::XksConfig,
+    addr: std::net::SocketAddr,
+) -> Result<(), DevError> {
+    let store = config.stores.first().ok_or(DevError::NoXksStore)?;
+    let credential = store.credentials.first().ok_or(DevError::NoXksStore)?;
+    let secret = zeroize::Zeroizing::new(
+        fs::read_to_string(&credential.secret_file).map_err(io(&credential.secret_file))?,
+    );
+    let mut text = format!(
+        "# keybroker dev mode: the XKS proxy API for AWS's conformance client. `source` this\n\
+         # file. Holds the dev SigV4 secret: never copy it to a real key store.\n\
+         export XKS_PROXY_HOST=localhost:{}\nexport URI_PREFIX={}\nexport REGION={}\n\
+         export SIGV4_ACCESS_KEY_ID={}\nexport SIGV4_SECRET_ACCESS_KEY={}\n\
+         export CURL_CA_BUNDLE={}\n",
+        addr.port(),
+        store.uri_prefix,
+        store.region,
+        credential.access_key_id,
+        secret.trim(),
+        paths.ca().display(),
+    );
+    for (var, name, _) in XKS_KEYS {
+        text.push_str(&format!("export {var}={name}\n"));
+    }
+    if store.mtls.is_some() {
+        let (cert, key) = (
+            paths.dir.join("xks/kms-client.pem"),
+            paths.dir.join("xks/kms-client-key.pem"),
+        );
+        text.push_str(&format!(
+            "# The dev stand-in for AWS KMS's client certificate (the store requires mTLS).\n\
+             export XKS_CLIENT_CERT={}\nexport XKS_CLIENT_KEY={}\n\
+             export MTLS=\"--key {} --cert {}\"\n",
+            cert.display(),
+            key.display(),
+            key.display(),
+            cert.display()
+        ));
+    }
+    let text = zeroize::Zeroizing::new(text);
+    write_secret(&paths.dir.join("xks.env"), text.as_bytes())
 }
 
 /// The `[http]` section of the dev config.

@@ -40,6 +40,9 @@ enum Cmd {
         /// Side-port listen address (default from the dev config: 127.0.0.1:7480).
         #[arg(long)]
         http_listen: Option<String>,
+        /// XKS proxy API listen address (default from the dev config: 127.0.0.1:7482).
+        #[arg(long)]
+        xks_listen: Option<String>,
     },
     /// Validates a broker config and its HSM inventory without starting.
     CheckConfig {
@@ -71,6 +74,7 @@ fn real_main() -> anyhow::Result<()> {
             state_dir,
             listen,
             http_listen,
+            xks_listen,
         }) => {
             // Dev mode: core dumps off, root allowed, memory not locked (dev secrets only).
             let hardened = hardening::harden(HardeningOptions {
@@ -85,7 +89,12 @@ fn real_main() -> anyhow::Result<()> {
             unsafe {
                 std::env::set_var("SOFTHSM2_CONF", paths.softhsm_conf());
             }
-            runtime()?.block_on(run_dev(paths, listen, http_listen, &hardened))
+            let listens = DevListens {
+                grpc: listen,
+                http: http_listen,
+                xks: xks_listen,
+            };
+            runtime()?.block_on(run_dev(paths, listens, &hardened))
         }
         None => {
             let path = cli
@@ -117,12 +126,23 @@ fn real_main() -> anyhow::Result<()> {
     }
 }
 
+/// Listen addresses given on the `dev` command line.
+struct DevListens {
+    grpc: Option<String>,
+    http: Option<String>,
+    xks: Option<String>,
+}
+
 async fn run_dev(
     paths: dev::DevPaths,
-    listen: Option<String>,
-    http_listen: Option<String>,
+    listens: DevListens,
     hardened: &Hardened,
 ) -> anyhow::Result<()> {
+    let DevListens {
+        grpc: listen,
+        http: http_listen,
+        xks: xks_listen,
+    } = listens;
     let shutdown = shutdown_signal()?;
     let hangups = hangup_signal()?;
     let mut config = BrokerConfig::load(&paths.config())?;
@@ -138,6 +158,15 @@ async fn run_dev(
             .parse()
             .with_context(|| format!("--http-listen {l}: not an address"))?;
     }
+    if let (Some(l), Some(xks)) = (
+        xks_listen,
+        config.http.as_mut().and_then(|h| h.xks.as_mut()),
+    ) {
+        xks.listen = Some(
+            l.parse()
+                .with_context(|| format!("--xks-listen {l}: not an address"))?,
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| {
@@ -149,9 +178,15 @@ async fn run_dev(
     let endpoint = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
     let broker = Broker::start(&config).await?;
     ensure_demo_key(&broker).await?;
+    ensure_xks_keys(&broker).await?;
     reload_on(hangups, broker.reloader(), paths.config(), log);
     let token = keybroker_client::dev_token::mint(&paths.dir, Duration::from_secs(24 * 3600))?;
     keybroker_client::dev_token::write_token_file(&paths.token(), &token)?;
+    // Before client.env: a harness that waits for client.env finds xks.env too.
+    let xks_addr = broker.xks_addr();
+    if let (Some(addr), Some(xks)) = (xks_addr, config.http.as_ref().and_then(|h| h.xks.as_ref())) {
+        dev::write_xks_env(&paths, xks, addr)?;
+    }
     dev::write_client_env(&paths, &endpoint)?;
     println!("keybroker dev mode");
     println!("  endpoint:   {endpoint}");
@@ -169,6 +204,14 @@ async fn run_dev(
             None => String::new(),
         };
         println!("  http:       {scheme}://{addr} (/healthz, /readyz, /metrics{transit})");
+    }
+    if let (Some(addr), Some(xks)) = (xks_addr, config.http.as_ref().and_then(|h| h.xks.as_ref())) {
+        let prefix = xks.stores.first().map_or("", |s| s.uri_prefix.as_str());
+        println!(
+            "  xks:        https://localhost:{}/{prefix}/kms/xks/v1/ (source {})",
+            addr.port(),
+            paths.dir.join("xks.env").display()
+        );
     }
     println!("  state dir:  {}", paths.dir.display());
     println!("  client env: source {}", paths.client_env().display());
@@ -197,6 +240,29 @@ async fn ensure_demo_key(broker: &Broker) -> anyhow::Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The dev XKS keys (`xks.env` names them), created on first run.
+async fn ensure_xks_keys(broker: &Broker) -> anyhow::Result<()> {
+    use keybroker_broker::keys::KeyError;
+    use keybroker_broker::keys::name::KeyName;
+    use keybroker_broker::keys::xks::XKS_USAGE_LABEL;
+    use keybroker_broker::store::Purpose;
+    for (_, name, usage) in dev::XKS_KEYS {
+        let name = KeyName::parse(name)?;
+        match broker.keys().get_key(&name).await {
+            Ok(_) => {}
+            Err(KeyError::NotFound) => {
+                let labels = [(XKS_USAGE_LABEL.to_owned(), usage.to_owned())].into();
+                broker
+                    .keys()
+                    .create_key(&name, Purpose::Xks, labels, None, None)
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -110,6 +110,14 @@ struct SidePort {
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     transit: Option<crate::config::TransitConfig>,
+    xks: Option<XksPort>,
+}
+
+/// The XKS proxy API: its key stores, and its own TLS listener when it has one.
+#[derive(Debug)]
+struct XksPort {
+    stores: crate::http::xks::Stores,
+    own: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 impl Broker {
@@ -365,6 +373,29 @@ impl Broker {
                     None
                 },
                 transit: http.transit.clone(),
+                xks: match &http.xks {
+                    None => None,
+                    Some(x) => Some(XksPort {
+                        stores: crate::http::xks::Stores::load(x)
+                            .map_err(crate::http::HttpError::Xks)?,
+                        own: match x.listen {
+                            None => None,
+                            Some(addr) => Some((
+                                TcpListener::bind(addr).await.map_err(|source| {
+                                    crate::http::HttpError::Bind { addr, source }
+                                })?,
+                                crate::tls::server_config(
+                                    &config.server.tls_cert,
+                                    &config.server.tls_key,
+                                    crate::http::xks::client_verifier(x)
+                                        .map_err(crate::http::HttpError::Xks)?,
+                                    crate::tls::ALPN_HTTP,
+                                )
+                                .map_err(|e| crate::http::HttpError::Tls(e.to_string()))?,
+                            )),
+                        },
+                    }),
+                },
             }),
             None => None,
         };
@@ -405,6 +436,18 @@ impl Broker {
         self.side_port
             .as_ref()
             .and_then(|s| s.listener.local_addr().ok())
+    }
+
+    /// The address AWS KMS calls for the XKS proxy API, when it is enabled: its own listener,
+    /// or the side port.
+    #[must_use]
+    pub fn xks_addr(&self) -> Option<std::net::SocketAddr> {
+        let side = self.side_port.as_ref()?;
+        let xks = side.xks.as_ref()?;
+        match &xks.own {
+            Some((listener, _)) => listener.local_addr().ok(),
+            None => side.listener.local_addr().ok(),
+        }
     }
 
     /// The key service (dev mode uses it to create the demo key).
@@ -467,6 +510,23 @@ impl Broker {
             let mut router = crate::http::ops_router(readiness, self.state.metrics.clone());
             if let Some(t) = side.transit {
                 router = router.merge(crate::http::transit::router(self.state.clone(), t));
+            }
+            match side.xks {
+                Some(XksPort {
+                    stores,
+                    own: Some((listener, tls)),
+                }) => {
+                    self.tasks.spawn(crate::http::serve(
+                        listener,
+                        Some(tls),
+                        crate::http::xks::router(self.state.clone(), stores),
+                        self.cancel.clone(),
+                    ));
+                }
+                Some(XksPort { stores, own: None }) => {
+                    router = router.merge(crate::http::xks::router(self.state.clone(), stores));
+                }
+                None => {}
             }
             self.tasks.spawn(crate::http::serve(
                 side.listener,

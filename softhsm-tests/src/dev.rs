@@ -58,6 +58,8 @@ impl DevBroker {
                 "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
+                "--xks-listen",
+                "127.0.0.1:0",
             ])
             .args(args)
             .arg("--state-dir")

@@ -59,6 +59,8 @@ fn start_dev(state: &Path) -> Dev {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--xks-listen",
+            "127.0.0.1:0",
             "--state-dir",
         ])
         .arg(state)

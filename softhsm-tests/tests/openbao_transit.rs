@@ -42,6 +42,7 @@ async fn broker() -> TestBroker {
                     spiffe_id: None,
                 }],
             }),
+            xks: None,
         });
     })
     .await

@@ -68,6 +68,7 @@ async fn broker(ca: &TestCa, mode: IdentityMode, auth: TransitAuth) -> TestBroke
                 auth,
                 tokens,
             }),
+            xks: None,
         });
     })
     .await

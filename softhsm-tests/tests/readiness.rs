@@ -45,6 +45,7 @@ async fn readyz_turns_false_when_the_token_is_removed_and_true_when_it_returns()
             listen: "127.0.0.1:0".parse().unwrap(),
             tls: false,
             transit: None,
+            xks: None,
         });
     })
     .await

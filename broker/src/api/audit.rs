@@ -100,6 +100,11 @@ impl Recorder {
             .collect();
     }
 
+    /// What AWS KMS said about an XKS call.
+    pub(crate) fn xks(&mut self, facts: crate::audit::XksFacts) {
+        self.record.xks = Some(facts);
+    }
+
     /// The lease of released key material.
     pub(crate) fn lease(&mut self, id: &str) {
         self.record.lease_id = Some(id.to_owned());

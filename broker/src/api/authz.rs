@@ -12,7 +12,7 @@ use crate::keys::KeyError;
 use crate::keys::context::EncryptionContext;
 use crate::keys::envelope::Envelope;
 use crate::keys::name::KeyName;
-use crate::policy::{Action, AuditAction, KeyFacts};
+use crate::policy::{Action, AuditAction, KeyFacts, XksRequestFacts};
 use crate::store::{KeyRecord, Purpose};
 
 use super::status::key_error;
@@ -25,6 +25,7 @@ pub(super) fn purpose_name(p: Purpose) -> &'static str {
         Purpose::DataKey => "datakey",
         Purpose::Seal => "seal",
         Purpose::Sign(_) => "sign",
+        Purpose::Xks => "xks",
     }
 }
 
@@ -156,6 +157,53 @@ impl ApiState {
             hsm_jurisdiction: &jurisdiction,
         };
         self.decide(call, action, &facts, ctx)
+    }
+
+    /// Authorizes an XKS proxy API call on `record` (an XKS key of the caller's store): the
+    /// residency guard, then the policy with what AWS KMS said about the call.
+    pub(crate) fn authorize_xks(
+        &self,
+        call: &CallContext,
+        action: Action,
+        record: &KeyRecord,
+        xks: &XksRequestFacts<'_>,
+    ) -> Result<(), Status> {
+        let rid = &call.rid;
+        let known = self
+            .keys
+            .hsm_info(&record.hsm_id)
+            .map(|h| h.jurisdiction.clone());
+        let _first = call.facts.hsm.set((record.hsm_id.clone(), known.clone()));
+        let jurisdiction = known.unwrap_or_default();
+        let key = KeyFacts {
+            name: &record.name,
+            purpose: purpose_name(record.purpose),
+            labels: &record.labels,
+            hsm_jurisdiction: &jurisdiction,
+        };
+        if let Some(rule) = self.residency_violation(call, &key) {
+            tracing::info!(request_id = %rid, action = action.as_str(), rule, "residency guard denied");
+            self.metrics.decision("residency_deny");
+            return Err(rid.status(Code::PermissionDenied, format!("residency: {rule}")));
+        }
+        let decision = call
+            .policy
+            .decide_xks(&call.principal, action, &key, xks)
+            .map_err(|e| {
+                tracing::error!(request_id = %rid, error = %e, "policy input error");
+                rid.status(Code::PermissionDenied, DENIED.to_owned())
+            })?;
+        let allowed = decision.allowed;
+        self.metrics
+            .decision(if allowed { "allow" } else { "deny" });
+        tracing::info!(request_id = %rid, action = action.as_str(), allowed,
+            reasons = ?decision.reasons, policy_sha256 = %decision.policy_sha256, "policy decision");
+        let _first = call.facts.decision.set(decision);
+        if allowed {
+            Ok(())
+        } else {
+            Err(rid.status(Code::PermissionDenied, DENIED.to_owned()))
+        }
     }
 
     fn decide(

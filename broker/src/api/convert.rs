@@ -98,12 +98,13 @@ pub(crate) fn purpose_from_pb(p: i32, algorithm: i32, rid: &RequestId) -> Result
     let purpose = match pb::KeyPurpose::try_from(p) {
         Ok(pb::KeyPurpose::DataKey) => Purpose::DataKey,
         Ok(pb::KeyPurpose::Seal) => Purpose::Seal,
+        Ok(pb::KeyPurpose::Xks) => Purpose::Xks,
         Ok(pb::KeyPurpose::Sign) => {
             return super::signing::algorithm_from_pb(algorithm, rid).map(Purpose::Sign);
         }
         _ => {
             return Err(invalid(
-                "purpose must be KEY_PURPOSE_DATA_KEY, KEY_PURPOSE_SEAL or KEY_PURPOSE_SIGN",
+                "purpose must be KEY_PURPOSE_DATA_KEY, KEY_PURPOSE_SEAL, KEY_PURPOSE_SIGN or KEY_PURPOSE_XKS",
                 rid,
             ));
         }
@@ -119,6 +120,7 @@ fn purpose_to_pb(p: Purpose) -> pb::KeyPurpose {
         Purpose::DataKey => pb::KeyPurpose::DataKey,
         Purpose::Seal => pb::KeyPurpose::Seal,
         Purpose::Sign(_) => pb::KeyPurpose::Sign,
+        Purpose::Xks => pb::KeyPurpose::Xks,
     }
 }
 

@@ -36,6 +36,7 @@ pub(crate) fn key_error(err: &KeyError, rid: &RequestId) -> Status {
                 (Code::Unavailable, "HSM unavailable; retry later".to_owned())
             }
         },
+        KeyError::SelfCheck => (Code::Internal, err.to_string()),
         KeyError::Store(_) => (
             Code::Unavailable,
             "key catalog unavailable; retry later".to_owned(),

@@ -67,6 +67,12 @@ pub enum Op {
     SignDsse,
     /// `Signing.GetPublicKey`.
     GetPublicKey,
+    /// XKS proxy API `GetKeyMetadata` (AWS KMS asks a key's spec, usage and status).
+    XksGetKeyMetadata,
+    /// XKS proxy API `Encrypt`.
+    XksEncrypt,
+    /// XKS proxy API `Decrypt`.
+    XksDecrypt,
 }
 
 /// The API surface a call came through.
@@ -77,15 +83,18 @@ pub enum Surface {
     Grpc,
     /// The Vault/OpenBao transit-compatible HTTPS endpoint.
     Transit,
+    /// The AWS KMS External Key Store proxy API.
+    Xks,
 }
 
 impl Surface {
-    /// `grpc` or `transit`.
+    /// `grpc`, `transit` or `xks`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Grpc => "grpc",
             Self::Transit => "transit",
+            Self::Xks => "xks",
         }
     }
 }
@@ -223,6 +232,9 @@ pub struct AuditRecord {
     /// entry. Absent on other records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed: Option<SignedFacts>,
+    /// What AWS KMS said about an XKS call (absent on other surfaces).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xks: Option<XksFacts>,
 }
 
 /// What a SIGN key signed, as its audit record names it.
@@ -255,6 +267,35 @@ pub struct SignedSubject {
     pub digests: Vec<String>,
 }
 
+/// The `requestMetadata` of an XKS call as AWS KMS sent it (each value cut like an identity
+/// field, [`bound_identity`]), with the key store and credential that authenticated it. Never
+/// the plaintext; the AAD only by length and hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct XksFacts {
+    /// The key store's URI prefix.
+    pub key_store: String,
+    /// The SigV4 access key id of the request (not secret; never the secret key).
+    pub access_key_id: Option<String>,
+    /// `kmsRequestId`: correlates with the caller's CloudTrail event.
+    pub kms_request_id: Option<String>,
+    /// `kmsOperation` (e.g. `Encrypt`, `GenerateDataKey`, `CreateKey`).
+    pub kms_operation: Option<String>,
+    /// `awsPrincipalArn`: who called AWS KMS.
+    pub aws_principal_arn: Option<String>,
+    /// `kmsKeyArn`: the KMS key backed by this external key.
+    pub kms_key_arn: Option<String>,
+    /// `kmsViaService`: the AWS service that called KMS on the principal's behalf.
+    pub kms_via_service: Option<String>,
+    /// `awsSourceVpc`.
+    pub aws_source_vpc: Option<String>,
+    /// `awsSourceVpce`.
+    pub aws_source_vpce: Option<String>,
+    /// Bytes of additional authenticated data.
+    pub aad_len: Option<u32>,
+    /// SHA-256 (hex) of that AAD, so an auditor holding the KMS encryption context can match it.
+    pub aad_sha256: Option<String>,
+}
+
 impl AuditRecord {
     /// A record for `op` now, with every optional field empty.
     #[must_use]
@@ -282,6 +323,7 @@ impl AuditRecord {
             lease_expires_at: None,
             surface: Surface::Grpc,
             signed: None,
+            xks: None,
         }
     }
 

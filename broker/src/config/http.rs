@@ -13,6 +13,8 @@ pub struct HttpConfig {
     pub tls: bool,
     /// The transit-compatible seal endpoint, when enabled.
     pub transit: Option<TransitConfig>,
+    /// The AWS XKS proxy API, when enabled.
+    pub xks: Option<XksConfig>,
 }
 
 /// `[http.transit]`: `PUT /v1/<mount>/encrypt/<key>`, `/decrypt/<key>` and
@@ -80,5 +82,67 @@ impl std::fmt::Debug for TransitToken {
             .field("jurisdiction", &self.jurisdiction)
             .field("spiffe_id", &self.spiffe_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// `[http.xks]`: the AWS KMS External Key Store proxy API (`docs/xks.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XksConfig {
+    /// A listen address of its own (always TLS, with the server certificate); absent: the
+    /// API is served on the side port, which then needs `tls = true`.
+    pub listen: Option<SocketAddr>,
+    /// The key stores, one per URI prefix.
+    pub stores: Vec<XksStoreConfig>,
+    /// Refuse a second request carrying a signature already seen within the ±5 min window.
+    pub reject_replays: bool,
+}
+
+/// `[[http.xks.stores]]`: one external key store as AWS KMS sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XksStoreConfig {
+    /// URI prefix without slashes at either end (may be empty): the store serves
+    /// `/<uri_prefix>/kms/xks/v1/…`.
+    pub uri_prefix: String,
+    /// The AWS region of the KMS that calls (the SigV4 credential scope), e.g. `eu-central-1`;
+    /// also the caller's region for the residency guard.
+    pub region: String,
+    /// Namespace fact of the store's principal, for policy.
+    pub namespace: Option<String>,
+    /// Which XKS keys the store may use: exact names, or a prefix ending in `*`.
+    pub keys: Vec<String>,
+    /// SigV4 credential sets (one or two, so KMS credentials rotate without downtime).
+    pub credentials: Vec<XksCredentialConfig>,
+    /// Mutual TLS: calls to this store must present a client certificate from this CA with
+    /// one of these names (AWS KMS presents `cks.kms.<region>.amazonaws.com`).
+    pub mtls: Option<XksMtlsConfig>,
+}
+
+/// `[http.xks.stores.mtls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XksMtlsConfig {
+    /// PEM bundle of the CA(s) the client certificate must chain to.
+    pub ca_file: std::path::PathBuf,
+    /// Accepted names: the certificate's subject CN or a DNS subject alternative name.
+    pub names: Vec<String>,
+}
+
+/// One SigV4 credential set: the access key id, and the file holding the secret access key
+/// (read at start, mode 0600 or stricter; the secret is never in the config text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XksCredentialConfig {
+    /// Access key id: 20-30 of `A-Z2-7`.
+    pub access_key_id: String,
+    /// File holding the secret access key.
+    pub secret_file: std::path::PathBuf,
+}
+
+impl XksStoreConfig {
+    /// Whether the store may use the key `name`.
+    #[must_use]
+    pub fn allows_key(&self, name: &str) -> bool {
+        self.keys.iter().any(|k| match k.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == k,
+        })
     }
 }

@@ -28,7 +28,10 @@ use hsm_config::Inventory;
 
 pub use check::{CheckItem, CheckReport, check_config};
 pub use error::ConfigError;
-pub use http::{HttpConfig, TransitAuth, TransitConfig, TransitToken};
+pub use http::{
+    HttpConfig, TransitAuth, TransitConfig, TransitToken, XksConfig, XksCredentialConfig,
+    XksMtlsConfig, XksStoreConfig,
+};
 pub use log::{LogConfig, LogFormat};
 pub(crate) use raw::is_trust_domain;
 

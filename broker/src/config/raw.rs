@@ -19,6 +19,7 @@ mod log;
 mod mtls;
 mod replica;
 mod store;
+mod xks;
 
 use http::{RawHttp, http};
 use identity::{RawIdentity, identity};

@@ -8,6 +8,7 @@ pub(crate) mod metrics;
 mod ops;
 pub(crate) mod sampler;
 pub(crate) mod transit;
+pub(crate) mod xks;
 
 pub(crate) use ops::router as ops_router;
 
@@ -28,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open HTTP connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection whose handshake failed is kept open for the client to read the alert.
+const LINGER: Duration = Duration::from_secs(2);
 /// Most concurrent connections on the side port.
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -42,6 +45,9 @@ pub enum HttpError {
     /// The certificate or key could not be read or used.
     #[error("server.tls_cert / server.tls_key for the HTTPS side port: {0}")]
     Tls(String),
+    /// The XKS proxy API could not be set up.
+    #[error(transparent)]
+    Xks(#[from] xks::XksSetupError),
     /// The listen address could not be bound.
     #[error("http.listen: cannot bind {addr}: {source}")]
     Bind {
@@ -93,10 +99,12 @@ pub(crate) async fn serve(
                 }
                 return;
             };
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let accept = acceptor.accept(tcp).into_fallible();
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
+                Ok(Err((e, tcp))) => {
                     tracing::debug!(%peer, error = %e, "side port: TLS handshake failed");
+                    linger(tcp).await;
                     return;
                 }
                 Err(_) => {
@@ -122,6 +130,25 @@ pub(crate) async fn serve(
             }
         });
     }
+    drain(graceful).await;
+}
+
+/// Closes a connection whose handshake failed so that the client reads our alert: a TLS 1.3
+/// client sends its request right after its certificate, and closing a socket with that
+/// request unread sends a reset that can overtake the alert (the client then sees a broken
+/// pipe, not "handshake failure"). So: FIN after the alert, then read (and discard) what the
+/// client still sends, for at most [`LINGER`].
+async fn linger(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+async fn drain(graceful: GracefulShutdown) {
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()

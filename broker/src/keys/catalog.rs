@@ -48,6 +48,11 @@ impl KeyService {
         hsm_id: Option<&str>,
         rotation_period: Option<Duration>,
     ) -> Result<KeyRecord, KeyError> {
+        if purpose == Purpose::Xks && !super::xks::is_xks_key_id(name.as_str()) {
+            return Err(KeyError::Invalid(
+                "an XKS key name is its AWS keyId: use [a-z0-9._-] only (no '/')".into(),
+            ));
+        }
         let (hsm_id, hsm) = match hsm_id {
             Some(id) => {
                 let hsm = self.hsms.get(id).ok_or_else(|| {

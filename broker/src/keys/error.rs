@@ -43,6 +43,9 @@ pub enum KeyError {
     /// The HSM failed.
     #[error("HSM: {0}")]
     Hsm(#[from] HsmError),
+    /// The HSM's encryption did not decrypt back to the plaintext (XKS CDIV self-check).
+    #[error("the HSM's encryption did not verify")]
+    SelfCheck,
     /// The catalog failed.
     #[error("catalog: {0}")]
     Store(#[from] StoreError),

@@ -18,6 +18,7 @@ mod scheduler;
 mod service;
 pub mod sign_input;
 mod signing;
+pub mod xks;
 
 pub use catalog::{KeyUpdate, MIN_ROTATION_PERIOD};
 pub use error::KeyError;

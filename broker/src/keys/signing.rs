@@ -57,7 +57,7 @@ pub(super) async fn create_object(
 ) -> Result<(), HsmError> {
     match purpose {
         Purpose::Sign(alg) => pool.create_sign_pair(label, alg).await,
-        Purpose::DataKey | Purpose::Seal => pool.create_aes_key(label).await,
+        Purpose::DataKey | Purpose::Seal | Purpose::Xks => pool.create_aes_key(label).await,
     }
 }
 
@@ -69,7 +69,7 @@ pub(super) async fn object_exists(
 ) -> Result<bool, HsmError> {
     match purpose {
         Purpose::Sign(alg) => pool.sign_pair_exists(label, alg).await,
-        Purpose::DataKey | Purpose::Seal => pool.key_exists(label).await,
+        Purpose::DataKey | Purpose::Seal | Purpose::Xks => pool.key_exists(label).await,
     }
 }
 

@@ -29,6 +29,57 @@ pub struct KeyFacts<'a> {
     pub hsm_jurisdiction: &'a str,
 }
 
+/// What AWS KMS said about an XKS call (`context.xks`); absent values are `""`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct XksRequestFacts<'a> {
+    /// The key store's URI prefix.
+    pub key_store: &'a str,
+    /// `kmsOperation`.
+    pub kms_operation: &'a str,
+    /// `awsPrincipalArn`.
+    pub aws_principal_arn: &'a str,
+    /// `kmsKeyArn`.
+    pub kms_key_arn: &'a str,
+    /// `kmsViaService`.
+    pub kms_via_service: &'a str,
+    /// `awsSourceVpc`.
+    pub aws_source_vpc: &'a str,
+    /// `awsSourceVpce`.
+    pub aws_source_vpce: &'a str,
+}
+
+/// The account id of an ARN (`arn:partition:service:region:account:resource`); `""` for
+/// anything else (a service principal, "AWS Internal").
+fn arn_account(arn: &str) -> &str {
+    let mut parts = arn.splitn(6, ':');
+    match (parts.next(), parts.nth(3)) {
+        (Some("arn"), Some(account))
+            if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            account
+        }
+        _ => "",
+    }
+}
+
+fn xks_record(x: &XksRequestFacts<'_>) -> Result<RestrictedExpression, PolicyError> {
+    RestrictedExpression::new_record([
+        ("key_store".to_owned(), s(x.key_store)),
+        ("kms_operation".to_owned(), s(x.kms_operation)),
+        ("aws_principal_arn".to_owned(), s(x.aws_principal_arn)),
+        (
+            "aws_account".to_owned(),
+            s(arn_account(x.aws_principal_arn)),
+        ),
+        ("kms_key_arn".to_owned(), s(x.kms_key_arn)),
+        ("kms_key_account".to_owned(), s(arn_account(x.kms_key_arn))),
+        ("kms_via_service".to_owned(), s(x.kms_via_service)),
+        ("aws_source_vpc".to_owned(), s(x.aws_source_vpc)),
+        ("aws_source_vpce".to_owned(), s(x.aws_source_vpce)),
+    ])
+    .map_err(|e| PolicyError::Request(e.to_string()))
+}
+
 pub(super) fn uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
     let ty = EntityTypeName::from_str(ty).map_err(|e| PolicyError::Request(e.to_string()))?;
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
@@ -69,6 +120,7 @@ pub(super) fn build(
     action: Action,
     key: &KeyFacts<'_>,
     context: &BTreeMap<String, String>,
+    xks: Option<&XksRequestFacts<'_>>,
 ) -> Result<(Request, Entities), PolicyError> {
     let req_err = |e: &dyn std::fmt::Display| PolicyError::Request(e.to_string());
     let p_uid = uid("Keybroker::Workload", &principal.subject)?;
@@ -89,14 +141,17 @@ pub(super) fn build(
     .map_err(|e| req_err(&e))?;
     let entities =
         Entities::from_entities([workload, key_entity], Some(schema)).map_err(|e| req_err(&e))?;
-    let ctx = Context::from_pairs([
+    let mut pairs = vec![
         (
             "encryption_context".to_owned(),
             RestrictedExpression::new_set(context_pairs(context).iter().map(|p| s(p))),
         ),
         ("job".to_owned(), opt(principal.job_id.as_ref())),
-    ])
-    .map_err(|e| req_err(&e))?;
+    ];
+    if let Some(x) = xks {
+        pairs.push(("xks".to_owned(), xks_record(x)?));
+    }
+    let ctx = Context::from_pairs(pairs).map_err(|e| req_err(&e))?;
     let request = Request::new(p_uid, a_uid, k_uid, ctx, Some(schema)).map_err(|e| req_err(&e))?;
     Ok((request, entities))
 }

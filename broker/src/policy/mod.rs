@@ -18,7 +18,7 @@ use cedar_policy::{Authorizer, PolicySet, Schema};
 
 use crate::identity::Principal;
 
-pub use input::KeyFacts;
+pub use input::{KeyFacts, XksRequestFacts};
 pub use signing::{SignAction, SigningFacts};
 pub use slot::{PolicySlot, Reloaded};
 
@@ -82,11 +82,17 @@ pub enum Action {
     CancelKeyDestruction,
     /// `KeyAdmin.RevokeLeases` (resource `*`).
     RevokeLeases,
+    /// XKS proxy API `GetKeyMetadata`.
+    XksGetKeyMetadata,
+    /// XKS proxy API `Encrypt`.
+    XksEncrypt,
+    /// XKS proxy API `Decrypt`.
+    XksDecrypt,
 }
 
 impl Action {
     /// Every action, for tests and `policy check`.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 18] = [
         Self::GenerateDataKey,
         Self::GenerateDataKeyWithoutPlaintext,
         Self::Decrypt,
@@ -102,6 +108,9 @@ impl Action {
         Self::ScheduleKeyDestruction,
         Self::CancelKeyDestruction,
         Self::RevokeLeases,
+        Self::XksGetKeyMetadata,
+        Self::XksEncrypt,
+        Self::XksDecrypt,
     ];
 
     /// The Cedar action id.
@@ -123,6 +132,9 @@ impl Action {
             Self::ScheduleKeyDestruction => "ScheduleKeyDestruction",
             Self::CancelKeyDestruction => "CancelKeyDestruction",
             Self::RevokeLeases => "RevokeLeases",
+            Self::XksGetKeyMetadata => "XksGetKeyMetadata",
+            Self::XksEncrypt => "XksEncrypt",
+            Self::XksDecrypt => "XksDecrypt",
         }
     }
 }
@@ -236,10 +248,35 @@ impl PolicyEngine {
         if let Some(decision) = self.memo.get(&digest) {
             return Ok(decision);
         }
-        let (request, entities) = input::build(&self.schema, principal, action, key, context)?;
+        let (request, entities) =
+            input::build(&self.schema, principal, action, key, context, None)?;
         let decision = self.evaluate(&request, &entities);
         self.memo.insert(digest, &decision);
         Ok(decision)
+    }
+
+    /// Decides an XKS proxy API call: `principal` is the key store, `xks` what AWS KMS said
+    /// about the call (`context.xks`). Not remembered: the request metadata differs per call.
+    ///
+    /// # Errors
+    /// [`PolicyError::Request`] when the input cannot be expressed in the schema; callers
+    /// treat that as a deny.
+    pub fn decide_xks(
+        &self,
+        principal: &Principal,
+        action: Action,
+        key: &KeyFacts<'_>,
+        xks: &XksRequestFacts<'_>,
+    ) -> Result<Decision, PolicyError> {
+        let (request, entities) = input::build(
+            &self.schema,
+            principal,
+            action,
+            key,
+            &BTreeMap::new(),
+            Some(xks),
+        )?;
+        Ok(self.evaluate(&request, &entities))
     }
 
     /// Decisions this engine remembers.

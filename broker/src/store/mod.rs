@@ -74,6 +74,8 @@ pub enum Purpose {
     /// Signatures (Signing service). The algorithm is fixed for the key's life, so it is part
     /// of the purpose (stored as `SIGN_ECDSA_P256` / `SIGN_ED25519`: no column of its own).
     Sign(crate::hsm::SignAlgorithm),
+    /// An AWS KMS external key: AES-256-GCM on the XKS proxy API only.
+    Xks,
 }
 
 /// State of a whole key.
@@ -470,6 +472,7 @@ impl Purpose {
             Purpose::Seal => "SEAL",
             Purpose::Sign(crate::hsm::SignAlgorithm::EcdsaP256) => "SIGN_ECDSA_P256",
             Purpose::Sign(crate::hsm::SignAlgorithm::Ed25519) => "SIGN_ED25519",
+            Purpose::Xks => "XKS",
         }
     }
 
@@ -479,6 +482,7 @@ impl Purpose {
             "SEAL" => Ok(Purpose::Seal),
             "SIGN_ECDSA_P256" => Ok(Purpose::Sign(crate::hsm::SignAlgorithm::EcdsaP256)),
             "SIGN_ED25519" => Ok(Purpose::Sign(crate::hsm::SignAlgorithm::Ed25519)),
+            "XKS" => Ok(Purpose::Xks),
             other => Err(corrupt("keys.purpose", other)),
         }
     }

@@ -70,6 +70,7 @@ def _dev_broker(state: Path) -> Iterator[DevBroker]:
     log = open(state / "broker.log", "wb")
     proc = subprocess.Popen(
         [str(binary), "dev", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+         "--xks-listen", "127.0.0.1:0",
          "--state-dir", str(state)],
         stdout=log, stderr=subprocess.STDOUT,
     )

@@ -15,6 +15,7 @@ use super::http::{RawHttp, RawToken, RawTransit};
 use super::identity::{RawIdentity, RawIssuer};
 use super::log::RawLog;
 use super::mtls::RawTrustDomain;
+use super::xks::{RawXks, RawXksCredential, RawXksMtls, RawXksStore};
 use super::{RawAudit, RawConfig, RawKeys, RawPolicy, RawResidency, RawServer, RawStore};
 
 const PROBE: &str = "zz_not_a_field";
@@ -54,6 +55,10 @@ fn sections() -> Vec<(&'static str, Vec<String>)> {
         ("http", fields::<RawHttp>()),
         ("http.transit", fields::<RawTransit>()),
         ("http.transit.tokens", fields::<RawToken>()),
+        ("http.xks", fields::<RawXks>()),
+        ("http.xks.stores", fields::<RawXksStore>()),
+        ("http.xks.stores.credentials", fields::<RawXksCredential>()),
+        ("http.xks.stores.mtls", fields::<RawXksMtls>()),
         ("log", fields::<RawLog>()),
     ]
 }

@@ -20,6 +20,7 @@ pub(super) struct RawHttp {
     #[serde(default = "yes")]
     tls: bool,
     transit: Option<RawTransit>,
+    xks: Option<super::xks::RawXks>,
 }
 
 #[derive(Deserialize)]
@@ -80,10 +81,19 @@ pub(super) fn http(cx: &Ctx<'_>, raw: Option<RawHttp>) -> Result<Option<HttpConf
             "the transit endpoint carries seal keys and tokens: it needs tls = true",
         ));
     }
+    let xks = raw.xks.map(|x| super::xks::xks(cx, x)).transpose()?;
+    if xks.as_ref().is_some_and(|x| x.listen.is_none()) && !raw.tls {
+        return Err(cx.invalid(
+            "http.tls",
+            "the XKS proxy API carries key material and SigV4 requests: it needs tls = true \
+             (or an https listener of its own: http.xks.listen)",
+        ));
+    }
     Ok(Some(HttpConfig {
         listen,
         tls: raw.tls,
         transit,
+        xks,
     }))
 }
 

@@ -8,6 +8,7 @@ mod openbao;
 mod raw_hsm;
 mod report;
 mod target;
+mod xks;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -56,6 +57,8 @@ pub(crate) enum TargetArg {
     RawHsm,
     /// OpenBao/Vault transit over HTTP (`--addr`, `--token-file`, `--ca`).
     OpenbaoTransit,
+    /// The XKS proxy API, SigV4-signed as AWS KMS calls it (`--xks-env`; KEY is the keyId).
+    Xks,
 }
 
 /// `keybroker bench` arguments.
@@ -123,6 +126,9 @@ pub(crate) struct BenchArgs {
     /// openbao-transit: server address, e.g. https://127.0.0.1:8200.
     #[arg(long, value_name = "URL")]
     addr: Option<String>,
+    /// xks: the `xks.env` of the key store (as `keybrokerd dev` writes it).
+    #[arg(long, value_name = "FILE")]
+    xks_env: Option<PathBuf>,
 }
 
 /// Everything checked before any connection is made.
@@ -260,6 +266,7 @@ impl BenchArgs {
                 TargetArg::Broker => "broker",
                 TargetArg::RawHsm => "raw-hsm",
                 TargetArg::OpenbaoTransit => "openbao-transit",
+                TargetArg::Xks => "xks",
             },
             op: c.op_name.clone(),
             mix,
@@ -336,6 +343,16 @@ impl BenchArgs {
                 .await
                 .map_err(CliError::Bench)?;
                 Ok((Target::OpenBao(t), self.concurrency))
+            }
+            TargetArg::Xks => {
+                let env = self
+                    .xks_env
+                    .as_deref()
+                    .ok_or_else(|| CliError::Usage("--target xks needs --xks-env FILE".into()))?;
+                let t = xks::XksTarget::connect(env, &key, self.concurrency)
+                    .await
+                    .map_err(CliError::Bench)?;
+                Ok((Target::Xks(t), self.concurrency))
             }
         }
     }

@@ -24,6 +24,9 @@ pub(crate) enum PurposeArg {
     Seal,
     /// Signatures (sign-blob, attest); see --algorithm.
     Sign,
+    /// An AWS KMS external key on the XKS proxy API (name without '/'; usage from the
+    /// `xks-usage` label: encrypt,decrypt (default), encrypt, decrypt or none).
+    Xks,
 }
 
 impl From<PurposeArg> for KeyPurpose {
@@ -32,6 +35,7 @@ impl From<PurposeArg> for KeyPurpose {
             PurposeArg::DataKey => KeyPurpose::DataKey,
             PurposeArg::Seal => KeyPurpose::Seal,
             PurposeArg::Sign => KeyPurpose::Sign,
+            PurposeArg::Xks => KeyPurpose::Xks,
         }
     }
 }

@@ -18,6 +18,8 @@ pub(crate) enum Target {
     RawHsm(RawHsm),
     /// OpenBao transit over HTTP.
     OpenBao(Transit),
+    /// The XKS proxy API, SigV4-signed.
+    Xks(super::xks::XksTarget),
 }
 
 impl Target {
@@ -27,6 +29,7 @@ impl Target {
             Self::Broker(b) => b.call(op, worker).await,
             Self::RawHsm(h) => h.call(op, worker).await,
             Self::OpenBao(t) => t.call(op, worker).await,
+            Self::Xks(x) => x.call(op, worker).await,
         }
     }
 }
