@@ -15,7 +15,7 @@ use super::sign::file_digest;
 /// `keybroker attest --predicate-type URI --predicate FILE --subject FILE… --key-name K`
 #[derive(Debug, clap::Args)]
 pub(crate) struct AttestArgs {
-    /// The predicate type, e.g. https://slsa.dev/provenance/v1.
+    /// The predicate type URI, e.g. `https://slsa.dev/provenance/v1`.
     #[arg(long, value_name = "URI")]
     predicate_type: String,
     /// JSON file holding the predicate (an object).
