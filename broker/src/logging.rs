@@ -45,14 +45,26 @@ pub struct LogHandle {
 }
 
 fn parse(source_name: &'static str, value: &str) -> Result<EnvFilter, LogError> {
-    EnvFilter::builder()
+    let filter = EnvFilter::builder()
         .parse(value)
         .map_err(|e| LogError::Filter {
             source_name,
             value: value.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+    // AWS's SigV4 signer traces the request it signs (the XKS verifier re-signs every XKS
+    // request, whose body holds plaintext): never, whatever level an operator asks for.
+    Ok(filter.add_directive(QUIET_SIGNER.parse().map_err(
+        |e: tracing_subscriber::filter::ParseError| LogError::Filter {
+            source_name,
+            value: QUIET_SIGNER.to_owned(),
+            message: e.to_string(),
+        },
+    )?))
 }
+
+/// The directive that keeps the SigV4 signer quiet.
+const QUIET_SIGNER: &str = "aws_sigv4=warn";
 
 /// Installs the global subscriber: `format` to stderr, the filter from `KEYBROKER_LOG` if set,
 /// else `level` (from `[log] level`).
