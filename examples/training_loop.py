@@ -9,14 +9,22 @@ The model is a linear regression so that the sketch runs anywhere: with PyTorch 
 installed (`torch.save`/`torch.load` straight into/out of the encrypted files), else with
 NumPy (`numpy.save`/`numpy.load`).
 
+With `--sign-key`, every checkpoint is also signed as it is written (`<ckpt>.sig`, cosign's
+format: only the file's SHA-256 leaves the pod) and the final model gets an in-toto provenance
+statement over it and its shards (`final.intoto.json`, a DSSE envelope). Each signature is an
+audit record, so the broker's log doubles as the transparency log (docs/signing.md).
+
 Run against a dev broker (`keybrokerd dev --state-dir DIR`, then `source DIR/client.env`):
 
-    python examples/training_loop.py --workdir /tmp/train --key datasets/demo
+    keybroker keys create models/demo-signing --purpose sign
+    python examples/training_loop.py --workdir /tmp/train --key datasets/demo \
+        --sign-key models/demo-signing
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -78,6 +86,25 @@ def save_checkpoint(kb: KeyBroker, path: Path, *, key: str, run: str, step: int,
     os.replace(tmp, path)
 
 
+def sign_checkpoint(kb: KeyBroker, path: Path, *, sign_key: str) -> Any:
+    """Signs a checkpoint file as written and puts the signature next to it (`<ckpt>.sig`,
+    verifiable with `keybroker verify-blob` or `cosign verify-blob --key`)."""
+    return kb.sign_file(path, key=sign_key, artifact_name=path.name, media_type="application/vnd.keybroker.kbef",
+                        signature_path=path.with_name(path.name + ".sig"))
+
+
+def attest_model(kb: KeyBroker, model: Path, shards: list[Path], *, sign_key: str, run: str) -> Path:
+    """Signs an in-toto provenance statement naming the final model and the shards it was
+    trained on; writes the DSSE envelope to `final.intoto.json` next to the model."""
+    att = kb.attest([model, *shards], predicate_type="https://slsa.dev/provenance/v1",
+                    predicate={"buildDefinition": {"buildType": "https://example.invalid/train@v1",
+                                                   "externalParameters": {"run": run}}},
+                    key=sign_key)
+    out = model.with_name("final.intoto.json")
+    out.write_text(json.dumps(att.envelope))
+    return out
+
+
 def load_checkpoint(kb: KeyBroker, path: Path, *, run: str, step: int) -> np.ndarray:
     """Reads a checkpoint back as a NumPy vector of weights."""
     with kb.open_encrypted(path, "rb", context=checkpoint_context(run, step)) as f:
@@ -89,9 +116,10 @@ def load_checkpoint(kb: KeyBroker, path: Path, *, run: str, step: int) -> np.nda
 
 
 def train(kb: KeyBroker, shards: list[Path], workdir: Path, *, key: str, dataset: str, run: str,
-          epochs: int, lr: float = 0.1, start: np.ndarray | None = None) -> tuple[np.ndarray, list[float], Path]:
-    """Gradient descent over the shards, one checkpoint per epoch. Returns the weights, the
-    loss per epoch and the last checkpoint's path."""
+          epochs: int, lr: float = 0.1, start: np.ndarray | None = None,
+          sign_key: str | None = None) -> tuple[np.ndarray, list[float], Path]:
+    """Gradient descent over the shards, one checkpoint per epoch (signed with `sign_key`, when
+    given). Returns the weights, the loss per epoch and the last checkpoint's path."""
     w = np.zeros(FEATURES, dtype=np.float32) if start is None else start.copy()
     losses = []
     ckpt = workdir / "none"
@@ -113,6 +141,8 @@ def train(kb: KeyBroker, shards: list[Path], workdir: Path, *, key: str, dataset
         ckpt = workdir / f"ckpt-{epoch:04d}.kbef"
         state = torch.from_numpy(w.copy()) if torch is not None else w
         save_checkpoint(kb, ckpt, key=key, run=run, step=epoch, weights=state)
+        if sign_key is not None:
+            sign_checkpoint(kb, ckpt, sign_key=sign_key)
     return w, losses, ckpt
 
 
@@ -122,12 +152,15 @@ def main() -> None:
     ap.add_argument("--key", default="datasets/demo")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--sign-key", help="SIGN key: sign every checkpoint and attest the final model")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     with KeyBroker.from_env() as kb:
         shards, _ = make_shards(kb, args.workdir, key=args.key, dataset="synthetic", shards=args.shards, rows=256)
         _, losses, ckpt = train(kb, shards, args.workdir, key=args.key, dataset="synthetic",
-                                run="example", epochs=args.epochs)
+                                run="example", epochs=args.epochs, sign_key=args.sign_key)
+        if args.sign_key:
+            print(f"provenance: {attest_model(kb, ckpt, shards, sign_key=args.sign_key, run='example')}")
     print(f"backend={'torch' if torch is not None else 'numpy'} losses={[round(x, 4) for x in losses]} "
           f"last checkpoint={ckpt}")
 

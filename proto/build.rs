@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "keybroker/v1/datakeys.proto",
         "keybroker/v1/keyadmin.proto",
         "keybroker/v1/audit.proto",
+        "keybroker/v1/signing.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -50,7 +50,11 @@ fn component(ok: bool, problem: &'static str) -> Component {
 }
 
 /// Service names whose health is reported (besides the server-wide "").
-const SERVICES: [&str; 2] = ["keybroker.v1.DataKeys", "keybroker.v1.KeyAdmin"];
+const SERVICES: [&str; 3] = [
+    "keybroker.v1.DataKeys",
+    "keybroker.v1.KeyAdmin",
+    "keybroker.v1.Signing",
+];
 
 /// Sets the server-wide status and every service's.
 async fn set_all(reporter: &HealthReporter, status: ServingStatus) {

@@ -110,6 +110,12 @@ impl Recorder {
         self.record.lease_id = Some(id.to_owned());
     }
 
+    /// What a signature is over (Sign, SignDsse): set before authorization, so refusals name
+    /// what was asked too.
+    pub(crate) fn signed(&mut self) -> &mut crate::audit::SignedFacts {
+        self.record.signed.get_or_insert_with(Default::default)
+    }
+
     /// The refusal of a call whose work overran [`WORK_BUDGET`].
     pub(crate) fn over_budget(&self) -> Status {
         RequestId(self.record.request_id.clone()).status(
@@ -120,8 +126,18 @@ impl Recorder {
 
     /// Appends the record of this call; returns `result` only if that worked.
     pub(crate) async fn finish<T>(
+        self,
+        result: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        self.finish_indexed(result, |_, _| {}).await
+    }
+
+    /// [`Recorder::finish`], then `set_index` puts the record's log index into a granted
+    /// response (a signature's receipt points at its record).
+    pub(crate) async fn finish_indexed<T>(
         mut self,
         result: Result<Response<T>, Status>,
+        set_index: impl FnOnce(&mut T, u64),
     ) -> Result<Response<T>, Status> {
         let metadata = match &result {
             Ok(r) => r.metadata(),
@@ -198,7 +214,10 @@ impl Recorder {
                 if let Some(lease) = lease {
                     self.leases.push(lease, index).await;
                 }
-                result
+                result.map(|mut r| {
+                    set_index(r.get_mut(), index);
+                    r
+                })
             }
             Err(e) => Err(status::audit_error(&e, &rid)),
         };
@@ -243,7 +262,8 @@ fn fit(record: &mut AuditRecord, rid: &RequestId) -> Option<Status> {
             .map(|(k, v)| k.len() + v.len())
             .sum::<usize>()
         + record.reasons.iter().map(String::len).sum::<usize>()
-        + record.key_name.as_ref().map_or(0, String::len);
+        + record.key_name.as_ref().map_or(0, String::len)
+        + record.signed.as_ref().map_or(0, signed_len);
     if caller_sized <= CHECK_ABOVE {
         return None;
     }
@@ -252,6 +272,9 @@ fn fit(record: &mut AuditRecord, rid: &RequestId) -> Option<Status> {
             tracing::warn!(request_id = %rid, len, "audit record over 16 KiB: refusing the request");
             const WHY: &str = "request too large to record in the audit log";
             record.encryption_context.clear();
+            if let Some(signed) = &mut record.signed {
+                signed.subjects.clear();
+            }
             record.reasons = vec![WHY.to_owned()];
             record.decision = Decision::Deny;
             record.outcome.code = code_name(Code::InvalidArgument);
@@ -260,6 +283,18 @@ fn fit(record: &mut AuditRecord, rid: &RequestId) -> Option<Status> {
         }
         _ => None,
     }
+}
+
+/// Bytes of the caller-sized fields of a signature's facts.
+fn signed_len(s: &crate::audit::SignedFacts) -> usize {
+    [&s.artifact_name, &s.media_type, &s.predicate_type]
+        .iter()
+        .map(|f| f.as_ref().map_or(0, String::len))
+        .sum::<usize>()
+        + s.subjects
+            .iter()
+            .map(|sub| sub.name.len() + sub.digests.iter().map(String::len).sum::<usize>())
+            .sum::<usize>()
 }
 
 /// Refusals of the request itself are denials; failures on our side (HSM, catalog) happened

@@ -20,11 +20,12 @@ use super::{ApiState, CallContext};
 
 const DENIED: &str = "permission denied";
 
-fn purpose_name(p: Purpose) -> &'static str {
+pub(super) fn purpose_name(p: Purpose) -> &'static str {
     match p {
         Purpose::DataKey => "datakey",
         Purpose::Seal => "seal",
         Purpose::Xks => "xks",
+        Purpose::Sign(_) => "sign",
     }
 }
 
@@ -270,7 +271,11 @@ impl ApiState {
     }
 
     /// The residency rule a call breaks, if any. Not configurable away: it runs before policy.
-    fn residency_violation(&self, call: &CallContext, key: &KeyFacts<'_>) -> Option<&'static str> {
+    pub(super) fn residency_violation(
+        &self,
+        call: &CallContext,
+        key: &KeyFacts<'_>,
+    ) -> Option<&'static str> {
         let r = &self.residency;
         if !r.allowed_jurisdictions.contains(key.hsm_jurisdiction) {
             return Some("the key's HSM jurisdiction is not in allowed_jurisdictions");

@@ -94,16 +94,25 @@ pub(crate) fn lease(l: &Lease) -> pb::Lease {
     }
 }
 
-pub(crate) fn purpose_from_pb(p: i32, rid: &RequestId) -> Result<Purpose, Status> {
-    match pb::KeyPurpose::try_from(p) {
-        Ok(pb::KeyPurpose::DataKey) => Ok(Purpose::DataKey),
-        Ok(pb::KeyPurpose::Seal) => Ok(Purpose::Seal),
-        Ok(pb::KeyPurpose::Xks) => Ok(Purpose::Xks),
-        _ => Err(invalid(
-            "purpose must be KEY_PURPOSE_DATA_KEY, KEY_PURPOSE_SEAL or KEY_PURPOSE_XKS",
-            rid,
-        )),
+pub(crate) fn purpose_from_pb(p: i32, algorithm: i32, rid: &RequestId) -> Result<Purpose, Status> {
+    let purpose = match pb::KeyPurpose::try_from(p) {
+        Ok(pb::KeyPurpose::DataKey) => Purpose::DataKey,
+        Ok(pb::KeyPurpose::Seal) => Purpose::Seal,
+        Ok(pb::KeyPurpose::Xks) => Purpose::Xks,
+        Ok(pb::KeyPurpose::Sign) => {
+            return super::signing::algorithm_from_pb(algorithm, rid).map(Purpose::Sign);
+        }
+        _ => {
+            return Err(invalid(
+                "purpose must be KEY_PURPOSE_DATA_KEY, KEY_PURPOSE_SEAL, KEY_PURPOSE_SIGN or KEY_PURPOSE_XKS",
+                rid,
+            ));
+        }
+    };
+    if algorithm != 0 {
+        return Err(invalid("algorithm is only for KEY_PURPOSE_SIGN keys", rid));
     }
+    Ok(purpose)
 }
 
 fn purpose_to_pb(p: Purpose) -> pb::KeyPurpose {
@@ -111,6 +120,7 @@ fn purpose_to_pb(p: Purpose) -> pb::KeyPurpose {
         Purpose::DataKey => pb::KeyPurpose::DataKey,
         Purpose::Seal => pb::KeyPurpose::Seal,
         Purpose::Xks => pb::KeyPurpose::Xks,
+        Purpose::Sign(_) => pb::KeyPurpose::Sign,
     }
 }
 
@@ -137,6 +147,10 @@ pub(crate) fn key(k: &KeyRecord, keys: &KeyService) -> pb::Key {
     pb::Key {
         name: k.name.clone(),
         purpose: purpose_to_pb(k.purpose).into(),
+        algorithm: match k.purpose {
+            Purpose::Sign(alg) => super::signing::algorithm_to_pb(alg).into(),
+            _ => 0,
+        },
         state: key_state_to_pb(k.state).into(),
         labels: k.labels.clone().into_iter().collect(),
         hsm_id: k.hsm_id.clone(),

@@ -72,7 +72,7 @@ impl KeyAdminApi {
         let r = req.into_inner();
         let name = convert::key_name(&r.name, rid)?;
         rec.key(name.as_str());
-        let purpose = convert::purpose_from_pb(r.purpose, rid)?;
+        let purpose = convert::purpose_from_pb(r.purpose, r.algorithm, rid)?;
         let labels = convert::labels(r.labels, rid)?;
         let rotation = convert::rotation_period(r.rotation_period, rid)?.flatten();
         let hsm = (!r.hsm_id.is_empty()).then_some(r.hsm_id.as_str());

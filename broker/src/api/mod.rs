@@ -5,10 +5,12 @@ pub(crate) mod audit;
 mod audit_service;
 mod audit_watch;
 mod authz;
+mod authz_sign;
 mod convert;
 pub(crate) mod datakeys;
 mod keyadmin;
 pub(crate) mod request_span;
+mod signing;
 mod status;
 mod wrap;
 
@@ -194,6 +196,7 @@ where
     use keybroker_proto::v1::audit_server::AuditServer;
     use keybroker_proto::v1::data_keys_server::DataKeysServer;
     use keybroker_proto::v1::key_admin_server::KeyAdminServer;
+    use keybroker_proto::v1::signing_server::SigningServer;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(keybroker_proto::FILE_DESCRIPTOR_SET)
@@ -210,6 +213,10 @@ where
         )
         .add_service(
             KeyAdminServer::new(KeyAdminApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            SigningServer::new(signing::SigningApi::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(AuditServer::new(audit_service::AuditApi::new(state)))

@@ -67,6 +67,12 @@ pub enum Op {
     XksEncrypt,
     /// XKS proxy API `Decrypt`.
     XksDecrypt,
+    /// `Signing.Sign`.
+    Sign,
+    /// `Signing.SignDsse`.
+    SignDsse,
+    /// `Signing.GetPublicKey`.
+    GetPublicKey,
 }
 
 /// The API surface a call came through.
@@ -225,6 +231,40 @@ pub struct AuditRecord {
     /// What AWS KMS said about an XKS call (absent on other surfaces).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xks: Option<XksFacts>,
+    /// What a signature (Sign, SignDsse) was made over: the record is its transparency-log
+    /// entry. Absent on other records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedFacts>,
+}
+
+/// What a SIGN key signed, as its audit record names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SignedFacts {
+    /// The digest signed, `alg:hex` (Sign: the artifact's; SignDsse: the statement's SHA-256).
+    pub digest: String,
+    /// Artifact name (Sign).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_name: Option<String>,
+    /// Media type (Sign), when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The statement's predicate type (SignDsse).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicate_type: Option<String>,
+    /// In-toto subjects: name and `alg:hex` digests.
+    pub subjects: Vec<SignedSubject>,
+    /// The signature algorithm (`ecdsa-p256` or `ed25519`), once a key signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+}
+
+/// One subject of a signature.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SignedSubject {
+    /// Name.
+    pub name: String,
+    /// `alg:hex` digests.
+    pub digests: Vec<String>,
 }
 
 /// The `requestMetadata` of an XKS call as AWS KMS sent it (each value cut like an identity
@@ -283,6 +323,7 @@ impl AuditRecord {
             lease_expires_at: None,
             surface: Surface::Grpc,
             xks: None,
+            signed: None,
         }
     }
 

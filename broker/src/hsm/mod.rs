@@ -11,6 +11,8 @@ mod module;
 mod ops;
 mod pool;
 mod seal;
+mod sign;
+mod sign_pool;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ pub use eddsa_pool::Ed25519Pair;
 pub use error::{HsmError, HsmErrorKind, triage};
 pub use pool::PoolSnapshot;
 pub use seal::{SealInput, SealedGcm};
+pub use sign::SignAlgorithm;
 
 /// Which token of the module to use.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ mod mtls;
 mod principal;
 mod remote;
 pub(crate) mod spiffe;
-mod strict_json;
+pub(crate) mod strict_json;
 pub(crate) mod svid;
 mod token_cache;
 

@@ -88,7 +88,8 @@ impl KeyService {
             }
             other => other?,
         };
-        if let Err(e) = hsm.pool.create_aes_key(&name.hsm_label(1)).await {
+        if let Err(e) = super::signing::create_object(&hsm.pool, &name.hsm_label(1), purpose).await
+        {
             if let Err(abort) = self.store.abort_create(name.as_str()).await {
                 tracing::error!(key = name.as_str(), error = %abort, "could not free the name after a failed HSM create");
             }
@@ -177,9 +178,9 @@ impl KeyService {
         let hsm = self.hsm_for(key)?;
         let label = name.hsm_label(version);
         // After a crash the object may already exist: then it is the version's key.
-        let created = match hsm.pool.key_exists(&label).await {
+        let created = match super::signing::object_exists(&hsm.pool, &label, key.purpose).await {
             Ok(true) => Ok(()),
-            Ok(false) => hsm.pool.create_aes_key(&label).await,
+            Ok(false) => super::signing::create_object(&hsm.pool, &label, key.purpose).await,
             Err(e) => Err(e),
         };
         if let Err(e) = created {

@@ -194,6 +194,11 @@ impl KeyService {
                 "key purpose is XKS: it is used on the XKS proxy API only".into(),
             ));
         }
+        if matches!(key.purpose, Purpose::Sign(_)) {
+            return Err(KeyError::Precondition(
+                "key purpose is SIGN; it opens no ciphertext".into(),
+            ));
+        }
         check_version(key, envelope.version, true)?;
         self.hsm_for(key)?
             .pool

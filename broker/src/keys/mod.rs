@@ -16,6 +16,8 @@ mod lifecycle;
 pub mod name;
 mod scheduler;
 mod service;
+pub mod sign_input;
+mod signing;
 pub mod xks;
 
 pub use catalog::{KeyUpdate, MIN_ROTATION_PERIOD};
@@ -27,3 +29,4 @@ pub use service::{
     Caller, DATA_KEY_LEN, GCM_RANDOM_IV_LIMIT, HsmHandle, KeyService, KeySettings, Lease,
     MAX_DESTRUCTION_WAIT, MAX_SEAL_PLAINTEXT, Released, Sealed,
 };
+pub use signing::{PublicKeyInfo, Signature};

@@ -80,16 +80,16 @@ fn xks_record(x: &XksRequestFacts<'_>) -> Result<RestrictedExpression, PolicyErr
     .map_err(|e| PolicyError::Request(e.to_string()))
 }
 
-fn uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
+pub(super) fn uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
     let ty = EntityTypeName::from_str(ty).map_err(|e| PolicyError::Request(e.to_string()))?;
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
-fn s(v: &str) -> RestrictedExpression {
+pub(super) fn s(v: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(v.to_owned())
 }
 
-fn opt(v: Option<&String>) -> RestrictedExpression {
+pub(super) fn opt(v: Option<&String>) -> RestrictedExpression {
     s(v.map_or("", String::as_str))
 }
 

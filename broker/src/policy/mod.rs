@@ -6,6 +6,7 @@
 
 mod input;
 mod memo;
+mod signing;
 mod slot;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,7 @@ use cedar_policy::{Authorizer, PolicySet, Schema};
 use crate::identity::Principal;
 
 pub use input::{KeyFacts, XksRequestFacts};
+pub use signing::{SignAction, SigningFacts};
 pub use slot::{PolicySlot, Reloaded};
 
 /// The schema every policy is validated against.

@@ -73,6 +73,9 @@ pub enum Purpose {
     Seal,
     /// An AWS KMS external key: AES-256-GCM on the XKS proxy API only.
     Xks,
+    /// Signatures (Signing service). The algorithm is fixed for the key's life, so it is part
+    /// of the purpose (stored as `SIGN_ECDSA_P256` / `SIGN_ED25519`: no column of its own).
+    Sign(crate::hsm::SignAlgorithm),
 }
 
 /// State of a whole key.
@@ -468,6 +471,8 @@ impl Purpose {
             Purpose::DataKey => "DATA_KEY",
             Purpose::Seal => "SEAL",
             Purpose::Xks => "XKS",
+            Purpose::Sign(crate::hsm::SignAlgorithm::EcdsaP256) => "SIGN_ECDSA_P256",
+            Purpose::Sign(crate::hsm::SignAlgorithm::Ed25519) => "SIGN_ED25519",
         }
     }
 
@@ -476,6 +481,8 @@ impl Purpose {
             "DATA_KEY" => Ok(Purpose::DataKey),
             "SEAL" => Ok(Purpose::Seal),
             "XKS" => Ok(Purpose::Xks),
+            "SIGN_ECDSA_P256" => Ok(Purpose::Sign(crate::hsm::SignAlgorithm::EcdsaP256)),
+            "SIGN_ED25519" => Ok(Purpose::Sign(crate::hsm::SignAlgorithm::Ed25519)),
             other => Err(corrupt("keys.purpose", other)),
         }
     }

@@ -13,11 +13,12 @@ from conftest import REPO
 CTX = {"dataset": "demo", "shard": "7"}
 
 
-def cli(broker, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def cli(broker, *args: str, stdin: bytes | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     binary = Path(os.environ.get("KEYBROKER_CLI", REPO / "target" / "debug" / "keybroker"))
     if not binary.is_file():
         pytest.fail(f"CLI binary {binary} missing: run `cargo build --workspace --bins` first")
-    env = {**os.environ, **broker.env}
+    env = {**os.environ, **broker.env, **(env or {})}
     return subprocess.run([str(binary), *args], env=env, input=stdin, capture_output=True, timeout=120)
 
 

@@ -33,6 +33,7 @@ impl Client {
             labels: to_map(labels),
             hsm_id: hsm_id.unwrap_or_default().to_owned(),
             rotation_period: None,
+            algorithm: 0,
         };
         let (req, rid) = self.request(msg).await?;
         let key = self

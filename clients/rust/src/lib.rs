@@ -30,6 +30,7 @@ pub mod file;
 mod lifecycle;
 pub mod policy;
 pub mod retry;
+pub mod signing;
 mod token;
 mod types;
 

@@ -99,6 +99,8 @@ pub enum KeyPurpose {
     Seal,
     /// An AWS KMS external key, served on the XKS proxy API.
     Xks,
+    /// Signatures (SIGN keys; `create_key` makes ECDSA P-256, see `create_signing_key`).
+    Sign,
     /// Not set, or a value this client does not know.
     Unspecified,
 }
@@ -111,6 +113,7 @@ impl KeyPurpose {
             Self::DataKey => "DATA_KEY",
             Self::Seal => "SEAL",
             Self::Xks => "XKS",
+            Self::Sign => "SIGN",
             Self::Unspecified => "UNSPECIFIED",
         }
     }
@@ -120,6 +123,7 @@ impl KeyPurpose {
             Self::DataKey => pb::KeyPurpose::DataKey,
             Self::Seal => pb::KeyPurpose::Seal,
             Self::Xks => pb::KeyPurpose::Xks,
+            Self::Sign => pb::KeyPurpose::Sign,
             Self::Unspecified => pb::KeyPurpose::Unspecified,
         }
     }
@@ -129,6 +133,7 @@ impl KeyPurpose {
             Ok(pb::KeyPurpose::DataKey) => Self::DataKey,
             Ok(pb::KeyPurpose::Seal) => Self::Seal,
             Ok(pb::KeyPurpose::Xks) => Self::Xks,
+            Ok(pb::KeyPurpose::Sign) => Self::Sign,
             _ => Self::Unspecified,
         }
     }

@@ -16,9 +16,11 @@ from .errors import (
     KeyBrokerError,
     LeaseExpiredError,
 )
+from .signing import Attestation, Signature
 from .stream import EncryptedReader, EncryptedWriter, StaticKey
 
 __all__ = [
+    "Attestation",
     "BrokerError",
     "ContextMismatchError",
     "DataKey",
@@ -29,5 +31,6 @@ __all__ = [
     "KeyBroker",
     "KeyBrokerError",
     "LeaseExpiredError",
+    "Signature",
     "StaticKey",
 ]

@@ -21,6 +21,7 @@ from google.protobuf import duration_pb2
 
 from . import format as fmt
 from .errors import BrokerError, ContextMismatchError, KeyBrokerError
+from .signing import SigningMixin
 from .stream import EncryptedReader, EncryptedWriter
 from .v1 import datakeys_pb2, datakeys_pb2_grpc
 
@@ -80,7 +81,7 @@ class _TokenFile:
         return self._token
 
 
-class KeyBroker:
+class KeyBroker(SigningMixin):
     """Client of a keybroker's DataKeys service.
 
     `endpoint` is `https://host:port` (TLS; `ca` is the CA bundle to trust, `cert`/`key` a

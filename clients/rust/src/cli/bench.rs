@@ -42,6 +42,8 @@ pub(crate) enum OpArg {
     Decrypt,
     /// Encrypt of a 32-byte payload under the SEAL key.
     Encrypt,
+    /// Sign of a SHA-256 digest (KEY is a SIGN key; raw-hsm: CKM_ECDSA on a P-256 pair).
+    Sign,
     /// A weighted mix (`--mix`).
     Mixed,
 }
@@ -156,6 +158,7 @@ impl BenchArgs {
             (OpArg::Datakey, None) => Mix::single(OpKind::Datakey),
             (OpArg::Decrypt, None) => Mix::single(OpKind::Decrypt),
             (OpArg::Encrypt, None) => Mix::single(OpKind::Encrypt),
+            (OpArg::Sign, None) => Mix::single(OpKind::Sign),
         };
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             return usage("--concurrency must be 1..=10000");
@@ -316,7 +319,8 @@ impl BenchArgs {
                     key_label: self.hsm_key_label.clone(),
                 };
                 let n = self.concurrency;
-                let hsm = tokio::task::spawn_blocking(move || RawHsm::open(&settings, n))
+                let sign = c.mix.ops().any(|op| op == OpKind::Sign);
+                let hsm = tokio::task::spawn_blocking(move || RawHsm::open(&settings, n, sign))
                     .await
                     .map_err(|e| CliError::Bench(e.to_string()))?
                     .map_err(CliError::Bench)?;

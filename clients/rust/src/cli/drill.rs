@@ -51,6 +51,8 @@ pub(crate) struct RevokeArgs {
     /// Also write the JSON report to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    #[command(flatten)]
+    sign: super::signed_report::SignWith,
 }
 
 impl DrillCmd {
@@ -231,7 +233,11 @@ impl RevokeArgs {
             passed,
         };
         let verdict = (passed, "revocation drill FAILED: see the report");
-        emit(&report, verdict, format, out, self.report.as_ref(), |w| {
+        let about = (self.key.as_str(), super::signed_report::DRILL_REPORT);
+        let file = (self.sign)
+            .write(&operator, &report, self.report.as_ref(), about)
+            .await?;
+        emit(&report, verdict, format, out, file, |w| {
             revoke_text(&report, w)
         })
     }

@@ -25,6 +25,8 @@ pub(crate) enum PurposeArg {
     /// An AWS KMS external key on the XKS proxy API (name without '/'; usage from the
     /// `xks-usage` label: encrypt,decrypt (default), encrypt, decrypt or none).
     Xks,
+    /// Signatures (sign-blob, attest); see --algorithm.
+    Sign,
 }
 
 impl From<PurposeArg> for KeyPurpose {
@@ -33,6 +35,7 @@ impl From<PurposeArg> for KeyPurpose {
             PurposeArg::DataKey => KeyPurpose::DataKey,
             PurposeArg::Seal => KeyPurpose::Seal,
             PurposeArg::Xks => KeyPurpose::Xks,
+            PurposeArg::Sign => KeyPurpose::Sign,
         }
     }
 }
@@ -53,7 +56,12 @@ pub(crate) enum KeysCmd {
         /// HSM inventory id (default: the first HSM whose jurisdiction is allowed).
         #[arg(long = "hsm", value_name = "ID")]
         hsm: Option<String>,
+        /// Signature algorithm of a `--purpose sign` key (default ecdsa-p256).
+        #[arg(long, value_enum)]
+        algorithm: Option<super::sign::AlgorithmArg>,
     },
+    /// Print the public key of a SIGN key (PEM with --output text).
+    PublicKey(super::sign::PublicKeyArgs),
     /// Describe a key.
     Get {
         /// Key name.
@@ -102,14 +110,29 @@ impl KeysCmd {
                 purpose,
                 labels,
                 hsm,
+                algorithm,
             } => {
                 let labels = pairs_to_map("label", labels)?;
+                if algorithm.is_some() && *purpose != PurposeArg::Sign {
+                    return Err(CliError::Usage("--algorithm is for --purpose sign".into()));
+                }
                 let client = super::connect(global).await?;
-                let key = client
-                    .create_key(name, (*purpose).into(), &labels, hsm.as_deref())
-                    .await?;
+                let key = match algorithm {
+                    Some(alg) => {
+                        let alg = (*alg).into();
+                        client
+                            .create_signing_key(name, alg, &labels, hsm.as_deref())
+                            .await?
+                    }
+                    None => {
+                        client
+                            .create_key(name, (*purpose).into(), &labels, hsm.as_deref())
+                            .await?
+                    }
+                };
                 print_key(&key, format, out)?;
             }
+            Self::PublicKey(a) => a.run(global, format, out).await?,
             Self::Get { name } => {
                 let key = super::connect(global).await?.get_key(name).await?;
                 print_key(&key, format, out)?;

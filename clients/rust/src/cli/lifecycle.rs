@@ -112,6 +112,11 @@ pub(crate) enum LeasesCmd {
         /// Only the principal of this token issuer (default: every issuer).
         #[arg(long, value_name = "ISS", requires = "principal")]
         issuer: Option<String>,
+        /// Write a teardown report (target, leases revoked, until when, when) to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        sign: super::signed_report::SignWith,
     },
 }
 
@@ -201,6 +206,18 @@ struct RevokeJson {
     revoked_until: Option<String>,
 }
 
+/// The `--report` of `leases revoke`: what was torn down, and when.
+#[derive(Serialize)]
+struct TeardownReport {
+    report: &'static str,
+    job: Option<String>,
+    principal: Option<String>,
+    issuer: Option<String>,
+    revoked_at: Option<String>,
+    leases_revoked: u32,
+    revoked_until: Option<String>,
+}
+
 impl LeasesCmd {
     /// Runs the command, printing to `out`.
     ///
@@ -216,10 +233,33 @@ impl LeasesCmd {
             job,
             principal,
             issuer,
+            report,
+            sign,
         } = self;
         let target = revoke_target(job.as_deref(), principal.as_deref(), issuer.as_deref())?;
-        let r = super::connect(g).await?.revoke_leases(&target).await?;
+        let client = super::connect(g).await?;
+        let r = client.revoke_leases(&target).await?;
         let until = rfc3339(r.revoked_until);
+        if report.is_some() {
+            let doc = TeardownReport {
+                report: "leases-revoke",
+                job: job.clone(),
+                principal: principal.clone(),
+                issuer: issuer.clone(),
+                revoked_at: rfc3339(Some(time::OffsetDateTime::now_utc())),
+                leases_revoked: r.leases_revoked,
+                revoked_until: until.clone(),
+            };
+            let subject = match (job, principal) {
+                (Some(j), _) => format!("job:{j}"),
+                (None, p) => format!("principal:{}", p.as_deref().unwrap_or_default()),
+            };
+            let about = (subject.as_str(), super::signed_report::TEARDOWN_REPORT);
+            if let Some(path) = sign.write(&client, &doc, report.as_ref(), about).await? {
+                let mut f = std::fs::File::create(path)?;
+                write_json(&mut f, &doc)?;
+            }
+        }
         match format {
             Format::Json => write_json(
                 out,

@@ -3,6 +3,7 @@
 //! [`ClientConfig`] with errors that say which flag or variable is missing.
 
 mod args;
+mod attest;
 mod audit;
 mod bench;
 mod datakey;
@@ -14,6 +15,8 @@ mod keys;
 mod lifecycle;
 mod output;
 mod policy;
+mod sign;
+mod signed_report;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -93,6 +96,12 @@ enum Command {
     /// Load test: ops/s, latency percentiles and errors against a broker (or, for
     /// comparison, the HSM alone or OpenBao transit).
     Bench(Box<bench::BenchArgs>),
+    /// Sign a file's SHA-256 with a SIGN key (cosign's format); --bundle adds the log receipt.
+    SignBlob(sign::SignBlobArgs),
+    /// Verify a sign-blob signature, and with --bundle its inclusion in the audit log, offline.
+    VerifyBlob(sign::VerifyBlobArgs),
+    /// Sign an in-toto statement about files as a DSSE envelope.
+    Attest(attest::AttestArgs),
 }
 
 impl Cli {
@@ -113,6 +122,9 @@ impl Cli {
             Command::Decrypt(args) => args.run(&self.global, out).await,
             Command::Audit(cmd) => cmd.run(&self.global, format, out).await,
             Command::Bench(args) => args.run(&self.global, format, out),
+            Command::SignBlob(args) => args.run(&self.global, format, out).await,
+            Command::VerifyBlob(args) => args.run(&self.global, format, out).await,
+            Command::Attest(args) => args.run(&self.global, format, out).await,
         }
     }
 }

@@ -57,7 +57,9 @@ impl Mix {
                 .split_once('=')
                 .ok_or_else(|| format!("expected OP=WEIGHT in --mix, got {part:?}"))?;
             let op = OpKind::from_name(name.trim()).ok_or_else(|| {
-                format!("unknown operation {name:?} in --mix: use datakey, decrypt or encrypt")
+                format!(
+                    "unknown operation {name:?} in --mix: use datakey, decrypt, encrypt or sign"
+                )
             })?;
             let weight: u32 = weight
                 .trim()

@@ -4,7 +4,8 @@
 //! 12 bytes (the IV), then AES-256-GCM `C_Encrypt` with a header-sized AAD; `decrypt` is one
 //! AES-GCM `C_Decrypt`; `encrypt` is an IV plus `C_Encrypt`. The AES key is a token object
 //! (like the broker's keys): `--hsm-key-label` names an existing one, otherwise a temporary
-//! key is created and destroyed at the end.
+//! key is created and destroyed at the end. `sign` is `CKM_ECDSA` over a 32-byte digest with a
+//! temporary P-256 token key pair made like a SIGN key's version (destroyed at the end too).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,6 +45,8 @@ pub(crate) struct RawHsm {
     temporary: bool,
     /// IV and ciphertext opened by every decrypt.
     sealed: ([u8; 12], Vec<u8>),
+    /// Temporary P-256 pair (private, public) for `sign`.
+    sign_pair: Option<(ObjectHandle, ObjectHandle)>,
 }
 
 /// A setup or call failure, as text for the CLI error.
@@ -57,7 +60,11 @@ impl RawHsm {
     ///
     /// # Errors
     /// A message naming the failed step.
-    pub(crate) fn open(settings: &RawHsmSettings, sessions: usize) -> Result<Self, String> {
+    pub(crate) fn open(
+        settings: &RawHsmSettings,
+        sessions: usize,
+        sign: bool,
+    ) -> Result<Self, String> {
         let pin = std::fs::read_to_string(&settings.pin_file)
             .map_err(|e| format!("cannot read PIN file {}: {e}", settings.pin_file.display()))?;
         let pin = SecretString::from(pin.trim_end_matches(['\n', '\r']).to_owned());
@@ -95,7 +102,13 @@ impl RawHsm {
             .map_err(|_| "short IV".to_owned())?;
         let dk = random(first, 32)?;
         let ct = gcm_encrypt(first, key, iv, &dk)?;
+        let sign_pair = if sign {
+            Some(create_p256_pair(first)?)
+        } else {
+            None
+        };
         Ok(Self {
+            sign_pair,
             sessions: opened
                 .into_iter()
                 .map(|s| Arc::new(Mutex::new(s)))
@@ -112,7 +125,11 @@ impl RawHsm {
             return Err("NO_SESSION".into());
         };
         let session = Arc::clone(session);
-        let key = self.key;
+        let key = match (op, self.sign_pair) {
+            (OpKind::Sign, Some((private, _))) => private,
+            (OpKind::Sign, None) => return Err("NO_SIGN_KEY".into()),
+            _ => self.key,
+        };
         let sealed = self.sealed.clone();
         let r = tokio::task::spawn_blocking(move || {
             let s = session.lock().unwrap_or_else(PoisonError::into_inner);
@@ -134,13 +151,17 @@ impl RawHsm {
     /// # Errors
     /// `C_DestroyObject` failures.
     pub(crate) fn close(&self) -> Result<(), String> {
-        if !self.temporary {
-            return Ok(());
-        }
         let Some(s) = self.sessions.first() else {
             return Ok(());
         };
         let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((private, public)) = self.sign_pair {
+            s.destroy_object(private).map_err(ck("C_DestroyObject"))?;
+            s.destroy_object(public).map_err(ck("C_DestroyObject"))?;
+        }
+        if !self.temporary {
+            return Ok(());
+        }
         s.destroy_object(self.key).map_err(ck("C_DestroyObject"))
     }
 }
@@ -166,6 +187,7 @@ fn one_op(
             s.encrypt(&Mechanism::AesGcm(params), key, &[0x5a; 32])
                 .map(drop)
         }
+        OpKind::Sign => s.sign(&Mechanism::Ecdsa, key, &[0x5a; 32]).map(drop),
         OpKind::Decrypt => {
             let mut iv = sealed.0;
             let params = GcmParams::new(&mut iv, &AAD, 128.into())?;
@@ -217,4 +239,30 @@ fn create_key(s: &Session) -> Result<ObjectHandle, String> {
     ];
     s.generate_key(&Mechanism::AesKeyGen, &template)
         .map_err(ck("C_GenerateKey"))
+}
+
+/// A P-256 token key pair with a SIGN key version's attributes (private half sensitive, never
+/// extractable, sign only); returns (private, public).
+fn create_p256_pair(s: &Session) -> Result<(ObjectHandle, ObjectHandle), String> {
+    // DER of the prime256v1 OID, the CKA_EC_PARAMS value.
+    const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let label = format!("keybroker-bench-sign-{}", uuid::Uuid::new_v4()).into_bytes();
+    let public = [
+        Attribute::Token(true),
+        Attribute::Verify(true),
+        Attribute::EcParams(P256.to_vec()),
+        Attribute::Label(label.clone()),
+    ];
+    let private = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Label(label),
+    ];
+    let (public, private) = s
+        .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+        .map_err(ck("C_GenerateKeyPair"))?;
+    Ok((private, public))
 }

@@ -22,6 +22,8 @@ pub(crate) enum OpKind {
     Decrypt,
     /// Encrypt of a 32-byte payload.
     Encrypt,
+    /// Sign of a SHA-256 digest with a SIGN key (ECDSA P-256 in the raw-hsm target).
+    Sign,
 }
 
 impl OpKind {
@@ -31,12 +33,13 @@ impl OpKind {
             Self::Datakey => "datakey",
             Self::Decrypt => "decrypt",
             Self::Encrypt => "encrypt",
+            Self::Sign => "sign",
         }
     }
 
     /// Parses a name as printed by [`OpKind::name`].
     pub(crate) fn from_name(s: &str) -> Option<Self> {
-        [Self::Datakey, Self::Decrypt, Self::Encrypt]
+        [Self::Datakey, Self::Decrypt, Self::Encrypt, Self::Sign]
             .into_iter()
             .find(|op| op.name() == s)
     }

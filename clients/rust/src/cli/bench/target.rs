@@ -69,6 +69,10 @@ impl BrokerTarget {
                 .encrypt(&self.seal_key, &PAYLOAD, &self.context)
                 .await
                 .map(drop),
+            OpKind::Sign => c
+                .sign_digest(&self.key, &PAYLOAD, "bench", "")
+                .await
+                .map(drop),
         };
         r.map_err(|e| error_code(&e))
     }

@@ -35,6 +35,8 @@ pub(crate) struct CompromiseArgs {
     /// Also write the JSON report to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    #[command(flatten)]
+    sign: super::super::signed_report::SignWith,
     /// Ciphertext files to move to the new version.
     #[arg(required = true, value_name = "FILES")]
     files: Vec<PathBuf>,
@@ -158,9 +160,11 @@ impl CompromiseArgs {
             passed,
             "compromise drill: some artifacts were not moved, see the report",
         );
-        emit(&report, verdict, format, out, self.report.as_ref(), |w| {
-            text(&report, w)
-        })
+        let about = (self.key.as_str(), super::super::signed_report::DRILL_REPORT);
+        let file = (self.sign)
+            .write(&operator, &report, self.report.as_ref(), about)
+            .await?;
+        emit(&report, verdict, format, out, file, |w| text(&report, w))
     }
 
     async fn move_file(
