@@ -104,6 +104,17 @@ fn start_dev(state: &Path) -> Dev {
     }
 }
 
+/// A test that fails before [`stop`] must not leave its broker running (it would hold ports
+/// and a SoftHSM token for the rest of the run).
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn stop(mut dev: Dev) {
     let pid = dev.child.id().to_string();
     assert!(
