@@ -104,6 +104,17 @@ fn start_dev(state: &Path) -> Dev {
     }
 }
 
+/// A test that fails before [`stop`] must not leave its broker running (it would hold ports
+/// and a SoftHSM token for the rest of the run).
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn stop(mut dev: Dev) {
     let pid = dev.child.id().to_string();
     assert!(
@@ -207,7 +218,31 @@ fn dev_mode_first_run_creates_everything_and_second_run_reuses_it() {
     ));
     assert_eq!(opened["plaintext"], generated["plaintext"]);
     let keys = json(&cli(&env, &["keys", "list"]));
-    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
+    // The demo key and the four XKS keys of `xks.env`, made once and reused.
+    let names: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "datasets/demo",
+            "xks-decrypt-only",
+            "xks-demo",
+            "xks-encrypt-only",
+            "xks-impotent"
+        ],
+        "{keys}"
+    );
+    // xks.env holds the dev SigV4 secret: owner-only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(state.path().join("xks.env"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "xks.env mode {mode:o}");
     stop(dev);
 }
 

@@ -24,8 +24,8 @@ pub(super) fn purpose_name(p: Purpose) -> &'static str {
     match p {
         Purpose::DataKey => "datakey",
         Purpose::Seal => "seal",
-        Purpose::Sign(_) => "sign",
         Purpose::Xks => "xks",
+        Purpose::Sign(_) => "sign",
     }
 }
 
@@ -143,6 +143,16 @@ impl ApiState {
         record: &KeyRecord,
         ctx: &BTreeMap<String, String>,
     ) -> Result<(), Status> {
+        self.with_record_facts(call, record, |key| self.decide(call, action, key, ctx))
+    }
+
+    /// Runs `f` with the policy facts of `record`, after noting its HSM for the audit record.
+    fn with_record_facts<T>(
+        &self,
+        call: &CallContext,
+        record: &KeyRecord,
+        f: impl FnOnce(&KeyFacts<'_>) -> T,
+    ) -> T {
         let known = self
             .keys
             .hsm_info(&record.hsm_id)
@@ -150,13 +160,12 @@ impl ApiState {
         // For the audit record: the HSM the key lives on, known before any HSM call.
         let _first = call.facts.hsm.set((record.hsm_id.clone(), known.clone()));
         let jurisdiction = known.unwrap_or_default();
-        let facts = KeyFacts {
+        f(&KeyFacts {
             name: &record.name,
             purpose: purpose_name(record.purpose),
             labels: &record.labels,
             hsm_jurisdiction: &jurisdiction,
-        };
-        self.decide(call, action, &facts, ctx)
+        })
     }
 
     /// Authorizes an XKS proxy API call on `record` (an XKS key of the caller's store): the
@@ -168,42 +177,11 @@ impl ApiState {
         record: &KeyRecord,
         xks: &XksRequestFacts<'_>,
     ) -> Result<(), Status> {
-        let rid = &call.rid;
-        let known = self
-            .keys
-            .hsm_info(&record.hsm_id)
-            .map(|h| h.jurisdiction.clone());
-        let _first = call.facts.hsm.set((record.hsm_id.clone(), known.clone()));
-        let jurisdiction = known.unwrap_or_default();
-        let key = KeyFacts {
-            name: &record.name,
-            purpose: purpose_name(record.purpose),
-            labels: &record.labels,
-            hsm_jurisdiction: &jurisdiction,
-        };
-        if let Some(rule) = self.residency_violation(call, &key) {
-            tracing::info!(request_id = %rid, action = action.as_str(), rule, "residency guard denied");
-            self.metrics.decision("residency_deny");
-            return Err(rid.status(Code::PermissionDenied, format!("residency: {rule}")));
-        }
-        let decision = call
-            .policy
-            .decide_xks(&call.principal, action, &key, xks)
-            .map_err(|e| {
-                tracing::error!(request_id = %rid, error = %e, "policy input error");
-                rid.status(Code::PermissionDenied, DENIED.to_owned())
-            })?;
-        let allowed = decision.allowed;
-        self.metrics
-            .decision(if allowed { "allow" } else { "deny" });
-        tracing::info!(request_id = %rid, action = action.as_str(), allowed,
-            reasons = ?decision.reasons, policy_sha256 = %decision.policy_sha256, "policy decision");
-        let _first = call.facts.decision.set(decision);
-        if allowed {
-            Ok(())
-        } else {
-            Err(rid.status(Code::PermissionDenied, DENIED.to_owned()))
-        }
+        self.with_record_facts(call, record, |key| {
+            self.decide_with(call, action.as_str(), key, |p| {
+                p.decide_xks(&call.principal, action, key, xks)
+            })
+        })
     }
 
     fn decide(
@@ -213,23 +191,36 @@ impl ApiState {
         key: &KeyFacts<'_>,
         ctx: &BTreeMap<String, String>,
     ) -> Result<(), Status> {
+        self.decide_with(call, action.as_str(), key, |p| {
+            p.decide(&call.principal, action, key, ctx)
+        })
+    }
+
+    /// The residency guard on `key`, then `evaluate` on the call's policy; the decision is kept
+    /// for the audit record.
+    fn decide_with(
+        &self,
+        call: &CallContext,
+        action: &str,
+        key: &KeyFacts<'_>,
+        evaluate: impl FnOnce(
+            &crate::policy::PolicyEngine,
+        ) -> Result<crate::policy::Decision, crate::policy::PolicyError>,
+    ) -> Result<(), Status> {
         let rid = &call.rid;
         if let Some(rule) = self.residency_violation(call, key) {
-            tracing::info!(request_id = %rid, action = action.as_str(), rule, "residency guard denied");
+            tracing::info!(request_id = %rid, action, rule, "residency guard denied");
             self.metrics.decision("residency_deny");
             return Err(rid.status(Code::PermissionDenied, format!("residency: {rule}")));
         }
-        let decision = call
-            .policy
-            .decide(&call.principal, action, key, ctx)
-            .map_err(|e| {
-                tracing::error!(request_id = %rid, error = %e, "policy input error");
-                rid.status(Code::PermissionDenied, DENIED.to_owned())
-            })?;
+        let decision = evaluate(&call.policy).map_err(|e| {
+            tracing::error!(request_id = %rid, error = %e, "policy input error");
+            rid.status(Code::PermissionDenied, DENIED.to_owned())
+        })?;
         let allowed = decision.allowed;
         self.metrics
             .decision(if allowed { "allow" } else { "deny" });
-        tracing::info!(request_id = %rid, action = action.as_str(), allowed,
+        tracing::info!(request_id = %rid, action, allowed,
             reasons = ?decision.reasons, policy_sha256 = %decision.policy_sha256, "policy decision");
         // Set once per call; a second authorization of the same call keeps the first.
         let _first = call.facts.decision.set(decision);

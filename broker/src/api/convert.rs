@@ -119,8 +119,8 @@ fn purpose_to_pb(p: Purpose) -> pb::KeyPurpose {
     match p {
         Purpose::DataKey => pb::KeyPurpose::DataKey,
         Purpose::Seal => pb::KeyPurpose::Seal,
-        Purpose::Sign(_) => pb::KeyPurpose::Sign,
         Purpose::Xks => pb::KeyPurpose::Xks,
+        Purpose::Sign(_) => pb::KeyPurpose::Sign,
     }
 }
 

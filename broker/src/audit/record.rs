@@ -61,18 +61,18 @@ pub enum Op {
     AutoRotateKey,
     /// The broker destroyed a key's HSM objects at the end of its waiting period.
     DestroyKey,
-    /// `Signing.Sign`.
-    Sign,
-    /// `Signing.SignDsse`.
-    SignDsse,
-    /// `Signing.GetPublicKey`.
-    GetPublicKey,
     /// XKS proxy API `GetKeyMetadata` (AWS KMS asks a key's spec, usage and status).
     XksGetKeyMetadata,
     /// XKS proxy API `Encrypt`.
     XksEncrypt,
     /// XKS proxy API `Decrypt`.
     XksDecrypt,
+    /// `Signing.Sign`.
+    Sign,
+    /// `Signing.SignDsse`.
+    SignDsse,
+    /// `Signing.GetPublicKey`.
+    GetPublicKey,
 }
 
 /// The API surface a call came through.
@@ -228,13 +228,13 @@ pub struct AuditRecord {
     pub lease_expires_at: Option<i64>,
     /// The API surface the call came through.
     pub surface: Surface,
+    /// What AWS KMS said about an XKS call (absent on other surfaces).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xks: Option<XksFacts>,
     /// What a signature (Sign, SignDsse) was made over: the record is its transparency-log
     /// entry. Absent on other records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed: Option<SignedFacts>,
-    /// What AWS KMS said about an XKS call (absent on other surfaces).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub xks: Option<XksFacts>,
 }
 
 /// What a SIGN key signed, as its audit record names it.
@@ -322,8 +322,8 @@ impl AuditRecord {
             lease_id: None,
             lease_expires_at: None,
             surface: Surface::Grpc,
-            signed: None,
             xks: None,
+            signed: None,
         }
     }
 

@@ -189,14 +189,14 @@ impl KeyService {
         // Either purpose: a SEAL payload and a wrapped data key open the same way. An XKS key
         // never opens an envelope: its ciphertexts are AWS KMS's, on the XKS API only.
         check_usable(key, None)?;
-        if matches!(key.purpose, Purpose::Sign(_)) {
-            return Err(KeyError::Precondition(
-                "key purpose is SIGN; it opens no ciphertext".into(),
-            ));
-        }
         if key.purpose == Purpose::Xks {
             return Err(KeyError::Precondition(
                 "key purpose is XKS: it is used on the XKS proxy API only".into(),
+            ));
+        }
+        if matches!(key.purpose, Purpose::Sign(_)) {
+            return Err(KeyError::Precondition(
+                "key purpose is SIGN; it opens no ciphertext".into(),
             ));
         }
         check_version(key, envelope.version, true)?;

@@ -71,11 +71,11 @@ pub enum Purpose {
     DataKey,
     /// Encrypt/decrypt of small secrets.
     Seal,
+    /// An AWS KMS external key: AES-256-GCM on the XKS proxy API only.
+    Xks,
     /// Signatures (Signing service). The algorithm is fixed for the key's life, so it is part
     /// of the purpose (stored as `SIGN_ECDSA_P256` / `SIGN_ED25519`: no column of its own).
     Sign(crate::hsm::SignAlgorithm),
-    /// An AWS KMS external key: AES-256-GCM on the XKS proxy API only.
-    Xks,
 }
 
 /// State of a whole key.
@@ -470,9 +470,9 @@ impl Purpose {
         match self {
             Purpose::DataKey => "DATA_KEY",
             Purpose::Seal => "SEAL",
+            Purpose::Xks => "XKS",
             Purpose::Sign(crate::hsm::SignAlgorithm::EcdsaP256) => "SIGN_ECDSA_P256",
             Purpose::Sign(crate::hsm::SignAlgorithm::Ed25519) => "SIGN_ED25519",
-            Purpose::Xks => "XKS",
         }
     }
 
@@ -480,9 +480,9 @@ impl Purpose {
         match s {
             "DATA_KEY" => Ok(Purpose::DataKey),
             "SEAL" => Ok(Purpose::Seal),
+            "XKS" => Ok(Purpose::Xks),
             "SIGN_ECDSA_P256" => Ok(Purpose::Sign(crate::hsm::SignAlgorithm::EcdsaP256)),
             "SIGN_ED25519" => Ok(Purpose::Sign(crate::hsm::SignAlgorithm::Ed25519)),
-            "XKS" => Ok(Purpose::Xks),
             other => Err(corrupt("keys.purpose", other)),
         }
     }

@@ -97,10 +97,10 @@ pub enum KeyPurpose {
     DataKey,
     /// Encrypt/decrypt of small secrets (seal keys).
     Seal,
-    /// Signatures (SIGN keys; `create_key` makes ECDSA P-256, see `create_signing_key`).
-    Sign,
     /// An AWS KMS external key, served on the XKS proxy API.
     Xks,
+    /// Signatures (SIGN keys; `create_key` makes ECDSA P-256, see `create_signing_key`).
+    Sign,
     /// Not set, or a value this client does not know.
     Unspecified,
 }
@@ -112,8 +112,8 @@ impl KeyPurpose {
         match self {
             Self::DataKey => "DATA_KEY",
             Self::Seal => "SEAL",
-            Self::Sign => "SIGN",
             Self::Xks => "XKS",
+            Self::Sign => "SIGN",
             Self::Unspecified => "UNSPECIFIED",
         }
     }
@@ -122,8 +122,8 @@ impl KeyPurpose {
         match self {
             Self::DataKey => pb::KeyPurpose::DataKey,
             Self::Seal => pb::KeyPurpose::Seal,
-            Self::Sign => pb::KeyPurpose::Sign,
             Self::Xks => pb::KeyPurpose::Xks,
+            Self::Sign => pb::KeyPurpose::Sign,
             Self::Unspecified => pb::KeyPurpose::Unspecified,
         }
     }
@@ -132,8 +132,8 @@ impl KeyPurpose {
         match pb::KeyPurpose::try_from(v) {
             Ok(pb::KeyPurpose::DataKey) => Self::DataKey,
             Ok(pb::KeyPurpose::Seal) => Self::Seal,
-            Ok(pb::KeyPurpose::Sign) => Self::Sign,
             Ok(pb::KeyPurpose::Xks) => Self::Xks,
+            Ok(pb::KeyPurpose::Sign) => Self::Sign,
             _ => Self::Unspecified,
         }
     }

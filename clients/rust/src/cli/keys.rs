@@ -22,11 +22,11 @@ pub(crate) enum PurposeArg {
     DataKey,
     /// Encrypt/decrypt of small secrets (e.g. an OpenBao seal key).
     Seal,
-    /// Signatures (sign-blob, attest); see --algorithm.
-    Sign,
     /// An AWS KMS external key on the XKS proxy API (name without '/'; usage from the
     /// `xks-usage` label: encrypt,decrypt (default), encrypt, decrypt or none).
     Xks,
+    /// Signatures (sign-blob, attest); see --algorithm.
+    Sign,
 }
 
 impl From<PurposeArg> for KeyPurpose {
@@ -34,8 +34,8 @@ impl From<PurposeArg> for KeyPurpose {
         match p {
             PurposeArg::DataKey => KeyPurpose::DataKey,
             PurposeArg::Seal => KeyPurpose::Seal,
-            PurposeArg::Sign => KeyPurpose::Sign,
             PurposeArg::Xks => KeyPurpose::Xks,
+            PurposeArg::Sign => KeyPurpose::Sign,
         }
     }
 }
