@@ -6,7 +6,7 @@
 //! the first entry of `spans`), so each line can be tied to the audit record of that request.
 //!
 //! Log fields can hold what a caller sent (a token's subject, a key name). The JSON format
-//! escapes control characters itself; the text format goes through [`Escaped`], so a raw
+//! escapes control characters itself; the text format goes through `Escaped`, so a raw
 //! newline in such a value cannot split one event into a forged second line.
 
 use tracing_subscriber::layer::SubscriberExt as _;

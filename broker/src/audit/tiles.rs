@@ -4,7 +4,7 @@
 //! Level `L` tile `N` holds the hashes of tree level `8·L`, indices `256·N ..`; a bundle holds
 //! the records themselves, each prefixed by its big-endian `u16` length. Full tiles are written
 //! once and never rewritten; partial ones are written as the log grows and removed once no
-//! checkpoint reader needs them ([`partials`]). Tiles are derived data (rebuilt from the
+//! checkpoint reader needs them (`partials`). Tiles are derived data (rebuilt from the
 //! segments), so they are written atomically (temp + rename) but not fsynced.
 
 mod partials;
