@@ -48,6 +48,9 @@ pub enum DevError {
     /// `softhsm2-util` failed.
     #[error("softhsm2-util --init-token failed: {0}")]
     InitToken(String),
+    /// The system's random generator failed.
+    #[error("the system random generator failed")]
+    Randomness,
     /// The dev config has no XKS key store (`[[http.xks.stores]]` was removed by hand).
     #[error("the dev config has no [[http.xks.stores]] with a credential")]
     NoXksStore,
@@ -168,7 +171,7 @@ fn upgrade_xks(dir: &Path, config: &Path) -> Result<(), DevError> {
     let rng = ring::rand::SystemRandom::new();
     let mut random = zeroize::Zeroizing::new([0u8; 56]);
     rng.fill(random.as_mut_slice())
-        .map_err(|_| DevError::InitToken("no system randomness".into()))?;
+        .map_err(|_| DevError::Randomness)?;
     // 24 characters of A-Z2-7 (32 symbols: a byte mod 32 is unbiased), then a 256-bit secret.
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let access_key_id: String = random[..24]

@@ -127,10 +127,7 @@ fn load(config: &XksConfig) -> Result<Vec<Store>, XksSetupError> {
                 path: c.secret_file.display().to_string(),
                 problem,
             })?;
-            credentials.push(Credential {
-                access_key_id: c.access_key_id.clone(),
-                secret,
-            });
+            credentials.push(Credential::new(c.access_key_id.clone(), &secret));
         }
         let principal = Principal {
             issuer: XKS_ISSUER.to_owned(),
@@ -186,22 +183,17 @@ impl Xks {
             return None;
         }
         let path = path.strip_prefix('/')?;
-        let store = self.stores.iter().find(|s| {
+        // The store whose `<prefix>/kms/xks/v1/` starts the path, and what follows it.
+        let (store, rest) = self.stores.iter().find_map(|s| {
             let prefix = s.config.uri_prefix.as_str();
-            let rest = if prefix.is_empty() {
+            let after_prefix = if prefix.is_empty() {
                 Some(path)
             } else {
                 path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))
             };
-            rest.is_some_and(|r| r.starts_with(API_ROOT))
+            let rest = after_prefix?.strip_prefix(API_ROOT)?.strip_prefix('/')?;
+            Some((s, rest))
         })?;
-        let prefix = store.config.uri_prefix.as_str();
-        let rest = if prefix.is_empty() {
-            path
-        } else {
-            path.strip_prefix(prefix)?.strip_prefix('/')?
-        };
-        let rest = rest.strip_prefix(API_ROOT)?.strip_prefix('/')?;
         if rest == "health" {
             return Some((store, Route::Health));
         }

@@ -22,6 +22,7 @@ use crate::store::{KeyRecord, KeyState, Purpose};
 
 use super::wire::{
     self, DecryptBody, EncryptBody, MetadataBody, RequestMetadata, XksError, b64, check_algorithm,
+    required_b64,
 };
 
 /// How long a key operation may take before it answers DependencyTimeoutException (KMS gives
@@ -71,22 +72,70 @@ struct Lenient {
     request_metadata: Option<RequestMetadata>,
 }
 
+/// A key call's body, parsed once for its operation.
+enum Body {
+    Metadata(MetadataBody),
+    Encrypt(EncryptBody),
+    Decrypt(DecryptBody),
+}
+
+impl Body {
+    /// `None` when the bytes are not the operation's JSON shape.
+    fn parse(op: KeyOp, bytes: &[u8]) -> Option<Self> {
+        match op {
+            KeyOp::Metadata => serde_json::from_slice(bytes).ok().map(Self::Metadata),
+            KeyOp::Encrypt => serde_json::from_slice(bytes).ok().map(Self::Encrypt),
+            KeyOp::Decrypt => serde_json::from_slice(bytes).ok().map(Self::Decrypt),
+        }
+    }
+
+    fn metadata(&self) -> Option<&RequestMetadata> {
+        match self {
+            Self::Metadata(b) => b.request_metadata.as_ref(),
+            Self::Encrypt(b) => b.request_metadata.as_ref(),
+            Self::Decrypt(b) => b.request_metadata.as_ref(),
+        }
+    }
+}
+
+/// `requestMetadata`, present and within the spec's rules (`key_op`, `crypto`: see
+/// [`RequestMetadata::check`]).
+fn required_metadata(
+    m: Option<RequestMetadata>,
+    key_op: bool,
+    crypto: bool,
+) -> Result<RequestMetadata, XksError> {
+    let m = m.ok_or(XksError::validation("requestMetadata is required"))?;
+    m.check(key_op, crypto)?;
+    Ok(m)
+}
+
 impl Call<'_> {
     /// Runs `op` on `key` and answers, through the audit recorder.
     pub(super) async fn key_op(self, op: KeyOp, key: &str) -> Response {
-        let lenient = serde_json::from_slice::<Lenient>(self.body)
-            .ok()
-            .and_then(|l| l.request_metadata)
-            .unwrap_or_default();
+        let body = Body::parse(op, self.body);
+        // What KMS said, for the record even of a refused call; a body of the wrong shape is
+        // read again for its metadata alone.
+        let lenient;
+        let meta = match body.as_ref().and_then(Body::metadata) {
+            Some(m) => m,
+            None => {
+                lenient = serde_json::from_slice::<Lenient>(self.body)
+                    .ok()
+                    .and_then(|l| l.request_metadata)
+                    .unwrap_or_default();
+                &lenient
+            }
+        };
+        let rid = meta.kms_request_id.clone();
         let mut rec = self.state.recorder(op.audit_op());
         rec.surface(Surface::Xks);
-        rec.xks(self.facts(&lenient, None));
+        rec.xks(self.facts(meta, None));
         let mut req = tonic::Request::new(());
         req.extensions_mut().insert(PreAuthenticated(
             self.auth.clone().map(|_| self.principal.clone()),
         ));
-        if let Some(id) = lenient
-            .kms_request_id
+        if let Some(id) = rid
             .as_deref()
             .and_then(|v| tonic::metadata::MetadataValue::try_from(v).ok())
         {
@@ -100,7 +149,7 @@ impl Call<'_> {
                 Err(status)
             }
             Ok(call) => {
-                let work = self.run(op, key, &call, &mut rec);
+                let work = self.run(body, key, &call, &mut rec);
                 match tokio::time::timeout(WORK_BUDGET, work).await {
                     Ok(Ok(body)) => Ok(call.rid.response(body)),
                     Ok(Err((e, detail))) => {
@@ -114,7 +163,6 @@ impl Call<'_> {
                 }
             }
         };
-        let rid = lenient.kms_request_id.clone();
         match (rec.finish(result).await, refused) {
             (Ok(r), _) => wire::json(StatusCode::OK, r.get_ref(), rid.as_deref()),
             (Err(s), Some(e)) if s.code() == e.code => e.response(rid.as_deref()),
@@ -150,21 +198,16 @@ impl Call<'_> {
     /// The operation's work; a refusal carries the safe error and a detail for the record.
     async fn run(
         &self,
-        op: KeyOp,
+        body: Option<Body>,
         key: &str,
         call: &CallContext,
         rec: &mut Recorder,
     ) -> Result<serde_json::Value, (XksError, String)> {
         let plain = |e: XksError| (e, e.message.to_owned());
-        match op {
-            KeyOp::Metadata => {
-                let body: MetadataBody = serde_json::from_slice(self.body)
-                    .map_err(|_| plain(XksError::validation("body is not valid JSON")))?;
-                let m = body
-                    .request_metadata
-                    .ok_or_else(|| plain(XksError::validation("requestMetadata is required")))?;
-                m.check(true, false).map_err(plain)?;
-                let record = self.authorize(op, key, call, rec, &m).await?;
+        match body.ok_or_else(|| plain(XksError::validation("body is not valid JSON")))? {
+            Body::Metadata(body) => {
+                let m = required_metadata(body.request_metadata, true, false).map_err(plain)?;
+                let record = self.authorize(KeyOp::Metadata, key, call, rec, &m).await?;
                 let usage = XksUsage::of(&record);
                 let mut key_usage = Vec::new();
                 if usage.encrypt {
@@ -184,24 +227,20 @@ impl Call<'_> {
                     "keyStatus": status,
                 }))
             }
-            KeyOp::Encrypt => self.encrypt(key, call, rec).await,
-            KeyOp::Decrypt => self.decrypt(key, call, rec).await,
+            Body::Encrypt(body) => self.encrypt(body, key, call, rec).await,
+            Body::Decrypt(body) => self.decrypt(body, key, call, rec).await,
         }
     }
 
     async fn encrypt(
         &self,
+        body: EncryptBody,
         key: &str,
         call: &CallContext,
         rec: &mut Recorder,
     ) -> Result<serde_json::Value, (XksError, String)> {
         let plain = |e: XksError| (e, e.message.to_owned());
-        let body: EncryptBody = serde_json::from_slice(self.body)
-            .map_err(|_| plain(XksError::validation("body is not valid JSON")))?;
-        let m = body
-            .request_metadata
-            .ok_or_else(|| plain(XksError::validation("requestMetadata is required")))?;
-        m.check(true, true).map_err(plain)?;
+        let m = required_metadata(body.request_metadata, true, true).map_err(plain)?;
         check_algorithm(body.encryption_algorithm.as_deref()).map_err(plain)?;
         let encoded = body
             .plaintext
@@ -269,40 +308,33 @@ impl Call<'_> {
 
     async fn decrypt(
         &self,
+        body: DecryptBody,
         key: &str,
         call: &CallContext,
         rec: &mut Recorder,
     ) -> Result<serde_json::Value, (XksError, String)> {
         let plain = |e: XksError| (e, e.message.to_owned());
-        let body: DecryptBody = serde_json::from_slice(self.body)
-            .map_err(|_| plain(XksError::validation("body is not valid JSON")))?;
-        let m = body
-            .request_metadata
-            .ok_or_else(|| plain(XksError::validation("requestMetadata is required")))?;
-        m.check(true, true).map_err(plain)?;
+        let m = required_metadata(body.request_metadata, true, true).map_err(plain)?;
         check_algorithm(body.encryption_algorithm.as_deref()).map_err(plain)?;
-        let required = |v: Option<String>, what: &'static str| {
-            v.ok_or_else(|| plain(XksError::validation(what)))
-        };
-        let ciphertext = b64(
-            Some(&required(body.ciphertext, "ciphertext is required")?),
-            "ciphertext is not base64",
+        let ciphertext = required_b64(
+            body.ciphertext,
+            ("ciphertext is required", "ciphertext is not base64"),
         )
         .map_err(plain)?;
-        let iv = b64(
-            Some(&required(
-                body.initialization_vector,
+        let iv = required_b64(
+            body.initialization_vector,
+            (
                 "initializationVector is required",
-            )?),
-            "initializationVector is not base64",
+                "initializationVector is not base64",
+            ),
         )
         .map_err(plain)?;
-        let tag = b64(
-            Some(&required(
-                body.authentication_tag,
+        let tag = required_b64(
+            body.authentication_tag,
+            (
                 "authenticationTag is required",
-            )?),
-            "authenticationTag is not base64",
+                "authenticationTag is not base64",
+            ),
         )
         .map_err(plain)?;
         let metadata = b64(

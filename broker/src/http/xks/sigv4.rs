@@ -15,8 +15,8 @@ use std::time::SystemTime;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use axum::http::HeaderMap;
+use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
-use zeroize::Zeroizing;
 
 /// The SigV4 service name of the XKS proxy API (XKS spec, Appendix A).
 pub(crate) const SERVICE: &str = "kms-xks-proxy";
@@ -30,18 +30,27 @@ const MAX_AUTHORIZATION: usize = 2048;
 /// Most headers a request may say it signed.
 const MAX_SIGNED_HEADERS: usize = 32;
 
-/// One credential set of a store. The secret is zeroized on drop and never printed.
+/// One credential set of a store, built once at start. `aws_credential_types::Credentials`
+/// keeps the secret zeroized on drop and redacted in `Debug`.
+#[derive(Debug)]
 pub(crate) struct Credential {
     pub(crate) access_key_id: String,
-    pub(crate) secret: Zeroizing<String>,
+    signing: aws_credential_types::Credentials,
 }
 
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret", &"[redacted]")
-            .finish()
+impl Credential {
+    pub(crate) fn new(access_key_id: String, secret: &str) -> Self {
+        let signing = aws_credential_types::Credentials::new(
+            access_key_id.as_str(),
+            secret,
+            None,
+            None,
+            "keybroker-xks",
+        );
+        Self {
+            access_key_id,
+            signing,
+        }
     }
 }
 
@@ -164,8 +173,6 @@ impl Verifier {
     }
 }
 
-use sha2::Digest as _;
-
 impl Seen {
     /// Remembers `digest` (signed at `signed_at`); false if it was already there.
     fn insert(&mut self, digest: [u8; 32], signed_at: i64, now: i64) -> bool {
@@ -279,14 +286,7 @@ fn expected_signature(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Option<String> {
-    let identity = aws_credential_types::Credentials::new(
-        credential.access_key_id.as_str(),
-        credential.secret.as_str(),
-        None,
-        None,
-        "keybroker-xks",
-    )
-    .into();
+    let identity = credential.signing.clone().into();
     let mut settings = SigningSettings::default();
     // Verify whatever the client signed (curl and botocore sign more than KMS's host and
     // x-amz-date, e.g. content-type or user-agent).

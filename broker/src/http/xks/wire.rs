@@ -237,6 +237,16 @@ pub(super) fn b64(v: Option<&str>, what: &'static str) -> Result<Vec<u8>, XksErr
     }
 }
 
+/// Base64 of a required field: ValidationException `missing` when absent, `bad` when not
+/// base64.
+pub(super) fn required_b64(
+    v: Option<String>,
+    (missing, bad): (&'static str, &'static str),
+) -> Result<Vec<u8>, XksError> {
+    let v = v.ok_or(XksError::validation(missing))?;
+    STANDARD.decode(v).map_err(|_| XksError::validation(bad))
+}
+
 /// `encryptionAlgorithm` must be `AES_GCM`.
 pub(super) fn check_algorithm(v: Option<&str>) -> Result<(), XksError> {
     match v {
