@@ -348,8 +348,12 @@ def test_keys_paths_and_methods(broker: Any, xks: Xks) -> None:
     p = xks.prepare("keys/xks-demo/metadata", meta)
     p.url += "?x=1"
     assert_error(xks.send(p), 404, "InvalidUriPathException")
-    p = xks.prepare("keys/xks-demo/metadata", meta)
-    assert xks.send(p, method="GET")[0] == 405
+    p = xks.prepare("keys/xks-demo/metadata", {"requestMetadata": md("DescribeKey")})
+    assert_error(xks.send(p, method="GET"), 405, "ValidationException")
+    # Refused at this edge, still a key operation: recorded.
+    r = record(broker, json.loads(p.body)["requestMetadata"]["kmsRequestId"])
+    assert (r["op"], r["decision"], r["outcome"]["code"], r["key_name"]) == (
+        "xks_get_key_metadata", "deny", "invalid_argument", "xks-demo")
     # The conformance client's usage keys: metadata answers, the usage is enforced.
     usage = {"requestMetadata": md()}
     for key in ("xks-encrypt-only", "xks-decrypt-only", "xks-impotent"):

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::response::Response;
 use axum::routing::any;
 
@@ -233,18 +233,16 @@ async fn handle(
         let _ = read_body(body).await;
         return XksError::INVALID_URI_PATH.response(None);
     };
-    if method != Method::POST {
-        let _ = read_body(body).await;
-        let mut r = XksError::validation("use POST").response(None);
-        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-        r.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-        return r;
-    }
-    let bytes = match read_body(body).await {
-        Ok(b) => b,
-        Err(e) => return e.response(None),
+    // What this edge refuses on a key route (method, body) is still a key operation: it goes
+    // through the recorder with the rest, after the caller is authenticated or refused.
+    let (bytes, early) = match read_body(body).await {
+        Ok(b) if method == Method::POST => (b, None),
+        Ok(b) => (b, Some(XksError::METHOD_NOT_ALLOWED)),
+        Err(e) => (axum::body::Bytes::new(), Some(e)),
     };
+    if let (Route::Health, Some(e)) = (route, early) {
+        return e.response(None);
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -272,6 +270,7 @@ async fn handle(
         principal: &store.principal,
         auth,
         body: &bytes,
+        early,
     };
     match route {
         Route::Health => health::health(&x.state, call).await,

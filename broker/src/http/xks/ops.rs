@@ -63,6 +63,8 @@ pub(super) struct Call<'a> {
     /// The access key id that signed, or why the signature was refused.
     pub(super) auth: Result<String, &'static str>,
     pub(super) body: &'a [u8],
+    /// A refusal of this edge before the operation (method, body size).
+    pub(super) early: Option<XksError>,
 }
 
 /// The metadata of a body that may not parse (for the record of its refusal).
@@ -143,12 +145,21 @@ impl Call<'_> {
             req.metadata_mut().insert(crate::api::REQUEST_ID_HEADER, id);
         }
         let mut refused: Option<XksError> = None;
-        let result = match rec.begin(self.state, &req).await {
-            Err(status) => {
+        let result = match (rec.begin(self.state, &req).await, self.early) {
+            (Err(status), _) => {
                 refused = Some(XksError::authentication("request signature is not valid"));
                 Err(status)
             }
-            Ok(call) => {
+            (Ok(call), Some(e)) => {
+                if let Ok(name) = KeyName::parse(key) {
+                    rec.key(name.as_str());
+                }
+                refused = Some(e);
+                Err(call
+                    .rid
+                    .status(e.code, format!("{}: {}", e.name, e.message)))
+            }
+            (Ok(call), None) => {
                 let work = self.run(body, key, &call, &mut rec);
                 match tokio::time::timeout(WORK_BUDGET, work).await {
                     Ok(Ok(body)) => Ok(call.rid.response(body)),

@@ -95,6 +95,13 @@ impl XksError {
         tonic::Code::PermissionDenied,
         "access denied by the key broker's policy",
     );
+    /// Not `POST` (the spec names no errorName for it; the status is 405).
+    pub(super) const METHOD_NOT_ALLOWED: Self = e(
+        "ValidationException",
+        StatusCode::METHOD_NOT_ALLOWED,
+        tonic::Code::InvalidArgument,
+        "use POST",
+    );
     pub(super) const KEY_NOT_FOUND: Self = e(
         "KeyNotFoundException",
         StatusCode::NOT_FOUND,
@@ -133,7 +140,12 @@ impl XksError {
     /// The JSON answer, with the request id.
     pub(super) fn response(&self, rid: Option<&str>) -> Response {
         let body = serde_json::json!({ "errorName": self.name, "errorMessage": self.message });
-        json(self.http, &body, rid)
+        let mut r = json(self.http, &body, rid);
+        if self.http == StatusCode::METHOD_NOT_ALLOWED {
+            r.headers_mut()
+                .insert(axum::http::header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        r
     }
 
     /// This error as the status the audit recorder takes.
