@@ -40,7 +40,7 @@ async fn generate(
     let mut req = tonic::Request::new(pb::GenerateDataKeyRequest {
         key: KEY.to_owned(),
         context,
-        ttl: None,
+        ..Default::default()
     });
     for t in tokens {
         let v: MetadataValue<_> = format!("Bearer {t}").parse().unwrap();

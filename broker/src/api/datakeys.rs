@@ -61,6 +61,7 @@ impl DataKeysApi {
             ciphertext: sealed.ciphertext,
             key_version: sealed.version,
             lease: Some(convert::lease(&released.lease)),
+            ..Default::default()
         }))
     }
 
@@ -129,6 +130,7 @@ impl DataKeysApi {
             key: released.key.clone(),
             key_version: released.version,
             lease: Some(convert::lease(&released.lease)),
+            ..Default::default()
         }))
     }
 
@@ -200,6 +202,20 @@ impl DataKeysApi {
     }
 }
 
+impl DataKeysApi {
+    /// `GetAttestationNonce`: authenticated like every call, then a nonce bound to the caller.
+    async fn attestation_nonce(
+        &self,
+        req: Request<pb::GetAttestationNonceRequest>,
+    ) -> Result<Response<pb::GetAttestationNonceResponse>, Status> {
+        let call = self.state.begin(&req).await?;
+        Err(call.rid.status(
+            tonic::Code::Unimplemented,
+            "attestation is not configured".to_owned(),
+        ))
+    }
+}
+
 audited_service!(DataKeys for DataKeysApi {
     generate_data_key(pb::GenerateDataKeyRequest) -> pb::GenerateDataKeyResponse
         = GenerateDataKey;
@@ -208,4 +224,11 @@ audited_service!(DataKeys for DataKeysApi {
     decrypt(pb::DecryptRequest) -> pb::DecryptResponse = Decrypt;
     encrypt(pb::EncryptRequest) -> pb::EncryptResponse = Encrypt;
     re_encrypt(pb::ReEncryptRequest) -> pb::ReEncryptResponse = ReEncrypt;
+} not audited {
+    async fn get_attestation_nonce(
+        &self,
+        req: Request<pb::GetAttestationNonceRequest>,
+    ) -> Result<Response<pb::GetAttestationNonceResponse>, Status> {
+        self.attestation_nonce(req).await
+    }
 });

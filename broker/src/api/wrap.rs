@@ -5,9 +5,12 @@
 /// Implements a tonic service trait for `$api` (which has a `state: Arc<ApiState>` field and
 /// one inherent `async fn $method(&self, Request<$req>, &mut Recorder)` per RPC).
 macro_rules! audited_service {
-    ($trait:ident for $api:ty { $($method:ident($req:ty) -> $resp:ty = $op:ident;)* }) => {
+    ($trait:ident for $api:ty { $($method:ident($req:ty) -> $resp:ty = $op:ident;)* }
+        $(not audited { $($extra:item)* })?) => {
         #[tonic::async_trait]
         impl $trait for $api {
+            // Methods that are not key operations (no record), written out in full.
+            $($($extra)*)?
             $(
                 async fn $method(
                     &self,

@@ -350,6 +350,7 @@ impl Transit {
                 ciphertext: envelope,
                 context: std::collections::HashMap::new(),
                 ttl: None,
+                recipient: None,
             },
             Ok(principal),
             headers,

@@ -251,7 +251,7 @@ fn reference(
     }
 }
 
-fn time(map: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, Reason> {
+pub(crate) fn time(map: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, Reason> {
     match map.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => n

@@ -230,6 +230,7 @@ impl Client {
             key: key.to_owned(),
             context: to_map(context),
             ttl: ttl.map(to_pb_duration).transpose()?,
+            recipient: None,
         };
         // Not idempotent: every call mints a new key and counts a wrap against the version.
         let (resp, rid) = self
@@ -291,6 +292,7 @@ impl Client {
             ciphertext: ciphertext.to_vec(),
             context: to_map(context),
             ttl: ttl.map(to_pb_duration).transpose()?,
+            recipient: None,
         };
         // Idempotent: opening the same wrapped key gives the same plaintext.
         let (resp, rid) = self

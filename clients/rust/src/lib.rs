@@ -29,6 +29,7 @@ mod error;
 pub mod file;
 mod lifecycle;
 pub mod policy;
+pub mod release;
 pub mod retry;
 pub mod signing;
 mod token;

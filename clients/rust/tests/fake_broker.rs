@@ -78,6 +78,7 @@ impl DataKeys for Fake {
             ciphertext: vec![1, 2, 3],
             key_version: 4,
             lease: lease("lease-1"),
+            ..Default::default()
         }))
     }
 
@@ -114,6 +115,13 @@ impl DataKeys for Fake {
     ) -> Result<Response<pb::ReEncryptResponse>, Status> {
         self.record(&req)?;
         Err(Status::unavailable("hsm is down"))
+    }
+
+    async fn get_attestation_nonce(
+        &self,
+        _: Request<pb::GetAttestationNonceRequest>,
+    ) -> Result<Response<pb::GetAttestationNonceResponse>, Status> {
+        Err(Status::unimplemented("fake"))
     }
 }
 
