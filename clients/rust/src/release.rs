@@ -221,6 +221,6 @@ mod tests {
         h.update([0, 3]);
         h.update(b"l-1");
         h.update([1]);
-        assert_eq!(&i[INFO_LABEL.len()..], h.finalize().as_slice());
+        assert_eq!(&i[INFO_LABEL.len()..], &h.finalize()[..]);
     }
 }
