@@ -8,6 +8,7 @@
 mod authn;
 mod claims;
 mod jwks;
+mod jws;
 mod jwt;
 mod mtls;
 mod principal;
