@@ -379,9 +379,15 @@ impl JwtAlgorithm {
     /// The algorithm with this JOSE `alg` name, if keybroker accepts it.
     #[must_use]
     pub fn from_jose(name: &str) -> Option<Self> {
-        [Self::Rs256, Self::Ps256, Self::Ps384, Self::Es256, Self::EdDsa]
-            .into_iter()
-            .find(|a| a.as_str() == name)
+        [
+            Self::Rs256,
+            Self::Ps256,
+            Self::Ps384,
+            Self::Es256,
+            Self::EdDsa,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == name)
     }
 }
 

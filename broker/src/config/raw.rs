@@ -11,6 +11,7 @@ use std::time::Duration;
 use hsm_config::{Inventory, is_valid_jurisdiction};
 use serde::Deserialize;
 
+mod attestation;
 #[cfg(test)]
 mod docs_tests;
 mod http;
@@ -20,14 +21,13 @@ mod mtls;
 mod replica;
 mod store;
 mod xks;
-mod attestation;
 
+use attestation::{RawAttestation, attestation};
 use http::{RawHttp, http};
 use identity::{RawIdentity, identity};
 use log::{RawLog, log};
 pub(crate) use mtls::is_trust_domain;
 use store::{RawStore, store};
-use attestation::{RawAttestation, attestation};
 
 use super::{
     AuditConfig, BrokerConfig, ConfigError, IdentityConfig, KeysConfig, PolicyConfig,

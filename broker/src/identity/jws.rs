@@ -11,9 +11,10 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use super::Reason;
-use super::jwks::KeyMap;
-use super::remote::RemoteJwks;
+use super::jwks::{self, KeyMap};
+use super::remote::{Clock, Limits, RemoteJwks};
 use super::strict_json::{StrictError, parse_object};
+use crate::config::JwksSource;
 
 /// Where a token's keys come from.
 pub(crate) enum Keys {
@@ -24,6 +25,38 @@ pub(crate) enum Keys {
 }
 
 impl Keys {
+    /// The keys of `source` for the issuer or verifier `name` (a log label): a file is read
+    /// now, a URL is prepared (fetched later, see [`RemoteJwks`]).
+    ///
+    /// # Errors
+    /// The file or URL shown, and what is wrong with it.
+    pub(crate) fn load(
+        name: &str,
+        source: &JwksSource,
+        limits: Limits,
+        clock: &Clock,
+    ) -> Result<Self, (String, String)> {
+        match source {
+            JwksSource::File(path) => {
+                let shown = path.display().to_string();
+                let bytes = std::fs::read(path).map_err(|e| (shown.clone(), e.to_string()))?;
+                Ok(Self::Static(jwks::parse(&bytes).map_err(|p| (shown, p))?))
+            }
+            JwksSource::Url { url, ca_file } => Ok(Self::Remote(Arc::new(
+                RemoteJwks::new(name, url, ca_file.as_deref(), limits, clock.clone())
+                    .map_err(|p| (url.clone(), p))?,
+            ))),
+        }
+    }
+
+    /// The cache of a JWKS URL.
+    pub(crate) fn remote(&self) -> Option<&Arc<RemoteJwks>> {
+        match self {
+            Self::Remote(r) => Some(r),
+            Self::Static(_) => None,
+        }
+    }
+
     /// Whether `keys` is still the current key set (the very same set, not an equal one).
     pub(crate) fn holds(&self, keys: &Arc<KeyMap>) -> bool {
         match self {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::claims::{self, IssuerFacts, Rules};
-use super::jwks::{self, KeyMap};
+use super::jwks::KeyMap;
 use super::jws::{self, HeaderRules, KeySource, Keys, Refusal};
 use super::remote::{Clock, Limits, RemoteJwks};
 use super::token_cache::{self, TokenCache, Verified};
@@ -108,22 +108,14 @@ impl JwtVerifier {
     ) -> Result<Self, IdentityError> {
         let mut issuers = HashMap::new();
         for s in settings {
-            let err = |path: &str, problem: String| IdentityError::Jwks {
-                issuer: s.issuer.clone(),
-                path: path.to_owned(),
-                problem,
-            };
-            let keys = match &s.jwks {
-                JwksSource::File(path) => {
-                    let shown = path.display().to_string();
-                    let bytes = std::fs::read(path).map_err(|e| err(&shown, e.to_string()))?;
-                    Keys::Static(jwks::parse(&bytes).map_err(|p| err(&shown, p))?)
-                }
-                JwksSource::Url { url, ca_file } => Keys::Remote(Arc::new(
-                    RemoteJwks::new(&s.issuer, url, ca_file.as_deref(), limits, clock.clone())
-                        .map_err(|p| err(url, p))?,
-                )),
-            };
+            let keys =
+                Keys::load(&s.issuer, &s.jwks, limits, clock).map_err(|(path, problem)| {
+                    IdentityError::Jwks {
+                        issuer: s.issuer.clone(),
+                        path,
+                        problem,
+                    }
+                })?;
             let facts = IssuerFacts {
                 cluster: s.cluster.clone(),
                 region: s.region.clone(),
@@ -145,10 +137,7 @@ impl JwtVerifier {
     }
 
     pub(crate) fn remotes(&self) -> impl Iterator<Item = &Arc<RemoteJwks>> {
-        self.issuers.values().filter_map(|i| match &i.keys {
-            Keys::Remote(r) => Some(r),
-            Keys::Static(_) => None,
-        })
+        self.issuers.values().filter_map(|i| i.keys.remote())
     }
 
     /// Per issuer: JWKS fetch attempts and failed fetches since start (for metrics; always 0

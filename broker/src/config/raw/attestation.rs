@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use super::Ctx;
 use super::identity::{algorithms, jwks_source};
-use crate::config::{AttestationConfig, AttestationProfile, AttestationVerifierConfig, ConfigError};
+use crate::config::{
+    AttestationConfig, AttestationProfile, AttestationVerifierConfig, ConfigError,
+};
 
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 const MAX_MAX_AGE: Duration = Duration::from_secs(3600);
