@@ -4,6 +4,8 @@
 //! reason reported for a decision. The policy text's sha256 travels with every decision so the
 //! audit record can name exactly which policy decided. Loading is the only I/O here.
 
+#[cfg(test)]
+mod attestation_tests;
 mod input;
 mod memo;
 mod signing;
