@@ -13,6 +13,13 @@
 
 use serde_json::{Map, Value};
 
+mod ear;
+mod ita;
+mod maa;
+mod read;
+#[cfg(test)]
+mod tests;
+
 /// A trusted execution environment kind. A closed list: anything else is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tee {
@@ -113,6 +120,8 @@ pub(crate) enum ProfileRefusal {
     BadMeasurement,
     /// No integer `iat`.
     MissingIat,
+    /// No debug indicator where the profile looks (absence is not proof of a non-debug TEE).
+    MissingDebug,
     /// EAR: an `eat_profile` this build does not know.
     UnknownEatProfile,
     /// EAR: a status other than `affirming`.
@@ -128,6 +137,7 @@ impl ProfileRefusal {
             Self::UnknownTee => "unknown tee".to_owned(),
             Self::BadMeasurement => "missing or malformed measurement".to_owned(),
             Self::MissingIat => "missing or malformed iat".to_owned(),
+            Self::MissingDebug => "missing debug flag".to_owned(),
             Self::UnknownEatProfile => "unknown eat_profile".to_owned(),
             Self::NotAffirming => "status not affirming".to_owned(),
             Self::ClaimType(name) => format!("claim {name} has the wrong type"),
@@ -139,7 +149,46 @@ impl ProfileRefusal {
 ///
 /// # Errors
 /// The first [`ProfileRefusal`] found.
-pub(crate) fn map(profile: Profile, payload: &Map<String, Value>) -> Result<Mapped, ProfileRefusal> {
-    let _ = (profile, payload);
-    Err(ProfileRefusal::MissingTee)
+pub(crate) fn map(
+    profile: Profile,
+    payload: &Map<String, Value>,
+) -> Result<Mapped, ProfileRefusal> {
+    let (iat, exp) = read::times(payload)?;
+    let found = match profile {
+        Profile::Ear(layout) => ear::map(layout, payload)?,
+        Profile::IntelTrustAuthority => ita::map(payload)?,
+        Profile::AzureAttestation => maa::map(payload)?,
+    };
+    let TeeFacts {
+        tee,
+        measurement,
+        debug,
+        tcb_status,
+    } = found.tee;
+    Ok(Mapped {
+        tee,
+        measurement,
+        debug,
+        tcb_status,
+        iat,
+        exp,
+        nonce: found.nonce,
+        recipient: found.recipient,
+    })
+}
+
+/// What one profile's mapper found: [`Mapped`] without the times, which every profile reads the
+/// same way.
+struct Found {
+    tee: TeeFacts,
+    nonce: Option<(String, NonceBinding)>,
+    recipient: Option<BoundKey>,
+}
+
+/// The facts about the TEE itself (see [`Mapped`]).
+struct TeeFacts {
+    tee: Tee,
+    measurement: String,
+    debug: bool,
+    tcb_status: String,
 }
