@@ -152,7 +152,7 @@ pub(crate) fn verify<'a>(
     let payload = decode_object(payload_b64, "payload")?;
     let source = pick(&payload)?;
     if let Some(jku) = header.get("jku")
-        && !source.jku.is_some_and(|want| jku.as_str() == Some(want))
+        && source.jku.is_none_or(|want| jku.as_str() != Some(want))
     {
         return Err(Reason::HeaderField.into());
     }

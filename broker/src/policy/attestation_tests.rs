@@ -175,7 +175,7 @@ fn example_policy_loads_and_each_rule_bites() {
         (false, vec!["recipient-only-keys-leave-sealed".to_owned()])
     );
     let unattested = decide(&engine, "datasets/x", &sealed_only, Action::Decrypt, None);
-    assert_eq!(unattested.0, false);
+    assert!(!unattested.0);
     let sealed = decide(
         &engine,
         "datasets/x",
