@@ -191,17 +191,26 @@ mod tests {
             assert_eq!(open(sk.as_ref(), &other, &sealed), Err(ReleaseError::Open));
         }
         let (other_sk, _) = generate_keypair();
-        assert_eq!(open(other_sk.as_ref(), &i, &sealed), Err(ReleaseError::Open));
+        assert_eq!(
+            open(other_sk.as_ref(), &i, &sealed),
+            Err(ReleaseError::Open)
+        );
         let mut flipped = sealed.clone();
         flipped[40] ^= 1;
         assert_eq!(open(sk.as_ref(), &i, &flipped), Err(ReleaseError::Open));
-        assert_eq!(open(sk.as_ref(), &i, &sealed[..47]), Err(ReleaseError::TooShort));
+        assert_eq!(
+            open(sk.as_ref(), &i, &sealed[..47]),
+            Err(ReleaseError::TooShort)
+        );
     }
 
     #[test]
     fn bad_keys_are_refused() {
         assert_eq!(seal(&[1; 31], b"", &[0; 32]), Err(ReleaseError::BadKey));
-        assert_eq!(open(&[1; 33], b"", &[0; 80]).err(), Some(ReleaseError::BadKey));
+        assert_eq!(
+            open(&[1; 33], b"", &[0; 80]).err(),
+            Some(ReleaseError::BadKey)
+        );
         assert_eq!(public_key(&[]), Err(ReleaseError::BadKey));
     }
 
@@ -209,7 +218,13 @@ mod tests {
     /// this value too).
     #[test]
     fn info_is_pinned() {
-        let i = info(ReleaseOp::GenerateDataKey, "models/confidential", 1, "l-1", 1);
+        let i = info(
+            ReleaseOp::GenerateDataKey,
+            "models/confidential",
+            1,
+            "l-1",
+            1,
+        );
         assert_eq!(&i[..INFO_LABEL.len()], INFO_LABEL);
         assert_eq!(i.len(), INFO_LABEL.len() + 32);
         let mut h = Sha256::new();
