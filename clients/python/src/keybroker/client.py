@@ -13,6 +13,7 @@ import random
 import secrets
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Mapping
 
@@ -36,6 +37,9 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
 RETRYABLE_IF_IDEMPOTENT = RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
 #: Metadata key of the attestation result sent with a key call.
 ATTESTATION_HEADER = "x-keybroker-attestation"
+#: Metadata key of the request id, sent on every call (the same on each retry of it) and named
+#: by the broker's audit record of the call.
+REQUEST_ID_HEADER = "x-request-id"
 
 
 @dataclass(eq=False)
@@ -53,6 +57,8 @@ class DataKey:
     _wiped: bool = field(repr=False, default=False)
     #: With a recipient: the sealed key as the broker sent it (what `key` was opened from).
     ciphertext_for_recipient: bytes = field(repr=False, default=b"")
+    #: The `x-request-id` of the call that released it (its audit record's `request_id`).
+    request_id: str = ""
 
     def expired(self) -> bool:
         """True once the lease (less the refresh margin) has ended; wipes the key then."""
@@ -173,10 +179,11 @@ class KeyBroker(SigningMixin):
             recipient=_recipient(recipient_private_key),
         )
         start = self._clock()
-        resp = self._call("GenerateDataKey", self._stub.GenerateDataKey, req, attestation=attestation)
+        resp, rid = self._call_with_id("GenerateDataKey", self._stub.GenerateDataKey, req, attestation=attestation)
         plaintext, sealed = _released(resp, recipient_private_key, "GenerateDataKey", key)
         dk = self._leased(plaintext, resp.ciphertext, key, resp.key_version, resp.lease, start)
         dk.ciphertext_for_recipient = sealed
+        dk.request_id = rid
         _wipe(plaintext)
         return dk
 
@@ -201,10 +208,11 @@ class KeyBroker(SigningMixin):
             recipient=_recipient(recipient_private_key),
         )
         start = self._clock()
-        resp = self._call("Decrypt", self._stub.Decrypt, req, idempotent=True, attestation=attestation)
+        resp, rid = self._call_with_id("Decrypt", self._stub.Decrypt, req, idempotent=True, attestation=attestation)
         plaintext, sealed = _released(resp, recipient_private_key, "Decrypt", resp.key)
         dk = self._leased(plaintext, ciphertext, resp.key, resp.key_version, resp.lease, start)
         dk.ciphertext_for_recipient = sealed
+        dk.request_id = rid
         _wipe(plaintext)
         if attested:
             return dk
@@ -314,14 +322,19 @@ class KeyBroker(SigningMixin):
             _margin=min(self._margin * ttl, 30.0),
         )
 
-    def _call(self, name: str, method: Any, req: Any, *, idempotent: bool = False,
-              attestation: str | None = None) -> Any:
+    def _call(self, name: str, method: Any, req: Any, *, idempotent: bool = False) -> Any:
+        return self._call_with_id(name, method, req, idempotent=idempotent)[0]
+
+    def _call_with_id(self, name: str, method: Any, req: Any, *, idempotent: bool = False,
+                      attestation: str | None = None) -> tuple[Any, str]:
+        """Sends `req` (retrying what may be retried) and returns (response, request id)."""
         retryable = RETRYABLE_IF_IDEMPOTENT if idempotent else RETRYABLE
         # An attestation result's nonce is accepted once: a repeat could only be refused.
         retries = 1 if attestation is not None else self._retries
         ceiling = 0.1
+        rid = str(uuid.uuid4())
         for attempt in range(retries):
-            metadata = []
+            metadata = [(REQUEST_ID_HEADER, rid)]
             tok = self._token_file.get() if self._token_file else self._token
             if tok:
                 metadata.append(("authorization", f"Bearer {tok}"))
@@ -331,7 +344,7 @@ class KeyBroker(SigningMixin):
                 metadata.append((ATTESTATION_HEADER, attestation.strip()))
             self.calls[name] = self.calls.get(name, 0) + 1
             try:
-                return method(req, metadata=metadata, timeout=self._timeout)
+                return method(req, metadata=metadata, timeout=self._timeout), rid
             except grpc.RpcError as e:
                 code = e.code()  # type: ignore[attr-defined]
                 if code in retryable and attempt + 1 < retries:
@@ -340,8 +353,8 @@ class KeyBroker(SigningMixin):
                     time.sleep(random.uniform(0, ceiling))
                     ceiling = min(ceiling * 2, 2.0)
                     continue
-                raise BrokerError(code.name if code else "UNKNOWN", e.details() or "") from None  # type: ignore[attr-defined]
-        raise BrokerError("UNAVAILABLE", "retries exhausted")
+                raise BrokerError(code.name if code else "UNKNOWN", e.details() or "", rid) from None  # type: ignore[attr-defined]
+        raise BrokerError("UNAVAILABLE", "retries exhausted", rid)
 
 
 def _recipient(key: X25519PrivateKey | None) -> datakeys_pb2.Recipient | None:
