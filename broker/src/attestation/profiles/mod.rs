@@ -139,10 +139,7 @@ impl ProfileRefusal {
 ///
 /// # Errors
 /// The first [`ProfileRefusal`] found.
-pub(crate) fn map(
-    profile: Profile,
-    payload: &Map<String, Value>,
-) -> Result<Mapped, ProfileRefusal> {
+pub(crate) fn map(profile: Profile, payload: &Map<String, Value>) -> Result<Mapped, ProfileRefusal> {
     let _ = (profile, payload);
     Err(ProfileRefusal::MissingTee)
 }
