@@ -15,6 +15,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Name of the demo key created on first run.
 pub const DEMO_KEY: &str = "datasets/demo";
+/// Name of the key that needs an attestation result (the dev policy's
+/// `dev-models-confidential-needs-fresh-tee`), created on first run.
+pub const CONFIDENTIAL_KEY: &str = "models/confidential";
+/// Issuer (`iss`) of the dev attestation verifier's results.
+pub const DEV_ATTESTATION_ISSUER: &str = "https://dev-attestation.keybroker.invalid";
+/// Directory of the dev attestation verifier under the state dir.
+pub const ATTESTATION_DIR: &str = "dev-attestation";
 /// Token label of the dev SoftHSM token.
 pub const TOKEN_LABEL: &str = "keybroker-dev";
 /// Issuer of dev tokens.
@@ -113,13 +120,23 @@ pub fn prepare(dir: &Path) -> Result<DevPaths, DevError> {
     upgrade_policy(&dir, &paths.config())?;
     upgrade_http(&paths.config())?;
     upgrade_xks(&dir, &paths.config())?;
+    upgrade_attestation(&dir, &paths.config())?;
     Ok(paths)
 }
+
+/// The built-in dev policy of earlier releases: a dev dir still holding exactly this text gets
+/// the current one (a policy edited by hand is left alone).
+const PREVIOUS_DEV_POLICIES: [&str; 1] = [include_str!("../policy/previous/dev-xks.cedar")];
 
 /// Dev dirs created before policy existed: write the dev policy and point the config at it,
 /// so dev mode keeps working with zero extra setup.
 fn upgrade_policy(dir: &Path, config: &Path) -> Result<(), DevError> {
     init_policy(dir)?;
+    let policy = dir.join("dev-policy.cedar");
+    let current = fs::read_to_string(&policy).map_err(io(&policy))?;
+    if PREVIOUS_DEV_POLICIES.contains(&current.as_str()) {
+        write_public(&policy, crate::policy::DEV_POLICY)?;
+    }
     let text = fs::read_to_string(config).map_err(io(config))?;
     if !text.contains("[policy]") {
         write_public(config, &format!("{text}\n{POLICY_SECTION}"))?;
@@ -197,6 +214,49 @@ keys = [\"xks-*\"]
 credentials = [{{ access_key_id = \"{access_key_id}\", secret_file = \"xks/secret\" }}]
 # Calls must present the dev \"AWS KMS\" client certificate (xks/kms-client.pem), as KMS does.
 mtls = {{ ca_file = \"xks/kms-client-ca.pem\", names = [\"{XKS_CLIENT_NAME}\"] }}
+"
+        ),
+    )
+}
+
+/// Dev dirs without attestation get the dev attestation verifier (an EAR producer in the
+/// Trustee layout, as `keybroker dev-attestation` mints): its Ed25519 signing key (0600), JWKS
+/// and `verifier.json` under `dev-attestation/`, and an `[attestation]` section.
+fn upgrade_attestation(dir: &Path, config: &Path) -> Result<(), DevError> {
+    let text = fs::read_to_string(config).map_err(io(config))?;
+    if text.contains("[attestation]") {
+        return Ok(());
+    }
+    let d = dir.join(ATTESTATION_DIR);
+    create_private_dir(&d)?;
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+    write_secret(&d.join("signing-key.pem"), kp.serialize_pem().as_bytes())?;
+    let kid = format!("dev-att-{}", &random_secret()[..8]);
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
+        "x": URL_SAFE_NO_PAD.encode(kp.public_key_raw()),
+    }]});
+    write_public(&d.join("jwks.json"), &jwks.to_string())?;
+    let verifier = serde_json::json!({
+        "issuer": DEV_ATTESTATION_ISSUER, "kid": kid, "profile": "ear", "layout": "trustee",
+    });
+    write_public(&d.join("verifier.json"), &verifier.to_string())?;
+    write_public(
+        config,
+        &format!(
+            "{text}
+# Attested key release (docs/attestation.md): the dev attestation verifier, whose results
+# `keybroker dev-attestation` mints. Never for production.
+[attestation]
+max_age = \"5m\"
+
+[[attestation.verifiers]]
+name = \"dev\"
+profile = \"ear\"
+layout = \"trustee\"
+issuer = \"{DEV_ATTESTATION_ISSUER}\"
+jwks_file = \"{ATTESTATION_DIR}/jwks.json\"
+algorithms = [\"EdDSA\"]
 "
         ),
     )

@@ -3,7 +3,6 @@
 //! `keybrokerd` is a thin binary over [`run`]; tests call the same function on `127.0.0.1:0`.
 
 pub mod api;
-#[allow(dead_code, unused_imports)] // wired into the API in the following commits
 mod attestation;
 pub mod audit;
 pub mod config;

@@ -219,27 +219,39 @@ async fn run_dev(
         "  try:        keybroker datakey generate {} --context dataset=demo",
         dev::DEMO_KEY
     );
+    println!(
+        "  attested:   {} needs a TEE attestation result (docs/attestation.md: keybroker \
+         attestation nonce, keybroker dev-attestation)",
+        dev::CONFIDENTIAL_KEY
+    );
     broker.serve(listener, shutdown).await?;
     Ok(())
 }
 
+/// The dev data keys, created on first run: the demo key, and `models/confidential`, which the
+/// dev policy releases only to an attested TEE.
 async fn ensure_demo_key(broker: &Broker) -> anyhow::Result<()> {
     use keybroker_broker::keys::KeyError;
     use keybroker_broker::keys::name::KeyName;
     use keybroker_broker::store::Purpose;
-    let name = KeyName::parse(dev::DEMO_KEY)?;
-    match broker.keys().get_key(&name).await {
-        Ok(_) => Ok(()),
-        Err(KeyError::NotFound) => {
-            let labels = [("classification".to_owned(), "demo".to_owned())].into();
-            broker
-                .keys()
-                .create_key(&name, Purpose::DataKey, labels, None, None)
-                .await?;
-            Ok(())
+    for (name, classification) in [
+        (dev::DEMO_KEY, "demo"),
+        (dev::CONFIDENTIAL_KEY, "confidential"),
+    ] {
+        let name = KeyName::parse(name)?;
+        match broker.keys().get_key(&name).await {
+            Ok(_) => {}
+            Err(KeyError::NotFound) => {
+                let labels = [("classification".to_owned(), classification.to_owned())].into();
+                broker
+                    .keys()
+                    .create_key(&name, Purpose::DataKey, labels, None, None)
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
+    Ok(())
 }
 
 /// The dev XKS keys (`xks.env` names them), created on first run.

@@ -23,6 +23,8 @@ use crate::policy::{PolicySlot, Reloaded};
 
 /// How long shutdown waits for in-flight requests and open streams.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest header list (all gRPC metadata) of a request: room for an attestation result.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// How often the health monitor probes the HSMs and the catalog.
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -59,6 +61,9 @@ pub enum StartError {
     /// JWKS failed to load.
     #[error("identity.jwt_issuers: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    /// An attestation verifier's JWKS failed to load.
+    #[error("attestation.verifiers: {0}")]
+    Attestation(#[from] crate::attestation::AttestationError),
     /// The mTLS client CA bundle failed to load.
     #[error("identity.client_ca_file: {0}")]
     ClientCa(crate::identity::IdentityError),
@@ -254,6 +259,16 @@ impl Broker {
                 .as_ref()
                 .map_or(&[], |m| m.trust_domains.as_slice()),
         );
+        let attestation = match &config.attestation {
+            Some(a) => {
+                let verifiers = crate::attestation::Attestation::new(a)?;
+                // As for issuers: a JWKS URL that does not answer refuses that verifier's
+                // results until a fetch succeeds; the broker starts.
+                verifiers.prefetch().await;
+                Some(Arc::new(verifiers))
+            }
+            None => None,
+        };
         let client_ca = match &config.identity.mtls {
             Some(m) => Some((
                 ClientCa::load(
@@ -409,6 +424,7 @@ impl Broker {
                 residency: config.residency.clone(),
                 metrics,
                 checkpoint: latest,
+                attestation,
             }),
             checkpoints: signer.map(|s| (s, config.audit.dir.clone())),
             postgres: catalog.postgres,
@@ -539,6 +555,9 @@ impl Broker {
             .identity
             .jwt()
             .spawn_refresh(&self.tasks, &self.cancel);
+        if let Some(a) = &self.state.attestation {
+            a.spawn_refresh(&self.tasks, &self.cancel);
+        }
         if let Some((ca, every)) = &self.client_ca {
             self.tasks
                 .spawn(ca.clone().watch(*every, self.cancel.clone()));
@@ -546,6 +565,9 @@ impl Broker {
         let incoming = crate::tls::incoming(listener, self.tls, &self.tasks, self.cancel.clone());
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
+            // Attestation results travel in metadata and run to tens of KiB (hyper's default
+            // header list limit is 16 KiB); each is still capped by its verifier's limit.
+            .http2_max_header_list_size(MAX_HEADER_LIST)
             .layer(crate::api::request_span::RequestSpanLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {

@@ -166,6 +166,12 @@ impl Recorder {
                 let ids = d.reasons.iter().map(|id| format!("policy:{id}"));
                 self.record.reasons.extend(ids);
             }
+            if let Some((audit, refused)) = facts.attestation.get() {
+                self.record.attestation = Some(audit.clone());
+                if let Some(why) = refused {
+                    self.record.reasons.push(format!("attestation: {why}"));
+                }
+            }
             if let (None, Some((id, jurisdiction))) = (&self.record.hsm_id, facts.hsm.get()) {
                 self.record.hsm_id = Some(id.clone());
                 self.record.hsm_jurisdiction.clone_from(jurisdiction);

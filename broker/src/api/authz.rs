@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
 use tonic::{Code, Status};
 
 use crate::keys::KeyError;
@@ -57,14 +59,123 @@ impl ApiState {
         name: &KeyName,
         ctx: &EncryptionContext,
     ) -> Result<KeyRecord, Status> {
+        self.authorize_key_to(call, action, name, ctx, None).await
+    }
+
+    /// [`ApiState::authorize_key`] for a release that may go sealed to `recipient` (an X25519
+    /// key the call's attestation result must bind). A DataKeys call carrying an attestation
+    /// result has it checked here, after the key is known and before policy, which then sees
+    /// its facts.
+    pub(crate) async fn authorize_key_to(
+        &self,
+        call: &CallContext,
+        action: Action,
+        name: &KeyName,
+        ctx: &EncryptionContext,
+        recipient: Option<&[u8; 32]>,
+    ) -> Result<KeyRecord, Status> {
         let record = if releases(action) {
             self.keys.get_key_for_release(name).await
         } else {
             self.keys.get_key(name).await
         }
         .map_err(|e| key_error(&e, &call.rid))?;
-        self.authorize_record(call, action, &record, &context_map(ctx))?;
+        let attested = if releases(action) {
+            self.note_hsm(call, &record);
+            self.attest(call, recipient).await?
+        } else {
+            None
+        };
+        let ctx = context_map(ctx);
+        match &attested {
+            None => self.authorize_record(call, action, &record, &ctx)?,
+            Some(facts) => self.with_record_facts(call, &record, |key| {
+                let a = crate::policy::AttestationFacts {
+                    tee: facts.tee,
+                    measurement: &facts.measurement,
+                    debug: facts.debug,
+                    tcb_status: &facts.tcb_status,
+                    verifier: &facts.verifier,
+                    age_seconds: facts.age_seconds,
+                    nonce_binding: facts.nonce_binding,
+                };
+                self.decide_with(call, action.as_str(), key, |p| {
+                    p.decide_attested(&call.principal, action, key, &ctx, &a, recipient.is_some())
+                })
+            })?,
+        }
         Ok(record)
+    }
+
+    /// Checks the call's attestation result, if any, and that it binds `recipient`; notes what
+    /// it found (or why it was refused) for the audit record. `None`: the call carried none.
+    async fn attest(
+        &self,
+        call: &CallContext,
+        recipient: Option<&[u8; 32]>,
+    ) -> Result<Option<crate::attestation::Facts>, Status> {
+        use crate::attestation::profiles::BoundKey;
+        use crate::audit::AttestationAudit;
+
+        let refuse = |audit: AttestationAudit, reason: &str| {
+            tracing::info!(request_id = %call.rid, reason, verifier = ?audit.verifier,
+                "attestation refused");
+            self.metrics.decision("attestation_deny");
+            let _first = call.facts.attestation.set((audit, Some(reason.to_owned())));
+            call.rid
+                .status(Code::PermissionDenied, "attestation refused".to_owned())
+        };
+        let token = match (&call.attestation, recipient) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => {
+                return Err(refuse(
+                    AttestationAudit::default(),
+                    "recipient requires attestation",
+                ));
+            }
+            (Some(Err(why)), _) => return Err(refuse(AttestationAudit::default(), why)),
+            (Some(Ok(token)), _) => token,
+        };
+        let Some(verifiers) = &self.attestation else {
+            return Err(refuse(
+                AttestationAudit::default(),
+                "attestation is not configured",
+            ));
+        };
+        let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+        let facts = match verifiers.check(token, &call.principal, now).await {
+            Ok(facts) => facts,
+            Err(r) => {
+                let audit = AttestationAudit {
+                    verifier: r.verifier,
+                    ..AttestationAudit::default()
+                };
+                return Err(refuse(audit, &r.reason));
+            }
+        };
+        let mut audit = AttestationAudit {
+            verifier: Some(facts.verifier.clone()),
+            profile: Some(facts.profile.to_owned()),
+            tee: Some(facts.tee.to_owned()),
+            measurement: Some(facts.measurement.clone()),
+            debug: Some(facts.debug),
+            tcb_status: Some(crate::audit::record::bound_identity(&facts.tcb_status)),
+            age_seconds: Some(facts.age_seconds),
+            nonce_binding: Some(facts.nonce_binding.to_owned()),
+            recipient_sha256: None,
+        };
+        if let Some(want) = recipient {
+            audit.recipient_sha256 = Some(hex::encode(Sha256::digest(want)));
+            match &facts.recipient {
+                Some(BoundKey::X25519(bound)) if bool::from(bound.ct_eq(want)) => {}
+                Some(BoundKey::Unsupported(_)) => {
+                    return Err(refuse(audit, "recipient key type unsupported"));
+                }
+                _ => return Err(refuse(audit, "recipient not bound")),
+            }
+        }
+        let _first = call.facts.attestation.set((audit, None));
+        Ok(Some(facts))
     }
 
     /// Authorizes `action` on the key a ciphertext names; returns the parsed envelope and the
@@ -75,10 +186,13 @@ impl ApiState {
         action: Action,
         ciphertext: &[u8],
         ctx: &EncryptionContext,
+        recipient: Option<&[u8; 32]>,
     ) -> Result<(Envelope, KeyRecord), Status> {
         let env = Envelope::parse(ciphertext)
             .map_err(|e| key_error(&KeyError::Envelope(e), &call.rid))?;
-        let record = self.authorize_key(call, action, &env.key, ctx).await?;
+        let record = self
+            .authorize_key_to(call, action, &env.key, ctx, recipient)
+            .await?;
         Ok((env, record))
     }
 
@@ -146,6 +260,16 @@ impl ApiState {
         self.with_record_facts(call, record, |key| self.decide(call, action, key, ctx))
     }
 
+    /// Notes `record`'s HSM for the audit record: known before any HSM call.
+    fn note_hsm(&self, call: &CallContext, record: &KeyRecord) -> Option<String> {
+        let known = self
+            .keys
+            .hsm_info(&record.hsm_id)
+            .map(|h| h.jurisdiction.clone());
+        let _first = call.facts.hsm.set((record.hsm_id.clone(), known.clone()));
+        known
+    }
+
     /// Runs `f` with the policy facts of `record`, after noting its HSM for the audit record.
     fn with_record_facts<T>(
         &self,
@@ -153,13 +277,7 @@ impl ApiState {
         record: &KeyRecord,
         f: impl FnOnce(&KeyFacts<'_>) -> T,
     ) -> T {
-        let known = self
-            .keys
-            .hsm_info(&record.hsm_id)
-            .map(|h| h.jurisdiction.clone());
-        // For the audit record: the HSM the key lives on, known before any HSM call.
-        let _first = call.facts.hsm.set((record.hsm_id.clone(), known.clone()));
-        let jurisdiction = known.unwrap_or_default();
+        let jurisdiction = self.note_hsm(call, record).unwrap_or_default();
         f(&KeyFacts {
             name: &record.name,
             purpose: purpose_name(record.purpose),

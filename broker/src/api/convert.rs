@@ -79,6 +79,29 @@ pub(crate) fn ciphertext<'a>(ct: &'a [u8], rid: &RequestId) -> Result<&'a [u8], 
     Ok(ct)
 }
 
+/// The recipient of a sealed release: suite X25519/HKDF-SHA256/AES-256-GCM and a 32-byte
+/// public key, or none.
+pub(crate) fn recipient(
+    r: Option<pb::Recipient>,
+    rid: &RequestId,
+) -> Result<Option<[u8; 32]>, Status> {
+    let Some(r) = r else {
+        return Ok(None);
+    };
+    if r.suite != pb::HpkeSuite::X25519Sha256Aes256gcm as i32 {
+        return Err(invalid(
+            "recipient.suite: only HPKE_SUITE_X25519_SHA256_AES256GCM is supported",
+            rid,
+        ));
+    }
+    let key: [u8; 32] = r
+        .public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| invalid("recipient.public_key: an X25519 key is 32 bytes", rid))?;
+    Ok(Some(key))
+}
+
 pub(crate) fn timestamp(unix: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: unix,

@@ -12,6 +12,7 @@ use super::status::{invalid, key_error};
 use super::wrap::audited_service;
 use super::{ApiState, convert};
 use crate::policy::Action;
+use keybroker_client::release;
 
 /// The DataKeys service.
 #[derive(Debug)]
@@ -42,8 +43,15 @@ impl DataKeysApi {
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
         let ttl = convert::ttl(r.ttl, rid)?;
+        let recipient = convert::recipient(r.recipient, rid)?;
         let key = (self.state)
-            .authorize_key(&call, Action::GenerateDataKey, &name, &ctx)
+            .authorize_key_to(
+                &call,
+                Action::GenerateDataKey,
+                &name,
+                &ctx,
+                recipient.as_ref(),
+            )
             .await?;
         rec.hsm(&self.state.keys, &key.hsm_id);
         let (released, sealed) = self
@@ -55,13 +63,24 @@ impl DataKeysApi {
         rec.version(sealed.version);
         rec.lease(&released.lease.id);
         tracing::info!(request_id = %rid, key = name.as_str(), version = sealed.version,
-            subject = %call.principal.subject, lease = %released.lease.id, "data key issued");
+            subject = %call.principal.subject, lease = %released.lease.id,
+            sealed_to_recipient = recipient.is_some(), "data key issued");
+        let (plaintext, for_recipient) = release_to(
+            recipient.as_ref(),
+            release::ReleaseOp::GenerateDataKey,
+            name.as_str(),
+            sealed.version,
+            &released.lease.id,
+            &released.plaintext,
+            rid,
+        )?;
         Ok(rid.response(pb::GenerateDataKeyResponse {
-            plaintext: released.plaintext.to_vec(),
+            plaintext,
             ciphertext: sealed.ciphertext,
             key_version: sealed.version,
             lease: Some(convert::lease(&released.lease)),
-            ..Default::default()
+            recipient_suite: recipient_suite(&for_recipient),
+            ciphertext_for_recipient: for_recipient,
         }))
     }
 
@@ -108,8 +127,9 @@ impl DataKeysApi {
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
         let ttl = convert::ttl(r.ttl, rid)?;
+        let recipient = convert::recipient(r.recipient, rid)?;
         let (env, key) = (self.state)
-            .authorize_ciphertext(&call, Action::Decrypt, ct, &ctx)
+            .authorize_ciphertext(&call, Action::Decrypt, ct, &ctx, recipient.as_ref())
             .await?;
         rec.key(&key.name);
         rec.version(env.version);
@@ -124,13 +144,24 @@ impl DataKeysApi {
         rec.version(released.version);
         rec.lease(&released.lease.id);
         tracing::info!(request_id = %rid, key = %released.key, version = released.version,
-            subject = %call.principal.subject, lease = %released.lease.id, "ciphertext opened");
+            subject = %call.principal.subject, lease = %released.lease.id,
+            sealed_to_recipient = recipient.is_some(), "ciphertext opened");
+        let (plaintext, for_recipient) = release_to(
+            recipient.as_ref(),
+            release::ReleaseOp::Decrypt,
+            &released.key,
+            released.version,
+            &released.lease.id,
+            &released.plaintext,
+            rid,
+        )?;
         Ok(rid.response(pb::DecryptResponse {
-            plaintext: released.plaintext.to_vec(),
+            plaintext,
             key: released.key.clone(),
             key_version: released.version,
             lease: Some(convert::lease(&released.lease)),
-            ..Default::default()
+            recipient_suite: recipient_suite(&for_recipient),
+            ciphertext_for_recipient: for_recipient,
         }))
     }
 
@@ -181,7 +212,7 @@ impl DataKeysApi {
         let ctx = convert::context(r.context, rid)?;
         rec.context(&ctx);
         let (env, record) = (self.state)
-            .authorize_ciphertext(&call, Action::ReEncrypt, ct, &ctx)
+            .authorize_ciphertext(&call, Action::ReEncrypt, ct, &ctx, None)
             .await?;
         rec.key(&record.name);
         rec.hsm(&self.state.keys, &record.hsm_id);
@@ -202,17 +233,75 @@ impl DataKeysApi {
     }
 }
 
+/// The released key as the response carries it: in clear, or sealed to `recipient` (HPKE,
+/// bound to the call by `keybroker_client::release::info`) with the clear field empty.
+fn release_to(
+    recipient: Option<&[u8; 32]>,
+    op: release::ReleaseOp,
+    key: &str,
+    version: u32,
+    lease_id: &str,
+    plaintext: &[u8],
+    rid: &super::RequestId,
+) -> Result<(Vec<u8>, Vec<u8>), Status> {
+    let Some(recipient) = recipient else {
+        return Ok((plaintext.to_vec(), Vec::new()));
+    };
+    let suite = release::SUITE_X25519_SHA256_AES256GCM;
+    let info = release::info(op, key, version, lease_id, suite);
+    let sealed = release::seal(recipient, &info, plaintext).map_err(|e| {
+        tracing::error!(request_id = %rid, error = %e, "sealing to the recipient failed");
+        rid.status(tonic::Code::InvalidArgument, format!("recipient: {e}"))
+    })?;
+    Ok((Vec::new(), sealed))
+}
+
+fn recipient_suite(sealed: &[u8]) -> i32 {
+    if sealed.is_empty() {
+        pb::HpkeSuite::Unspecified as i32
+    } else {
+        pb::HpkeSuite::X25519Sha256Aes256gcm as i32
+    }
+}
+
 impl DataKeysApi {
     /// `GetAttestationNonce`: authenticated like every call, then a nonce bound to the caller.
+    /// Not a key operation: logged, not audited.
     async fn attestation_nonce(
         &self,
         req: Request<pb::GetAttestationNonceRequest>,
     ) -> Result<Response<pb::GetAttestationNonceResponse>, Status> {
         let call = self.state.begin(&req).await?;
-        Err(call.rid.status(
-            tonic::Code::Unimplemented,
-            "attestation is not configured".to_owned(),
-        ))
+        let rid = &call.rid;
+        let Some(attestation) = &self.state.attestation else {
+            return Err(rid.status(
+                tonic::Code::FailedPrecondition,
+                "attestation is not configured on this broker ([attestation] in the config)"
+                    .to_owned(),
+            ));
+        };
+        let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+        let (nonce, expires_at) = attestation.nonce(&call.principal, now).map_err(|e| {
+            tracing::warn!(request_id = %rid, error = ?e, "attestation nonce refused");
+            match e {
+                crate::attestation::nonce::IssueError::Full => rid.status(
+                    tonic::Code::ResourceExhausted,
+                    "too many attestation nonces in use; retry later".to_owned(),
+                ),
+                crate::attestation::nonce::IssueError::Random => rid.status(
+                    tonic::Code::Unavailable,
+                    "no randomness for a nonce; retry later".to_owned(),
+                ),
+            }
+        })?;
+        tracing::info!(request_id = %rid, subject = %call.principal.subject,
+            "attestation nonce issued");
+        Ok(rid.response(pb::GetAttestationNonceResponse {
+            nonce,
+            expires_at: Some(convert::timestamp(
+                i64::try_from(expires_at).unwrap_or(i64::MAX),
+            )),
+        }))
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct ApiState {
     pub(crate) metrics: Arc<crate::http::metrics::Metrics>,
     /// The newest signed checkpoint (served by `Audit.GetCheckpoint`).
     pub(crate) checkpoint: crate::audit::checkpoint::Latest,
+    /// Attestation verifiers and nonces (`[attestation]`), when configured.
+    pub(crate) attestation: Option<Arc<crate::attestation::Attestation>>,
 }
 
 /// A request id: the caller's (if well-formed) or a fresh UUID.
@@ -100,6 +102,9 @@ pub(crate) struct CallContext {
     pub(crate) policy: Arc<PolicyEngine>,
     /// What authorization learnt, shared with the call's audit recorder.
     pub(crate) facts: Arc<CallFacts>,
+    /// The attestation result sent with the call (`x-keybroker-attestation`), or why the
+    /// metadata is unusable; checked by the DataKeys authorization only.
+    pub(crate) attestation: Option<Result<String, &'static str>>,
 }
 
 /// Facts authorization establishes for the audit record, each set once per call.
@@ -111,6 +116,8 @@ pub(crate) struct CallFacts {
     pub(crate) hsm: std::sync::OnceLock<(String, Option<String>)>,
     /// What a release whose gate opened leaves for the audit record.
     pub(crate) ticket: crate::keys::leases::TicketSlot,
+    /// What the call's attestation result said, and the reason it was refused, if it was.
+    pub(crate) attestation: std::sync::OnceLock<(crate::audit::AttestationAudit, Option<String>)>,
 }
 
 impl CallContext {
@@ -136,6 +143,7 @@ impl ApiState {
                     principal: principal.clone(),
                     policy: self.policy.current(),
                     facts: Arc::default(),
+                    attestation: None,
                 }),
                 Err(why) => {
                     tracing::info!(request_id = %rid, reason = why, "unauthenticated request");
@@ -181,8 +189,28 @@ impl ApiState {
             principal,
             policy: self.policy.current(),
             facts: Arc::default(),
+            attestation: attestation_metadata(req),
         })
     }
+}
+
+/// The attestation result of a request: none, one usable value, or why not (two values, not
+/// ASCII). Its size is checked by the verifier.
+fn attestation_metadata<T>(req: &Request<T>) -> Option<Result<String, &'static str>> {
+    let mut values = req
+        .metadata()
+        .get_all(crate::attestation::METADATA_KEY)
+        .iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return Some(Err("more than one attestation result"));
+    }
+    Some(
+        first
+            .to_str()
+            .map(|t| t.trim().to_owned())
+            .map_err(|_| "attestation result is not ASCII"),
+    )
 }
 
 /// Builds the tonic router with every service the broker serves.

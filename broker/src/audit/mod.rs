@@ -20,8 +20,8 @@ use std::path::PathBuf;
 pub use log::{CommitObserver, FileAuditLog};
 pub use pg::{PgAuditLog, lead as lead_pg_publisher, origin as pg_origin, store_checkpoint};
 pub use record::{
-    AuditPrincipal, AuditRecord, Decision, Op, Outcome, SignedFacts, SignedSubject, Surface,
-    XksFacts,
+    AttestationAudit, AuditPrincipal, AuditRecord, Decision, Op, Outcome, SignedFacts,
+    SignedSubject, Surface, XksFacts,
 };
 
 /// Errors of the audit log.

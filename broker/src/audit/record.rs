@@ -235,6 +235,42 @@ pub struct AuditRecord {
     /// entry. Absent on other records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed: Option<SignedFacts>,
+    /// What an attestation result presented with a DataKeys call said (or, for a refused one,
+    /// the verifier it named); never the token, nonce or runtime data. Absent on other calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<AttestationAudit>,
+}
+
+/// The attestation facts of a call (docs/attestation.md), as far as they were established.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AttestationAudit {
+    /// The configured verifier that signed the result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<String>,
+    /// Its claim profile (`ear`, `intel-trust-authority`, `azure-attestation`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// `sev-snp`, `tdx`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tee: Option<String>,
+    /// Launch measurement / MRTD, lower-case hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
+    /// Any debug indicator set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<bool>,
+    /// The verifier's TCB verdict (`""` when its profile has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcb_status: Option<String>,
+    /// Seconds between the result's issue and its use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<u64>,
+    /// `evidence` or `result`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce_binding: Option<String>,
+    /// SHA-256 (hex) of the raw recipient public key the data key was sealed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_sha256: Option<String>,
 }
 
 /// What a SIGN key signed, as its audit record names it.
@@ -324,6 +360,7 @@ impl AuditRecord {
             surface: Surface::Grpc,
             xks: None,
             signed: None,
+            attestation: None,
         }
     }
 

@@ -63,6 +63,68 @@ pub struct BrokerConfig {
     pub http: Option<HttpConfig>,
     /// Operator log format and levels.
     pub log: LogConfig,
+    /// `[attestation]`: attestation verifiers whose results callers may present (absent: no
+    /// attestation; a call carrying a result is refused).
+    pub attestation: Option<AttestationConfig>,
+}
+
+/// `[attestation]` (docs/attestation.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationConfig {
+    /// Oldest accepted result (`now - iat`); default 5 min, at most 1 h.
+    pub max_age: Duration,
+    /// How long a nonce from `GetAttestationNonce` stays valid; default 5 min, at most 1 h.
+    pub nonce_ttl: Duration,
+    /// Most nonces used and not yet expired (kept to refuse replays); when full, new nonces
+    /// are refused until old ones expire. Default 100 000.
+    pub max_outstanding_nonces: usize,
+    /// The trusted verifiers.
+    pub verifiers: Vec<AttestationVerifierConfig>,
+}
+
+/// One `[[attestation.verifiers]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationVerifierConfig {
+    /// Name, for policy (`context.attestation.verifier`), audit and logs.
+    pub name: String,
+    /// The claim profile of its results.
+    pub profile: AttestationProfile,
+    /// The `iss` of its results; `None` for the one verifier whose results carry no `iss`.
+    pub issuer: Option<String>,
+    /// Where its signing keys come from.
+    pub jwks: JwksSource,
+    /// Accepted signature algorithms.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Refuse results whose nonce is only echoed by the verifier, not bound into the TEE's
+    /// evidence; default true.
+    pub require_evidence_nonce: bool,
+    /// Largest result accepted; default 32 KiB, at most 48 KiB (it travels in gRPC metadata).
+    pub max_token_bytes: usize,
+    /// Clock skew tolerance; default 30 s, at most 30 s.
+    pub leeway: Duration,
+}
+
+/// How a verifier's results are read (see `attestation::profiles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttestationProfile {
+    /// IETF RATS EAR in the Confidential Containers Trustee layout.
+    EarTrustee,
+    /// Intel Trust Authority.
+    IntelTrustAuthority,
+    /// Microsoft Azure Attestation.
+    AzureAttestation,
+}
+
+impl AttestationProfile {
+    /// The config name (`profile`, plus `layout` for EAR).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EarTrustee => "ear",
+            Self::IntelTrustAuthority => "intel-trust-authority",
+            Self::AzureAttestation => "azure-attestation",
+        }
+    }
 }
 
 /// Refuses a config file that group or others may write. (Reading is allowed: a config holds
@@ -293,6 +355,8 @@ pub enum JwtAlgorithm {
     Rs256,
     /// RSASSA-PSS with SHA-256.
     Ps256,
+    /// RSASSA-PSS with SHA-384 (Intel Trust Authority's default).
+    Ps384,
     /// ECDSA P-256 with SHA-256.
     Es256,
     /// Ed25519.
@@ -306,6 +370,7 @@ impl JwtAlgorithm {
         match self {
             Self::Rs256 => "RS256",
             Self::Ps256 => "PS256",
+            Self::Ps384 => "PS384",
             Self::Es256 => "ES256",
             Self::EdDsa => "EdDSA",
         }
@@ -314,9 +379,15 @@ impl JwtAlgorithm {
     /// The algorithm with this JOSE `alg` name, if keybroker accepts it.
     #[must_use]
     pub fn from_jose(name: &str) -> Option<Self> {
-        [Self::Rs256, Self::Ps256, Self::Es256, Self::EdDsa]
-            .into_iter()
-            .find(|a| a.as_str() == name)
+        [
+            Self::Rs256,
+            Self::Ps256,
+            Self::Ps384,
+            Self::Es256,
+            Self::EdDsa,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == name)
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use hsm_config::{Inventory, is_valid_jurisdiction};
 use serde::Deserialize;
 
+mod attestation;
 #[cfg(test)]
 mod docs_tests;
 mod http;
@@ -21,6 +22,7 @@ mod replica;
 mod store;
 mod xks;
 
+use attestation::{RawAttestation, attestation};
 use http::{RawHttp, http};
 use identity::{RawIdentity, identity};
 use log::{RawLog, log};
@@ -60,6 +62,7 @@ struct RawConfig {
     http: Option<RawHttp>,
     #[serde(default)]
     log: RawLog,
+    attestation: Option<RawAttestation>,
 }
 
 #[derive(Deserialize, Default)]
@@ -147,6 +150,7 @@ pub(super) struct Validated {
     policy: PolicyConfig,
     http: Option<super::HttpConfig>,
     log: super::LogConfig,
+    attestation: Option<super::AttestationConfig>,
 }
 
 struct Ctx<'a> {
@@ -247,6 +251,7 @@ impl Validated {
             },
             http: http(&cx, raw.http)?,
             log: log(&cx, raw.log)?,
+            attestation: raw.attestation.map(|a| attestation(&cx, a)).transpose()?,
             display_path: path.to_path_buf(),
             config_path,
         };
@@ -315,6 +320,7 @@ impl Validated {
             policy: self.policy,
             http: self.http,
             log: self.log,
+            attestation: self.attestation,
         })
     }
 }

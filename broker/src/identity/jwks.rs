@@ -1,5 +1,5 @@
 //! JWKS documents: parsing one into the verification keys of an issuer, from a file or from the
-//! bytes a URL returned. Every key needs a `kid` and one of the four accepted `alg`s; a `kid`
+//! bytes a URL returned. Every key needs a `kid` and one of the accepted `alg`s; a `kid`
 //! that appears twice makes the whole set unusable (which key would we pick?).
 
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Arc<KeyMap>, String> {
         let alg = jwk
             .common
             .key_algorithm
-            .and_then(|a| super::jwt::asymmetric_alg(&a.to_string()))
+            .and_then(|a| super::jws::asymmetric_alg(&a.to_string()))
             .ok_or_else(|| format!("key {kid:?} has no usable alg"))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid:?}: {e}"))?;
         if keys.insert(kid.clone(), (alg, key)).is_some() {

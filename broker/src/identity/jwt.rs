@@ -9,23 +9,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::claims::{self, IssuerFacts, Rules};
-use super::jwks::{self, KeyMap};
+use super::jwks::KeyMap;
+use super::jws::{self, HeaderRules, KeySource, Keys, Refusal};
 use super::remote::{Clock, Limits, RemoteJwks};
-use super::strict_json::{StrictError, parse_object};
 use super::token_cache::{self, TokenCache, Verified};
 use super::{IdentityError, Principal, Reason};
 use crate::config::JwksSource;
 
 /// Largest token accepted, before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Workload tokens: at most 8 KiB, header `alg`, `kid` (required), `typ` only.
+const HEADER_RULES: HeaderRules = HeaderRules {
+    max_len: MAX_TOKEN_LEN,
+    jku: false,
+};
 
 // Here, not in `config`: the config parser stays free of the JWT library (it is fuzzed alone).
 impl From<crate::config::JwtAlgorithm> for Algorithm {
@@ -34,6 +37,7 @@ impl From<crate::config::JwtAlgorithm> for Algorithm {
         match a {
             JwtAlgorithm::Rs256 => Self::RS256,
             JwtAlgorithm::Ps256 => Self::PS256,
+            JwtAlgorithm::Ps384 => Self::PS384,
             JwtAlgorithm::Es256 => Self::ES256,
             JwtAlgorithm::EdDsa => Self::EdDSA,
         }
@@ -73,26 +77,6 @@ struct Issuer {
     keys: Keys,
 }
 
-enum Keys {
-    Static(Arc<KeyMap>),
-    Remote(Arc<RemoteJwks>),
-}
-
-/// A refusal, and for a `kid` the cached set lacks, where a refetch could help.
-struct Refusal {
-    reason: Reason,
-    refetch: Option<(Arc<RemoteJwks>, String)>,
-}
-
-impl From<Reason> for Refusal {
-    fn from(reason: Reason) -> Self {
-        Self {
-            reason,
-            refetch: None,
-        }
-    }
-}
-
 /// Verifies bearer tokens against the configured issuers.
 pub struct JwtVerifier {
     issuers: HashMap<String, Issuer>,
@@ -106,9 +90,6 @@ impl std::fmt::Debug for JwtVerifier {
             .finish()
     }
 }
-
-/// Header fields a token may carry; anything else (`crit`, `jku`, `x5u`, `jwk`, …) is refused.
-const HEADER_FIELDS: [&str; 3] = ["alg", "kid", "typ"];
 
 impl JwtVerifier {
     /// Loads every issuer's JWKS file and prepares (without fetching) every JWKS URL.
@@ -127,22 +108,14 @@ impl JwtVerifier {
     ) -> Result<Self, IdentityError> {
         let mut issuers = HashMap::new();
         for s in settings {
-            let err = |path: &str, problem: String| IdentityError::Jwks {
-                issuer: s.issuer.clone(),
-                path: path.to_owned(),
-                problem,
-            };
-            let keys = match &s.jwks {
-                JwksSource::File(path) => {
-                    let shown = path.display().to_string();
-                    let bytes = std::fs::read(path).map_err(|e| err(&shown, e.to_string()))?;
-                    Keys::Static(jwks::parse(&bytes).map_err(|p| err(&shown, p))?)
-                }
-                JwksSource::Url { url, ca_file } => Keys::Remote(Arc::new(
-                    RemoteJwks::new(&s.issuer, url, ca_file.as_deref(), limits, clock.clone())
-                        .map_err(|p| err(url, p))?,
-                )),
-            };
+            let keys =
+                Keys::load(&s.issuer, &s.jwks, limits, clock).map_err(|(path, problem)| {
+                    IdentityError::Jwks {
+                        issuer: s.issuer.clone(),
+                        path,
+                        problem,
+                    }
+                })?;
             let facts = IssuerFacts {
                 cluster: s.cluster.clone(),
                 region: s.region.clone(),
@@ -164,10 +137,7 @@ impl JwtVerifier {
     }
 
     pub(crate) fn remotes(&self) -> impl Iterator<Item = &Arc<RemoteJwks>> {
-        self.issuers.values().filter_map(|i| match &i.keys {
-            Keys::Remote(r) => Some(r),
-            Keys::Static(_) => None,
-        })
+        self.issuers.values().filter_map(|i| i.keys.remote())
     }
 
     /// Per issuer: JWKS fetch attempts and failed fetches since start (for metrics; always 0
@@ -273,68 +243,21 @@ impl JwtVerifier {
     }
 
     fn check_in_full(&self, token: &str, now: u64) -> Result<Verified, Refusal> {
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Reason::NotCompactJws.into());
-        };
-        let header = decode_object(header_b64, "header")?;
-        if header.keys().any(|k| !HEADER_FIELDS.contains(&k.as_str())) {
-            return Err(Reason::HeaderField.into());
-        }
-        if header
-            .get("typ")
-            .is_some_and(|t| !t.as_str().is_some_and(|t| t == "JWT" || t == "JOSE"))
-        {
-            return Err(Reason::HeaderField.into());
-        }
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .and_then(asymmetric_alg)
-            .ok_or(Reason::AlgNotAllowed)?;
-        let kid = match header.get("kid") {
-            None => return Err(Reason::MissingKid.into()),
-            Some(Value::String(k)) => k.as_str(),
-            Some(_) => return Err(Reason::HeaderField.into()),
-        };
-        let payload = decode_object(payload_b64, "payload")?;
-        let issuer = self
-            .issuers
-            .get(claims::issuer(&payload)?)
-            .ok_or(Reason::UnknownIssuer)?;
-        if !issuer.settings.algorithms.contains(&alg) {
-            return Err(Reason::AlgNotAllowed.into());
-        }
-        let keys = match &issuer.keys {
-            Keys::Static(k) => k.clone(),
-            Keys::Remote(r) => match r.current() {
-                Some(k) if k.contains_key(kid) => k,
-                current => {
-                    return Err(Refusal {
-                        reason: if current.is_some() {
-                            Reason::UnknownKid
-                        } else {
-                            Reason::JwksUnavailable
-                        },
-                        refetch: Some((r.clone(), kid.to_owned())),
-                    });
-                }
-            },
-        };
-        let (key_alg, key) = keys.get(kid).ok_or(Reason::UnknownKid)?;
-        if *key_alg != alg {
-            return Err(Reason::AlgKeyMismatch.into());
-        }
-        if sig_b64.is_empty() || URL_SAFE_NO_PAD.decode(sig_b64).is_err() {
-            return Err(Reason::BadSignature.into());
-        }
-        let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
-        match jsonwebtoken::crypto::verify(sig_b64, signed.as_bytes(), key, alg) {
-            Ok(true) => {}
-            _ => return Err(Reason::BadSignature.into()),
-        }
+        let mut found = None;
+        let jws::Signed { payload, keys } = jws::verify(token, HEADER_RULES, |payload| {
+            let issuer = self
+                .issuers
+                .get(claims::issuer(payload)?)
+                .ok_or(Reason::UnknownIssuer)?;
+            found = Some(issuer);
+            Ok(KeySource {
+                keys: &issuer.keys,
+                algorithms: &issuer.settings.algorithms,
+                jku: None,
+                kid_optional: false,
+            })
+        })?;
+        let issuer = found.ok_or(Reason::UnknownIssuer)?;
         let c = claims::parse(&payload, issuer.settings.job_claim.as_deref())?;
         claims::check(&c, issuer.rules(), now)?;
         let mut principal = claims::principal(c.clone(), &issuer.facts)?;
@@ -363,30 +286,6 @@ impl Issuer {
     /// Whether `keys` is still this issuer's current key set (the very same set, not an equal
     /// one: a refresh makes a new set, and cached verdicts of the old one are not reused).
     fn holds(&self, keys: &Arc<KeyMap>) -> bool {
-        match &self.keys {
-            Keys::Static(k) => Arc::ptr_eq(k, keys),
-            Keys::Remote(r) => r.current().is_some_and(|k| Arc::ptr_eq(&k, keys)),
-        }
+        self.keys.holds(keys)
     }
-}
-
-/// The algorithms keybroker can ever accept, by exact JOSE name (`NoNe`, `HS256` are not).
-pub(crate) fn asymmetric_alg(name: &str) -> Option<Algorithm> {
-    match name {
-        "RS256" => Some(Algorithm::RS256),
-        "PS256" => Some(Algorithm::PS256),
-        "ES256" => Some(Algorithm::ES256),
-        "EdDSA" => Some(Algorithm::EdDSA),
-        _ => None,
-    }
-}
-
-fn decode_object(part: &str, what: &'static str) -> Result<Map<String, Value>, Reason> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| Reason::Base64(what))?;
-    parse_object(&bytes).map_err(|e| match e {
-        StrictError::DuplicateKey => Reason::DuplicateKey(what),
-        StrictError::NotObject => Reason::NotJsonObject(what),
-    })
 }

@@ -7,11 +7,12 @@
 
 mod authn;
 mod claims;
-mod jwks;
+pub(crate) mod jwks;
+pub(crate) mod jws;
 mod jwt;
 mod mtls;
 mod principal;
-mod remote;
+pub(crate) mod remote;
 pub(crate) mod spiffe;
 pub(crate) mod strict_json;
 pub(crate) mod svid;
@@ -26,12 +27,11 @@ mod mtls_tests;
 mod hostile_tests;
 
 pub use authn::Authenticator;
+/// Reads an integer time claim (`iat`, `exp`, `nbf`): refuses floats, strings and values past 2^40.
+pub(crate) use claims::time as claim_time;
 pub use jwt::{IssuerSettings, JwtVerifier};
 pub use mtls::{ClientCa, Reloaded};
 pub use principal::{Principal, Reason};
-/// Reads an integer time claim (`iat`, `exp`, `nbf`): refuses floats, strings and values past 2^40.
-#[allow(unused_imports)] // used by the attestation profiles (next commits)
-pub(crate) use claims::time as claim_time;
 pub use svid::{Svid, SvidError, fingerprint};
 
 /// Errors of identity verification. The `Display` text is for the server log; the API layer

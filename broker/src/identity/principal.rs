@@ -5,8 +5,8 @@
 /// Why a token was refused: one variant per rule, so tests and logs can tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Reason {
-    /// Larger than 8 KiB (`MAX_TOKEN_LEN`).
-    #[error("token larger than 8 KiB")]
+    /// Larger than the limit (8 KiB for workload tokens, `MAX_TOKEN_LEN`).
+    #[error("token too large")]
     TooLarge,
     /// Not exactly three dot-separated parts.
     #[error("not a compact JWS (three parts)")]

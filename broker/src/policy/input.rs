@@ -48,6 +48,42 @@ pub struct XksRequestFacts<'a> {
     pub aws_source_vpce: &'a str,
 }
 
+/// What a verified attestation result says (`context.attestation`), and whether the key
+/// leaves sealed to the TEE (`context.recipient_release`).
+#[derive(Debug, Clone, Copy)]
+pub struct AttestationFacts<'a> {
+    /// `sev-snp`, `tdx`, …
+    pub tee: &'a str,
+    /// Lower-case hex.
+    pub measurement: &'a str,
+    /// Any debug indicator set.
+    pub debug: bool,
+    /// The verifier's TCB verdict, `""` when none.
+    pub tcb_status: &'a str,
+    /// The configured verifier's name.
+    pub verifier: &'a str,
+    /// Seconds since the result was issued.
+    pub age_seconds: u64,
+    /// `evidence` or `result`.
+    pub nonce_binding: &'a str,
+}
+
+fn attestation_record(a: &AttestationFacts<'_>) -> Result<RestrictedExpression, PolicyError> {
+    RestrictedExpression::new_record([
+        ("tee".to_owned(), s(a.tee)),
+        ("measurement".to_owned(), s(a.measurement)),
+        ("debug".to_owned(), RestrictedExpression::new_bool(a.debug)),
+        ("tcb_status".to_owned(), s(a.tcb_status)),
+        ("verifier".to_owned(), s(a.verifier)),
+        (
+            "age_seconds".to_owned(),
+            RestrictedExpression::new_long(i64::try_from(a.age_seconds).unwrap_or(i64::MAX)),
+        ),
+        ("nonce_binding".to_owned(), s(a.nonce_binding)),
+    ])
+    .map_err(|e| PolicyError::Request(e.to_string()))
+}
+
 /// The account id of an ARN (`arn:partition:service:region:account:resource`); `""` for
 /// anything else (a service principal, "AWS Internal").
 fn arn_account(arn: &str) -> &str {
@@ -121,6 +157,7 @@ pub(super) fn build(
     key: &KeyFacts<'_>,
     context: &BTreeMap<String, String>,
     xks: Option<&XksRequestFacts<'_>>,
+    attested: Option<(&AttestationFacts<'_>, bool)>,
 ) -> Result<(Request, Entities), PolicyError> {
     let req_err = |e: &dyn std::fmt::Display| PolicyError::Request(e.to_string());
     let p_uid = uid("Keybroker::Workload", &principal.subject)?;
@@ -151,6 +188,15 @@ pub(super) fn build(
     if let Some(x) = xks {
         pairs.push(("xks".to_owned(), xks_record(x)?));
     }
+    let mut recipient_release = false;
+    if let Some((a, recipient)) = attested {
+        pairs.push(("attestation".to_owned(), attestation_record(a)?));
+        recipient_release = recipient;
+    }
+    pairs.push((
+        "recipient_release".to_owned(),
+        RestrictedExpression::new_bool(recipient_release),
+    ));
     let ctx = Context::from_pairs(pairs).map_err(|e| req_err(&e))?;
     let request = Request::new(p_uid, a_uid, k_uid, ctx, Some(schema)).map_err(|e| req_err(&e))?;
     Ok((request, entities))
@@ -177,6 +223,10 @@ pub(super) fn build_audit(
             RestrictedExpression::new_set([]),
         ),
         ("job".to_owned(), opt(principal.job_id.as_ref())),
+        (
+            "recipient_release".to_owned(),
+            RestrictedExpression::new_bool(false),
+        ),
     ])
     .map_err(|e| req_err(&e))?;
     let request =

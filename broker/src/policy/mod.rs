@@ -4,6 +4,8 @@
 //! reason reported for a decision. The policy text's sha256 travels with every decision so the
 //! audit record can name exactly which policy decided. Loading is the only I/O here.
 
+#[cfg(test)]
+mod attestation_tests;
 mod input;
 mod memo;
 mod signing;
@@ -18,7 +20,7 @@ use cedar_policy::{Authorizer, PolicySet, Schema};
 
 use crate::identity::Principal;
 
-pub use input::{KeyFacts, XksRequestFacts};
+pub use input::{AttestationFacts, KeyFacts, XksRequestFacts};
 pub use signing::{SignAction, SigningFacts};
 pub use slot::{PolicySlot, Reloaded};
 
@@ -249,7 +251,7 @@ impl PolicyEngine {
             return Ok(decision);
         }
         let (request, entities) =
-            input::build(&self.schema, principal, action, key, context, None)?;
+            input::build(&self.schema, principal, action, key, context, None, None)?;
         let decision = self.evaluate(&request, &entities);
         self.memo.insert(digest, &decision);
         Ok(decision)
@@ -275,6 +277,36 @@ impl PolicyEngine {
             key,
             &BTreeMap::new(),
             Some(xks),
+            None,
+        )?;
+        Ok(self.evaluate(&request, &entities))
+    }
+
+    /// Decides a DataKeys call that carried a verified attestation result (`context.attestation`,
+    /// and `context.recipient_release` when the key leaves sealed to the TEE). Not remembered:
+    /// the result's age changes every second, and a remembered decision must never answer a
+    /// call without attestation.
+    ///
+    /// # Errors
+    /// [`PolicyError::Request`] when the input cannot be expressed in the schema; callers
+    /// treat that as a deny.
+    pub fn decide_attested(
+        &self,
+        principal: &Principal,
+        action: Action,
+        key: &KeyFacts<'_>,
+        context: &BTreeMap<String, String>,
+        attestation: &AttestationFacts<'_>,
+        recipient_release: bool,
+    ) -> Result<Decision, PolicyError> {
+        let (request, entities) = input::build(
+            &self.schema,
+            principal,
+            action,
+            key,
+            context,
+            None,
+            Some((attestation, recipient_release)),
         )?;
         Ok(self.evaluate(&request, &entities))
     }

@@ -13,17 +13,22 @@
 
 use serde_json::{Map, Value};
 
-/// A trusted execution environment kind. A closed list: anything else is refused.
+mod ear;
+mod ita;
+mod maa;
+mod read;
+#[cfg(test)]
+mod tests;
+
+/// A trusted execution environment kind. A closed list: anything else is refused. SGX and
+/// NVIDIA confidential GPUs (`sgx`, `nvidia-cc` in policy) come when a profile can map their
+/// claims from a confirmed source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tee {
     /// AMD SEV-SNP.
     SevSnp,
     /// Intel TDX.
     Tdx,
-    /// Intel SGX.
-    Sgx,
-    /// NVIDIA confidential computing (reserved; no profile maps to it yet).
-    NvidiaCc,
 }
 
 impl Tee {
@@ -32,8 +37,6 @@ impl Tee {
         match self {
             Self::SevSnp => "sev-snp",
             Self::Tdx => "tdx",
-            Self::Sgx => "sgx",
-            Self::NvidiaCc => "nvidia-cc",
         }
     }
 }
@@ -113,6 +116,8 @@ pub(crate) enum ProfileRefusal {
     BadMeasurement,
     /// No integer `iat`.
     MissingIat,
+    /// No debug indicator where the profile looks (absence is not proof of a non-debug TEE).
+    MissingDebug,
     /// EAR: an `eat_profile` this build does not know.
     UnknownEatProfile,
     /// EAR: a status other than `affirming`.
@@ -128,6 +133,7 @@ impl ProfileRefusal {
             Self::UnknownTee => "unknown tee".to_owned(),
             Self::BadMeasurement => "missing or malformed measurement".to_owned(),
             Self::MissingIat => "missing or malformed iat".to_owned(),
+            Self::MissingDebug => "missing debug flag".to_owned(),
             Self::UnknownEatProfile => "unknown eat_profile".to_owned(),
             Self::NotAffirming => "status not affirming".to_owned(),
             Self::ClaimType(name) => format!("claim {name} has the wrong type"),
@@ -139,7 +145,46 @@ impl ProfileRefusal {
 ///
 /// # Errors
 /// The first [`ProfileRefusal`] found.
-pub(crate) fn map(profile: Profile, payload: &Map<String, Value>) -> Result<Mapped, ProfileRefusal> {
-    let _ = (profile, payload);
-    Err(ProfileRefusal::MissingTee)
+pub(crate) fn map(
+    profile: Profile,
+    payload: &Map<String, Value>,
+) -> Result<Mapped, ProfileRefusal> {
+    let (iat, exp) = read::times(payload)?;
+    let found = match profile {
+        Profile::Ear(layout) => ear::map(layout, payload)?,
+        Profile::IntelTrustAuthority => ita::map(payload)?,
+        Profile::AzureAttestation => maa::map(payload)?,
+    };
+    let TeeFacts {
+        tee,
+        measurement,
+        debug,
+        tcb_status,
+    } = found.tee;
+    Ok(Mapped {
+        tee,
+        measurement,
+        debug,
+        tcb_status,
+        iat,
+        exp,
+        nonce: found.nonce,
+        recipient: found.recipient,
+    })
+}
+
+/// What one profile's mapper found: [`Mapped`] without the times, which every profile reads the
+/// same way.
+struct Found {
+    tee: TeeFacts,
+    nonce: Option<(String, NonceBinding)>,
+    recipient: Option<BoundKey>,
+}
+
+/// The facts about the TEE itself (see [`Mapped`]).
+struct TeeFacts {
+    tee: Tee,
+    measurement: String,
+    debug: bool,
+    tcb_status: String,
 }

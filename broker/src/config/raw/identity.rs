@@ -104,21 +104,7 @@ pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig,
         if let Some(k) = r.audiences.iter().position(|a| a.trim().is_empty()) {
             return Err(cx.invalid(format!("{}[{k}]", field("audiences")), "must not be empty"));
         }
-        if r.algorithms.is_empty() {
-            return Err(cx.invalid(
-                field("algorithms"),
-                "must list at least one of RS256, PS256, ES256, EdDSA",
-            ));
-        }
-        let mut algorithms = Vec::with_capacity(r.algorithms.len());
-        for (k, name) in r.algorithms.iter().enumerate() {
-            let alg = JwtAlgorithm::from_jose(name).ok_or_else(|| {
-                cx.invalid(format!("{}[{k}]", field("algorithms")), why_not(name))
-            })?;
-            if !algorithms.contains(&alg) {
-                algorithms.push(alg);
-            }
-        }
+        let algorithms = algorithms(cx, &field("algorithms"), &r.algorithms)?;
         let label = |name: &str, v: Option<String>| match v {
             Some(s) if s.trim().is_empty() || s.len() > 128 || s.chars().any(char::is_control) => {
                 Err(cx.invalid(field(name), "must be 1 to 128 printable characters"))
@@ -149,36 +135,7 @@ pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig,
                 format!("{j:?} is not a jurisdiction code: expected upper case like EU, CH, US"),
             ));
         }
-        let jwks = match (r.jwks_file, r.jwks_url) {
-            (Some(file), None) => {
-                if r.jwks_ca_file.is_some() {
-                    return Err(cx.invalid(
-                        field("jwks_ca_file"),
-                        "only applies to jwks_url (a jwks_file is read from disk)",
-                    ));
-                }
-                JwksSource::File(cx.resolve(&field("jwks_file"), file)?)
-            }
-            (None, Some(url)) => JwksSource::Url {
-                url: jwks_url(&url).map_err(|p| cx.invalid(field("jwks_url"), p))?,
-                ca_file: r
-                    .jwks_ca_file
-                    .map(|f| cx.resolve(&field("jwks_ca_file"), f))
-                    .transpose()?,
-            },
-            (Some(_), Some(_)) => {
-                return Err(cx.invalid(
-                    field("jwks_url"),
-                    "set exactly one of jwks_file and jwks_url, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(cx.invalid(
-                    field("jwks_file"),
-                    "set exactly one of jwks_file and jwks_url",
-                ));
-            }
-        };
+        let jwks = jwks_source(cx, &field, r.jwks_file, r.jwks_url, r.jwks_ca_file)?;
         jwt_issuers.push(JwtIssuerConfig {
             job_claim,
             cluster: label("cluster", r.cluster)?,
@@ -208,6 +165,64 @@ pub(super) fn identity(cx: &Ctx<'_>, raw: RawIdentity) -> Result<IdentityConfig,
         jwt_issuers,
         mtls,
     })
+}
+
+/// The `algorithms` list of an issuer or attestation verifier: at least one, asymmetric only.
+pub(super) fn algorithms(
+    cx: &Ctx<'_>,
+    field: &str,
+    names: &[String],
+) -> Result<Vec<JwtAlgorithm>, ConfigError> {
+    if names.is_empty() {
+        return Err(cx.invalid(
+            field,
+            "must list at least one of RS256, PS256, PS384, ES256, EdDSA",
+        ));
+    }
+    let mut algorithms = Vec::with_capacity(names.len());
+    for (k, name) in names.iter().enumerate() {
+        let alg = JwtAlgorithm::from_jose(name)
+            .ok_or_else(|| cx.invalid(format!("{field}[{k}]"), why_not(name)))?;
+        if !algorithms.contains(&alg) {
+            algorithms.push(alg);
+        }
+    }
+    Ok(algorithms)
+}
+
+/// Exactly one of `jwks_file` and `jwks_url` (with its optional CA), as a [`JwksSource`].
+pub(super) fn jwks_source(
+    cx: &Ctx<'_>,
+    field: &dyn Fn(&str) -> String,
+    file: Option<PathBuf>,
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+) -> Result<JwksSource, ConfigError> {
+    match (file, url) {
+        (Some(file), None) => {
+            if ca_file.is_some() {
+                return Err(cx.invalid(
+                    field("jwks_ca_file"),
+                    "only applies to jwks_url (a jwks_file is read from disk)",
+                ));
+            }
+            Ok(JwksSource::File(cx.resolve(&field("jwks_file"), file)?))
+        }
+        (None, Some(url)) => Ok(JwksSource::Url {
+            url: jwks_url(&url).map_err(|p| cx.invalid(field("jwks_url"), p))?,
+            ca_file: ca_file
+                .map(|f| cx.resolve(&field("jwks_ca_file"), f))
+                .transpose()?,
+        }),
+        (Some(_), Some(_)) => Err(cx.invalid(
+            field("jwks_url"),
+            "set exactly one of jwks_file and jwks_url, not both",
+        )),
+        (None, None) => Err(cx.invalid(
+            field("jwks_file"),
+            "set exactly one of jwks_file and jwks_url",
+        )),
+    }
 }
 
 /// A JWKS URL: `https://host/…`, or `http://` only to a loopback address (tests, development):
@@ -241,5 +256,5 @@ fn why_not(alg: &str) -> String {
     } else {
         "not supported"
     };
-    format!("{alg:?}: {reason}; allowed: RS256, PS256, ES256, EdDSA")
+    format!("{alg:?}: {reason}; allowed: RS256, PS256, PS384, ES256, EdDSA")
 }
