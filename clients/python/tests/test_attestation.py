@@ -190,10 +190,10 @@ def test_rust_cli_round_trip_with_recipient_key(att: DevBroker, tmp_path: Path) 
         # The PEM a TEE image would typically make.
         subprocess.run(["openssl", "genpkey", "-algorithm", "X25519", "-out", str(pem)], check=True)
         pem.chmod(0o600)
-        sk = serialization.load_pem_private_key(pem.read_bytes(), password=None)
-        assert isinstance(sk, X25519PrivateKey)
     else:
-        sk = x25519_pem(pem)
+        run(att, "attestation", "recipient-key", "--out", str(pem))
+    sk = serialization.load_pem_private_key(pem.read_bytes(), password=None)
+    assert isinstance(sk, X25519PrivateKey)
     att_file = tmp_path / "att.jwt"
 
     att_file.write_text(mint(att, nonce(att), "--recipient-key", str(pem)) + "\n")
@@ -212,6 +212,12 @@ def test_rust_cli_round_trip_with_recipient_key(att: DevBroker, tmp_path: Path) 
     assert base64.b64decode(dec["plaintext"]) == dek and dec["key"] == KEY
     public = tmp_path / "enclave.pub.pem"
     x25519_pem(public, sk, public=True)
+    # The CLI's own key generator writes keys the CLI and OpenSSL-backed Python both read.
+    run(att, "attestation", "recipient-key", "--out", str(tmp_path / "k2.pem"), "--public-out", str(tmp_path / "k2.pub.pem"))
+    k2 = serialization.load_pem_private_key((tmp_path / "k2.pem").read_bytes(), password=None)
+    assert isinstance(k2, X25519PrivateKey) and (tmp_path / "k2.pem").stat().st_mode & 0o077 == 0
+    assert serialization.load_pem_public_key((tmp_path / "k2.pub.pem").read_bytes()).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw) == release.public_key_bytes(k2)
     att_file.write_text(mint(att, nonce(att), "--recipient-key", str(public)))
     dec = json.loads(run(att, "datakey", "decrypt", gen["ciphertext"], "--context", "model=llm-7b",
                          "--context", "stage=train", "--attestation-file", str(att_file), "--recipient-key", str(public)))

@@ -10,9 +10,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use pkcs8::der::asn1::OctetStringRef;
-use pkcs8::der::{Decode as _, SecretDocument};
-use pkcs8::spki::SubjectPublicKeyInfoRef;
+use pkcs8::der::asn1::{BitStringRef, OctetStringRef};
+use pkcs8::der::pem::LineEnding;
+use pkcs8::der::{Decode as _, Document, Encode as _, SecretDocument};
+use pkcs8::spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
 use pkcs8::{ObjectIdentifier, PrivateKeyInfo};
 use zeroize::Zeroizing;
 
@@ -155,6 +156,44 @@ impl RecipientKey {
         }
     }
 
+    /// The PEM [`RecipientKey::from_pem`] reads: `PRIVATE KEY` (PKCS#8 v1, as OpenSSL writes)
+    /// for a private key, `PUBLIC KEY` (SPKI) for a public one.
+    ///
+    /// # Errors
+    /// `Invalid` if DER encoding fails (it does not for a 32-byte key).
+    pub fn to_pem(&self) -> Result<Zeroizing<String>, RecipientKeyError> {
+        let failed = |_| RecipientKeyError::Invalid {
+            path: None,
+            problem: "cannot encode the key",
+        };
+        let algorithm = AlgorithmIdentifierRef {
+            oid: X25519_OID,
+            parameters: None,
+        };
+        match self {
+            Self::Private(sk) => {
+                let inner = Zeroizing::new(
+                    OctetStringRef::new(sk.as_ref())
+                        .and_then(|o| o.to_der())
+                        .map_err(failed)?,
+                );
+                SecretDocument::encode_msg(&PrivateKeyInfo::new(algorithm, &inner))
+                    .and_then(|d| d.to_pem("PRIVATE KEY", LineEnding::LF))
+                    .map_err(failed)
+            }
+            Self::Public(pk) => {
+                let spki = SubjectPublicKeyInfoRef {
+                    algorithm,
+                    subject_public_key: BitStringRef::from_bytes(pk).map_err(failed)?,
+                };
+                Document::encode_msg(&spki)
+                    .and_then(|d| d.to_pem("PUBLIC KEY", LineEnding::LF))
+                    .map(Zeroizing::new)
+                    .map_err(failed)
+            }
+        }
+    }
+
     /// Reads [`RecipientKey::from_pem`] from `path`; a private key file must not be readable
     /// by group or others (Unix).
     ///
@@ -263,6 +302,19 @@ mod tests {
         assert_eq!(private.public_key()?, pk);
         let public = RecipientKey::from_pem(&pem("PUBLIC KEY", &spki_der(&pk)))?;
         assert!(matches!(public, RecipientKey::Public(p) if p == pk));
+        Ok(())
+    }
+
+    #[test]
+    fn pems_written_here_read_back_and_match_openssl_layout() -> anyhow::Result<()> {
+        let key = RecipientKey::from_pem(RFC_PRIVATE)?;
+        assert_eq!(key.to_pem()?.as_str(), RFC_PRIVATE);
+        let public = RecipientKey::Public(key.public_key()?);
+        let back = RecipientKey::from_pem(&public.to_pem()?)?;
+        assert!(matches!(back, RecipientKey::Public(p) if p == key.public_key()?));
+        let fresh = RecipientKey::generate();
+        let again = RecipientKey::from_pem(&fresh.to_pem()?)?;
+        assert_eq!(again.public_key()?, fresh.public_key()?);
         Ok(())
     }
 
