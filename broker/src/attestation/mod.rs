@@ -10,6 +10,8 @@
 
 pub(crate) mod nonce;
 pub(crate) mod profiles;
+#[cfg(test)]
+mod tests;
 
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};

@@ -19,12 +19,12 @@ const RSA_KEY: &str = include_str!("testdata/rsa-test-key.pem");
 const RSA_PUB: &str = include_str!("testdata/rsa-test-pub.pem");
 const RSA_JWK: &str = include_str!("testdata/rsa-test-pub.jwk.json");
 
-struct Keys {
-    _dir: tempfile::TempDir,
+pub(crate) struct Keys {
+    pub(crate) dir: tempfile::TempDir,
     verifier: JwtVerifier,
     rsa: EncodingKey,
     ec: EncodingKey,
-    ed: EncodingKey,
+    pub(crate) ed: EncodingKey,
     cluster_b: EncodingKey,
     attacker: EncodingKey,
 }
@@ -64,7 +64,7 @@ fn settings(issuer: &str, jwks: std::path::PathBuf) -> IssuerSettings {
     }
 }
 
-fn keys() -> Keys {
+pub(crate) fn keys() -> Keys {
     let dir = tempfile::tempdir().unwrap();
     let (ed, ed_jwk) = ed25519();
     let (cluster_b, b_jwk) = ed25519();
@@ -86,7 +86,7 @@ fn keys() -> Keys {
     ])
     .unwrap();
     Keys {
-        _dir: dir,
+        dir,
         verifier,
         rsa: EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()).unwrap(),
         ec,
@@ -108,7 +108,7 @@ fn b64(s: &str) -> String {
 }
 
 /// Signs exactly these header and payload texts (duplicates and odd types survive).
-fn raw(header: &str, payload: &str, key: &EncodingKey, alg: Algorithm) -> String {
+pub(crate) fn raw(header: &str, payload: &str, key: &EncodingKey, alg: Algorithm) -> String {
     let msg = format!("{}.{}", b64(header), b64(payload));
     let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), key, alg).unwrap();
     format!("{msg}.{sig}")
@@ -133,9 +133,14 @@ fn ed_header_with(extra: &str) -> String {
     format!(r#"{{"alg":"EdDSA","kid":"ed1",{extra}}}"#)
 }
 
+/// The JWS-level hostile cases (structure, header, algorithm, key, signature, size, duplicate
+/// keys) over any payload `body` signed by `k`'s set "a" (kid `ed1`): shared by workload JWTs
+/// and attestation results (`crate::attestation`), which run the same checks.
 #[allow(clippy::too_many_lines)] // one row per hostile case reads best as one table
-fn hostile_cases(k: &Keys) -> Vec<(&'static str, String, Reason)> {
-    let good = ed_token(&claims(), k);
+pub(crate) fn jws_cases(k: &Keys, body: &str) -> Vec<(&'static str, String, Reason)> {
+    let hdr = r#"{"alg":"EdDSA","kid":"ed1"}"#;
+    let ed = |h: &str, p: &str| raw(h, p, &k.ed, Algorithm::EdDSA);
+    let good = ed(r#"{"alg":"EdDSA","kid":"ed1","typ":"JWT"}"#, body);
     let (gh, gp, gs) = {
         let mut p = good.split('.');
         (
@@ -144,11 +149,10 @@ fn hostile_cases(k: &Keys) -> Vec<(&'static str, String, Reason)> {
             p.next().unwrap().to_owned(),
         )
     };
-    let body = claims().to_string();
-    let tampered = b64(&edit(|c| c["sub"] = json!("system:serviceaccount:ml:admin")).to_string());
+    // The same payload with one more claim: what the signature covered no longer matches.
+    let tampered = b64(&body.replacen('{', r#"{"x-tampered":true,"#, 1));
     let hmac = EncodingKey::from_secret(RSA_PUB.as_bytes());
-    let ed = |h: &str, p: &str| raw(h, p, &k.ed, Algorithm::EdDSA);
-    let hdr = r#"{"alg":"EdDSA","kid":"ed1"}"#;
+    let body = body.to_owned();
     vec![
         (
             "alg none",
@@ -194,6 +198,137 @@ fn hostile_cases(k: &Keys) -> Vec<(&'static str, String, Reason)> {
             "alg as a number",
             ed(r#"{"alg":1,"kid":"ed1"}"#, &body),
             Reason::AlgNotAllowed,
+        ),
+        (
+            "cluster B key claiming cluster A issuer",
+            raw(
+                r#"{"alg":"EdDSA","kid":"b1"}"#,
+                &body,
+                &k.cluster_b,
+                Algorithm::EdDSA,
+            ),
+            Reason::UnknownKid,
+        ),
+        (
+            "attacker key reusing our kid",
+            raw(hdr, &body, &k.attacker, Algorithm::EdDSA),
+            Reason::BadSignature,
+        ),
+        (
+            "missing kid",
+            ed(r#"{"alg":"EdDSA"}"#, &body),
+            Reason::MissingKid,
+        ),
+        (
+            "unknown kid",
+            ed(r#"{"alg":"EdDSA","kid":"nope"}"#, &body),
+            Reason::UnknownKid,
+        ),
+        (
+            "kid as number",
+            ed(r#"{"alg":"EdDSA","kid":7}"#, &body),
+            Reason::HeaderField,
+        ),
+        (
+            "tampered payload",
+            format!("{gh}.{tampered}.{gs}"),
+            Reason::BadSignature,
+        ),
+        (
+            "stripped signature",
+            format!("{gh}.{gp}."),
+            Reason::BadSignature,
+        ),
+        (
+            "truncated signature",
+            format!("{gh}.{gp}.{}", &gs[..gs.len() - 4]),
+            Reason::BadSignature,
+        ),
+        (
+            "signature not base64url",
+            format!("{gh}.{gp}.{gs}=="),
+            Reason::BadSignature,
+        ),
+        (
+            "5-part JWE",
+            format!("{}.a.b.c.d", b64(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#)),
+            Reason::NotCompactJws,
+        ),
+        ("two parts", format!("{gh}.{gp}"), Reason::NotCompactJws),
+        (
+            "1 MiB token",
+            format!("{gh}.{}.{gs}", "A".repeat(1 << 20)),
+            Reason::TooLarge,
+        ),
+        (
+            "crit header",
+            ed(&ed_header_with(r#""crit":["exp"]"#), &body),
+            Reason::HeaderField,
+        ),
+        (
+            "jku header",
+            ed(&ed_header_with(r#""jku":"https://evil.test/jwks""#), &body),
+            Reason::HeaderField,
+        ),
+        (
+            "x5u header",
+            ed(&ed_header_with(r#""x5u":"https://evil.test/c.pem""#), &body),
+            Reason::HeaderField,
+        ),
+        (
+            "embedded jwk header",
+            ed(&ed_header_with(r#""jwk":{"kty":"OKP"}"#), &body),
+            Reason::HeaderField,
+        ),
+        (
+            "typ JWE",
+            ed(&ed_header_with(r#""typ":"JWE""#), &body),
+            Reason::HeaderField,
+        ),
+        (
+            "duplicate header alg",
+            ed(r#"{"alg":"none","alg":"EdDSA","kid":"ed1"}"#, &body),
+            Reason::DuplicateKey("header"),
+        ),
+        (
+            "duplicate claim iss",
+            ed(
+                hdr,
+                &body.replacen("{", r#"{"iss":"https://evil.test","#, 1),
+            ),
+            Reason::DuplicateKey("payload"),
+        ),
+        (
+            "header not base64url",
+            format!("!!.{gp}.{gs}"),
+            Reason::Base64("header"),
+        ),
+        (
+            "payload a JSON array",
+            ed(hdr, "[1,2]"),
+            Reason::NotJsonObject("payload"),
+        ),
+    ]
+}
+
+#[allow(clippy::too_many_lines)] // one row per hostile case reads best as one table
+fn hostile_cases(k: &Keys) -> Vec<(&'static str, String, Reason)> {
+    let body = claims().to_string();
+    let ed = |h: &str, p: &str| raw(h, p, &k.ed, Algorithm::EdDSA);
+    let hdr = r#"{"alg":"EdDSA","kid":"ed1"}"#;
+    let mut cases = jws_cases(k, &body);
+    cases.extend(vec![
+        (
+            "duplicate claim sub",
+            ed(
+                hdr,
+                &body.replacen(
+                    "{",
+                    r#"{"sub":"system:serviceaccount:kube-system:admin","#,
+                    1,
+                ),
+            ),
+            Reason::DuplicateKey("payload"),
         ),
         (
             "expired",
@@ -345,109 +480,6 @@ fn hostile_cases(k: &Keys) -> Vec<(&'static str, String, Reason)> {
             Reason::MissingClaim("sub"),
         ),
         (
-            "cluster B key claiming cluster A issuer",
-            raw(
-                r#"{"alg":"EdDSA","kid":"b1"}"#,
-                &body,
-                &k.cluster_b,
-                Algorithm::EdDSA,
-            ),
-            Reason::UnknownKid,
-        ),
-        (
-            "attacker key reusing our kid",
-            raw(hdr, &body, &k.attacker, Algorithm::EdDSA),
-            Reason::BadSignature,
-        ),
-        (
-            "missing kid",
-            ed(r#"{"alg":"EdDSA"}"#, &body),
-            Reason::MissingKid,
-        ),
-        (
-            "unknown kid",
-            ed(r#"{"alg":"EdDSA","kid":"nope"}"#, &body),
-            Reason::UnknownKid,
-        ),
-        (
-            "kid as number",
-            ed(r#"{"alg":"EdDSA","kid":7}"#, &body),
-            Reason::HeaderField,
-        ),
-        (
-            "tampered payload",
-            format!("{gh}.{tampered}.{gs}"),
-            Reason::BadSignature,
-        ),
-        (
-            "stripped signature",
-            format!("{gh}.{gp}."),
-            Reason::BadSignature,
-        ),
-        (
-            "truncated signature",
-            format!("{gh}.{gp}.{}", &gs[..gs.len() - 4]),
-            Reason::BadSignature,
-        ),
-        (
-            "signature not base64url",
-            format!("{gh}.{gp}.{gs}=="),
-            Reason::BadSignature,
-        ),
-        (
-            "5-part JWE",
-            format!("{}.a.b.c.d", b64(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#)),
-            Reason::NotCompactJws,
-        ),
-        ("two parts", format!("{gh}.{gp}"), Reason::NotCompactJws),
-        (
-            "1 MiB token",
-            format!("{gh}.{}.{gs}", "A".repeat(1 << 20)),
-            Reason::TooLarge,
-        ),
-        (
-            "crit header",
-            ed(&ed_header_with(r#""crit":["exp"]"#), &body),
-            Reason::HeaderField,
-        ),
-        (
-            "jku header",
-            ed(&ed_header_with(r#""jku":"https://evil.test/jwks""#), &body),
-            Reason::HeaderField,
-        ),
-        (
-            "x5u header",
-            ed(&ed_header_with(r#""x5u":"https://evil.test/c.pem""#), &body),
-            Reason::HeaderField,
-        ),
-        (
-            "embedded jwk header",
-            ed(&ed_header_with(r#""jwk":{"kty":"OKP"}"#), &body),
-            Reason::HeaderField,
-        ),
-        (
-            "typ JWE",
-            ed(&ed_header_with(r#""typ":"JWE""#), &body),
-            Reason::HeaderField,
-        ),
-        (
-            "duplicate header alg",
-            ed(r#"{"alg":"none","alg":"EdDSA","kid":"ed1"}"#, &body),
-            Reason::DuplicateKey("header"),
-        ),
-        (
-            "duplicate claim sub",
-            ed(
-                hdr,
-                &body.replacen(
-                    "{",
-                    r#"{"sub":"system:serviceaccount:kube-system:admin","#,
-                    1,
-                ),
-            ),
-            Reason::DuplicateKey("payload"),
-        ),
-        (
             "duplicate nested namespace",
             ed(
                 hdr,
@@ -457,16 +489,6 @@ fn hostile_cases(k: &Keys) -> Vec<(&'static str, String, Reason)> {
                 ),
             ),
             Reason::DuplicateKey("payload"),
-        ),
-        (
-            "header not base64url",
-            format!("!!.{gp}.{gs}"),
-            Reason::Base64("header"),
-        ),
-        (
-            "payload a JSON array",
-            ed(hdr, "[1,2]"),
-            Reason::NotJsonObject("payload"),
         ),
         (
             "kubernetes.io.namespace as list",
@@ -510,7 +532,8 @@ fn hostile_cases(k: &Keys) -> Vec<(&'static str, String, Reason)> {
             ed_token(&edit(|c| c["job"] = json!(["job-1", "job-2"])), k),
             Reason::ClaimType("job"),
         ),
-    ]
+    ]);
+    cases
 }
 
 #[test]

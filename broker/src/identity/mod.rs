@@ -24,7 +24,7 @@ mod jwks_tests;
 mod mtls_tests;
 
 #[cfg(test)]
-mod hostile_tests;
+pub(crate) mod hostile_tests;
 
 pub use authn::Authenticator;
 /// Reads an integer time claim (`iat`, `exp`, `nbf`): refuses floats, strings and values past 2^40.

@@ -174,3 +174,92 @@ pub(super) fn attestation(
         verifiers,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<AttestationConfig, String> {
+        let raw: RawAttestation = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        let cx = Ctx {
+            path: std::path::Path::new("/etc/keybroker/broker.toml"),
+            base: PathBuf::from("/etc/keybroker"),
+        };
+        attestation(&cx, raw).map_err(|e| e.to_string())
+    }
+
+    const ITA: &str = "[[verifiers]]\nname = \"ita-eu\"\nprofile = \"intel-trust-authority\"\n\
+        issuer = \"Intel Trust Authority\"\n\
+        jwks_url = \"https://portal.eu.trustauthority.intel.com/certs\"\n\
+        algorithms = [\"PS384\", \"RS256\"]\n";
+
+    #[test]
+    fn defaults_and_a_full_verifier() {
+        let c = parse(ITA).unwrap();
+        assert_eq!(c.max_age, Duration::from_secs(300));
+        assert_eq!(c.nonce_ttl, Duration::from_secs(300));
+        assert_eq!(c.max_outstanding_nonces, 100_000);
+        let v = &c.verifiers[0];
+        assert_eq!(v.profile, AttestationProfile::IntelTrustAuthority);
+        assert!(v.require_evidence_nonce);
+        assert_eq!(v.max_token_bytes, 32 * 1024);
+        assert_eq!(v.algorithms.len(), 2);
+        let ear = "[[verifiers]]\nname = \"t\"\nprofile = \"ear\"\nlayout = \"trustee\"\n\
+                   jwks_file = \"t.json\"\nalgorithms = [\"ES256\"]\n";
+        let c = parse(ear).unwrap();
+        assert_eq!(c.verifiers[0].profile, AttestationProfile::EarTrustee);
+        assert_eq!(c.verifiers[0].issuer, None);
+    }
+
+    #[test]
+    fn unknown_profiles_layouts_and_fields_fail_loading() {
+        for (text, needle) in [
+            (
+                ITA.replace("intel-trust-authority", "nitro"),
+                "not a profile",
+            ),
+            (ITA.replace("intel-trust-authority", "ear"), "layout"),
+            (
+                ITA.replace(
+                    "name = \"ita-eu\"",
+                    "name = \"ita-eu\"\nlayout = \"trustee\"",
+                ),
+                "only EAR",
+            ),
+            (
+                ITA.replace(
+                    "profile = \"intel-trust-authority\"",
+                    "profile = \"ear\"\nlayout = \"veraison\"",
+                ),
+                "layout",
+            ),
+            (format!("{ITA}colour = \"blue\"\n"), "unknown field"),
+            (ITA.replace("\"PS384\", ", "\"HS256\", "), "HMAC"),
+            (
+                ITA.replace("name = \"ita-eu\"", "name = \"ita eu\""),
+                "name",
+            ),
+            (format!("{ITA}{ITA}"), "configured twice"),
+            (
+                format!("{ITA}{}", ITA.replace("ita-eu", "ita-2")),
+                "already another verifier's issuer",
+            ),
+            (format!("max_age = \"2h\"\n{ITA}"), "out of range"),
+            (ITA.replace("https://portal", "http://portal"), "loopback"),
+            ("verifiers = []".to_owned(), "1 to 16"),
+            (
+                format!("{ITA}max_token_bytes = 100000\n"),
+                "max_token_bytes",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let no_iss = "[[verifiers]]\nname = \"a\"\nprofile = \"ear\"\nlayout = \"trustee\"\n\
+                      jwks_file = \"t.json\"\nalgorithms = [\"ES256\"]\n";
+        let e = parse(&format!("{no_iss}{}", no_iss.replace("\"a\"", "\"b\""))).unwrap_err();
+        assert!(e.contains("only one verifier may have no issuer"), "{e}");
+    }
+}

@@ -11,6 +11,7 @@
 
 use serde::de::DeserializeOwned;
 
+use super::attestation::{RawAttestation, RawVerifier};
 use super::http::{RawHttp, RawToken, RawTransit};
 use super::identity::{RawIdentity, RawIssuer};
 use super::log::RawLog;
@@ -60,6 +61,8 @@ fn sections() -> Vec<(&'static str, Vec<String>)> {
         ("http.xks.stores.credentials", fields::<RawXksCredential>()),
         ("http.xks.stores.mtls", fields::<RawXksMtls>()),
         ("log", fields::<RawLog>()),
+        ("attestation", fields::<RawAttestation>()),
+        ("attestation.verifiers", fields::<RawVerifier>()),
     ]
 }
 
