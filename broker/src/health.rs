@@ -19,8 +19,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::audit::AuditLog;
-use crate::http::metrics::Metrics;
 use crate::keys::KeyService;
+use crate::metrics::Metrics;
 
 /// The state of one component at the last probe. `problem` is a short fixed phrase; the
 /// detail is in the server log (the side port may be reachable by more people than the logs).

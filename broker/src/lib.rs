@@ -14,6 +14,7 @@ mod http;
 pub mod identity;
 pub mod keys;
 pub mod logging;
+pub(crate) mod metrics;
 pub mod policy;
 mod server;
 pub mod store;

@@ -305,7 +305,7 @@ impl Broker {
             .map_err(StartError::Recovery)?;
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let metrics = Arc::new(crate::http::metrics::Metrics::new());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         metrics.replica(&replica);
         let audit: Arc<dyn AuditLog> = match &catalog.postgres {
             Some(pool) => {

@@ -1,6 +1,6 @@
 //! The validated inventory model: what the rest of keybroker sees once the TOML has passed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::InventoryError;
 
@@ -61,29 +61,6 @@ pub enum PinSource {
 }
 
 impl Inventory {
-    /// Reads and validates the inventory file at `path`.
-    ///
-    /// # Errors
-    /// [`InventoryError::Read`] when the file cannot be read, otherwise the errors of
-    /// [`Inventory::parse`].
-    pub fn load(path: &Path) -> Result<Self, InventoryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
-    /// Parses and validates inventory text; `origin` is only used to name the file in errors.
-    ///
-    /// # Errors
-    /// [`InventoryError::Syntax`] for TOML errors and unknown fields,
-    /// [`InventoryError::Invalid`] for the first broken rule (empty inventory, duplicate id,
-    /// relative module path, inline PIN, label length, jurisdiction syntax, pool size, …).
-    pub fn parse(text: &str, origin: &Path) -> Result<Self, InventoryError> {
-        crate::parse::parse(text, origin)
-    }
-
     /// The entry with this id, if any.
     #[must_use]
     pub fn get(&self, id: &str) -> Option<&HsmEntry> {

@@ -13,6 +13,32 @@ use serde::de::{self, MapAccess, Visitor};
 use crate::model::{DEFAULT_POOL_SIZE, MAX_POOL_SIZE, MAX_TOKEN_LABEL_LEN};
 use crate::{HsmEntry, Inventory, InventoryError, PinSource, TokenSelector, is_valid_jurisdiction};
 
+// Loading lives with parsing, so the model (the types) depends on nothing.
+impl Inventory {
+    /// Reads and validates the inventory file at `path`.
+    ///
+    /// # Errors
+    /// [`InventoryError::Read`] when the file cannot be read, otherwise the errors of
+    /// [`Inventory::parse`].
+    pub fn load(path: &Path) -> Result<Self, InventoryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates inventory text; `origin` is only used to name the file in errors.
+    ///
+    /// # Errors
+    /// [`InventoryError::Syntax`] for TOML errors and unknown fields,
+    /// [`InventoryError::Invalid`] for the first broken rule (empty inventory, duplicate id,
+    /// relative module path, inline PIN, label length, jurisdiction syntax, pool size, …).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, InventoryError> {
+        parse(text, origin)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInventory {

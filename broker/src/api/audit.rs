@@ -25,7 +25,7 @@ const APPEND_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 pub(crate) struct Recorder {
     record: AuditRecord,
     log: Arc<dyn AuditLog>,
-    metrics: Arc<crate::http::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     started: std::time::Instant,
     /// What authorization found (policy reasons, the key's HSM), once the call is authenticated.
     facts: Option<Arc<CallFacts>>,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use keybroker_proto::v1 as pb;
 use tonic::Status;
 
+use crate::hsm::SignAlgorithm;
 use crate::keys::context::EncryptionContext;
 use crate::keys::name::KeyName;
 use crate::keys::{KeyService, Lease};
@@ -102,6 +103,24 @@ pub(crate) fn recipient(
     Ok(Some(key))
 }
 
+pub(crate) fn algorithm_from_pb(v: i32, rid: &RequestId) -> Result<SignAlgorithm, Status> {
+    match pb::SignatureAlgorithm::try_from(v) {
+        // Unset: cosign's default.
+        Ok(pb::SignatureAlgorithm::Unspecified | pb::SignatureAlgorithm::EcdsaP256) => {
+            Ok(SignAlgorithm::EcdsaP256)
+        }
+        Ok(pb::SignatureAlgorithm::Ed25519) => Ok(SignAlgorithm::Ed25519),
+        Err(_) => Err(invalid("unknown signature algorithm", rid)),
+    }
+}
+
+pub(crate) fn algorithm_to_pb(alg: SignAlgorithm) -> pb::SignatureAlgorithm {
+    match alg {
+        SignAlgorithm::EcdsaP256 => pb::SignatureAlgorithm::EcdsaP256,
+        SignAlgorithm::Ed25519 => pb::SignatureAlgorithm::Ed25519,
+    }
+}
+
 pub(crate) fn timestamp(unix: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: unix,
@@ -123,7 +142,7 @@ pub(crate) fn purpose_from_pb(p: i32, algorithm: i32, rid: &RequestId) -> Result
         Ok(pb::KeyPurpose::Seal) => Purpose::Seal,
         Ok(pb::KeyPurpose::Xks) => Purpose::Xks,
         Ok(pb::KeyPurpose::Sign) => {
-            return super::signing::algorithm_from_pb(algorithm, rid).map(Purpose::Sign);
+            return algorithm_from_pb(algorithm, rid).map(Purpose::Sign);
         }
         _ => {
             return Err(invalid(
@@ -171,7 +190,7 @@ pub(crate) fn key(k: &KeyRecord, keys: &KeyService) -> pb::Key {
         name: k.name.clone(),
         purpose: purpose_to_pb(k.purpose).into(),
         algorithm: match k.purpose {
-            Purpose::Sign(alg) => super::signing::algorithm_to_pb(alg).into(),
+            Purpose::Sign(alg) => algorithm_to_pb(alg).into(),
             _ => 0,
         },
         state: key_state_to_pb(k.state).into(),

@@ -42,7 +42,7 @@ pub(crate) struct ApiState {
     pub(crate) replica_id: String,
     pub(crate) policy: PolicySlot,
     pub(crate) residency: ResidencyConfig,
-    pub(crate) metrics: Arc<crate::http::metrics::Metrics>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// The newest signed checkpoint (served by `Audit.GetCheckpoint`).
     pub(crate) checkpoint: crate::audit::checkpoint::Latest,
     /// Attestation verifiers and nonces (`[attestation]`), when configured.

@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::audit::{Recorder, WORK_BUDGET};
+use super::convert::algorithm_to_pb;
 use super::status::{invalid, key_error};
 use super::{ApiState, RequestId, convert};
 use crate::audit::{Op, SignedSubject};
@@ -30,24 +31,6 @@ pub(crate) struct SigningApi {
 impl SigningApi {
     pub(crate) fn new(state: Arc<ApiState>) -> Self {
         Self { state }
-    }
-}
-
-pub(crate) fn algorithm_from_pb(v: i32, rid: &RequestId) -> Result<SignAlgorithm, Status> {
-    match pb::SignatureAlgorithm::try_from(v) {
-        // Unset: cosign's default.
-        Ok(pb::SignatureAlgorithm::Unspecified | pb::SignatureAlgorithm::EcdsaP256) => {
-            Ok(SignAlgorithm::EcdsaP256)
-        }
-        Ok(pb::SignatureAlgorithm::Ed25519) => Ok(SignAlgorithm::Ed25519),
-        Err(_) => Err(invalid("unknown signature algorithm", rid)),
-    }
-}
-
-pub(crate) fn algorithm_to_pb(alg: SignAlgorithm) -> pb::SignatureAlgorithm {
-    match alg {
-        SignAlgorithm::EcdsaP256 => pb::SignatureAlgorithm::EcdsaP256,
-        SignAlgorithm::Ed25519 => pb::SignatureAlgorithm::Ed25519,
     }
 }
 

@@ -4,7 +4,6 @@
 //! When the transit endpoint authenticates by client certificate, the handshake asks for one
 //! and each request carries it as a [`PeerCertificate`] extension.
 
-pub(crate) mod metrics;
 mod ops;
 pub(crate) mod sampler;
 pub(crate) mod transit;

@@ -10,8 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::metrics::Metrics;
 use crate::health::Readiness;
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct Ops {

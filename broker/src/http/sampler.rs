@@ -1,5 +1,5 @@
 //! The metrics sampler: once a second it copies the counters kept where the work happens (HSM
-//! session pools, JWKS caches, the catalog) into [`super::metrics::Metrics`]. Pulling keeps
+//! session pools, JWKS caches, the catalog) into [`crate::metrics::Metrics`]. Pulling keeps
 //! metric code and label lookups off the hot paths; counters are totals, so a missed tick
 //! loses nothing.
 

@@ -28,7 +28,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Arc<KeyMap>, String> {
         let alg = jwk
             .common
             .key_algorithm
-            .and_then(|a| super::jws::asymmetric_alg(&a.to_string()))
+            .and_then(|a| asymmetric_alg(&a.to_string()))
             .ok_or_else(|| format!("key {kid:?} has no usable alg"))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid:?}: {e}"))?;
         if keys.insert(kid.clone(), (alg, key)).is_some() {
@@ -36,6 +36,18 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Arc<KeyMap>, String> {
         }
     }
     Ok(Arc::new(keys))
+}
+
+/// The algorithms keybroker can ever accept, by exact JOSE name (`NoNe`, `HS256` are not).
+pub(crate) fn asymmetric_alg(name: &str) -> Option<Algorithm> {
+    match name {
+        "RS256" => Some(Algorithm::RS256),
+        "PS256" => Some(Algorithm::PS256),
+        "PS384" => Some(Algorithm::PS384),
+        "ES256" => Some(Algorithm::ES256),
+        "EdDSA" => Some(Algorithm::EdDSA),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

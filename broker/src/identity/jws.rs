@@ -11,7 +11,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use super::Reason;
-use super::jwks::{self, KeyMap};
+use super::jwks::{self, KeyMap, asymmetric_alg};
 use super::remote::{Clock, Limits, RemoteJwks};
 use super::strict_json::{StrictError, parse_object};
 use crate::config::JwksSource;
@@ -194,18 +194,6 @@ pub(crate) fn verify<'a>(
     match jsonwebtoken::crypto::verify(sig_b64, signed.as_bytes(), key, alg) {
         Ok(true) => Ok(Signed { payload, keys }),
         _ => Err(Reason::BadSignature.into()),
-    }
-}
-
-/// The algorithms keybroker can ever accept, by exact JOSE name (`NoNe`, `HS256` are not).
-pub(crate) fn asymmetric_alg(name: &str) -> Option<Algorithm> {
-    match name {
-        "RS256" => Some(Algorithm::RS256),
-        "PS256" => Some(Algorithm::PS256),
-        "PS384" => Some(Algorithm::PS384),
-        "ES256" => Some(Algorithm::ES256),
-        "EdDSA" => Some(Algorithm::EdDSA),
-        _ => None,
     }
 }
 

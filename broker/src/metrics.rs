@@ -1,7 +1,7 @@
 //! Prometheus metrics (`prometheus-client`), served as text on the side port's `/metrics`.
 //! One [`Metrics`] per broker, shared by the rooms that count: the API (requests, latency,
 //! policy decisions), the health monitor (readiness), the audit writer (commit batch size and
-//! latency, pushed per commit) and the [`super::sampler`] (HSM pools, JWKS fetches, leases,
+//! latency, pushed per commit) and the sampler in `http/sampler.rs` (HSM pools, JWKS fetches, leases,
 //! keys by state: pulled once a second from counters kept where the work happens). Labels carry only
 //! bounded values (method and code names, HSM ids from the config, outcomes): never a key
 //! name, subject or token, which would leak and explode cardinality.
