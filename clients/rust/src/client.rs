@@ -386,7 +386,7 @@ pub(crate) fn to_pb_duration(d: Duration) -> Result<prost_types::Duration, Clien
 
 /// Lease id, expiry and length of a response; a release of plaintext without a lease is
 /// malformed.
-fn lease(
+pub(crate) fn lease(
     lease: Option<pb::Lease>,
     request_id: &str,
 ) -> Result<(String, Option<time::OffsetDateTime>, Option<Duration>), ClientError> {

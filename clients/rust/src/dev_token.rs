@@ -62,6 +62,9 @@ pub enum DevTokenError {
     /// The requested lifetime is zero or too large.
     #[error("invalid token lifetime {0:?}: must be between 1 second and 1 year")]
     Ttl(Duration),
+    /// The service account is not a Kubernetes object name.
+    #[error("invalid service account {0:?}: want a DNS-1123 name such as evaluator")]
+    ServiceAccount(String),
     /// The token file could not be written.
     #[error("cannot write token file {}: {source}", path.display())]
     Write {
@@ -137,6 +140,42 @@ pub fn mint_for_job(
     ttl: Duration,
     job: Option<&str>,
 ) -> Result<Zeroizing<String>, DevTokenError> {
+    mint_for(
+        state_dir,
+        ttl,
+        &Workload {
+            job,
+            service_account: None,
+        },
+    )
+}
+
+/// Who a dev token speaks for, beyond the dev issuer's defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Workload<'a> {
+    /// A `job` claim (see [`mint_for_job`]).
+    pub job: Option<&'a str>,
+    /// Another service account in the dev namespace than `issuer.json`'s: a second workload
+    /// (subject `system:serviceaccount:<namespace>:<name>`), e.g. to show that one workload's
+    /// attestation nonce is refused to another.
+    pub service_account: Option<&'a str>,
+}
+
+/// Like [`mint`], for `workload`.
+///
+/// # Errors
+/// As [`mint`], and `ServiceAccount` for a name that is not a DNS-1123 subdomain.
+pub fn mint_for(
+    state_dir: &Path,
+    ttl: Duration,
+    workload: &Workload<'_>,
+) -> Result<Zeroizing<String>, DevTokenError> {
+    let job = workload.job;
+    if let Some(sa) = workload.service_account
+        && !dns1123_subdomain(sa)
+    {
+        return Err(DevTokenError::ServiceAccount(sa.to_owned()));
+    }
     if ttl.is_zero() || ttl > MAX_TTL {
         return Err(DevTokenError::Ttl(ttl));
     }
@@ -157,9 +196,16 @@ pub fn mint_for_job(
 
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let lifetime = i64::try_from(ttl.as_secs()).map_err(|_| DevTokenError::Ttl(ttl))?;
+    let (sub, service_account) = match workload.service_account {
+        Some(sa) => (
+            format!("system:serviceaccount:{}:{sa}", issuer.namespace),
+            sa.to_owned(),
+        ),
+        None => (issuer.subject, issuer.service_account),
+    };
     let claims = Claims {
         iss: issuer.issuer,
-        sub: issuer.subject,
+        sub,
         aud: issuer.audience,
         iat: now,
         nbf: now,
@@ -168,7 +214,7 @@ pub fn mint_for_job(
         kubernetes: KubernetesClaim {
             namespace: issuer.namespace,
             serviceaccount: ServiceAccount {
-                name: issuer.service_account,
+                name: service_account,
             },
         },
         job: job.map(str::to_owned),
@@ -177,6 +223,16 @@ pub fn mint_for_job(
     header.kid = Some(issuer.kid);
     let token = jsonwebtoken::encode(&header, &claims, &key).map_err(DevTokenError::Sign)?;
     Ok(Zeroizing::new(token))
+}
+
+/// A Kubernetes object name: 1-253 of `[a-z0-9.-]`, starting and ending alphanumeric.
+fn dns1123_subdomain(s: &str) -> bool {
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    s.len() <= 253
+        && edge(s.as_bytes().first())
+        && edge(s.as_bytes().last())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 /// Writes `token` to `path` with mode 0600, atomically: a temporary file in the same
@@ -297,6 +353,35 @@ mod tests {
             err.contains("/nonexistent/kb/dev-issuer/issuer.json"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn another_service_account_is_another_subject() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        make_issuer(dir.path())?;
+        let w = Workload {
+            job: None,
+            service_account: Some("evaluator"),
+        };
+        let token = mint_for(dir.path(), Duration::from_secs(60), &w)?;
+        let payload = token.split('.').nth(1).unwrap_or_default();
+        let c: Claims = serde_json::from_slice(&base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            payload,
+        )?)?;
+        assert_eq!(c.sub, "system:serviceaccount:ml:evaluator");
+        assert_eq!(c.kubernetes.serviceaccount.name, "evaluator");
+        for bad in ["", "Evaluator", "-x", "a_b"] {
+            let w = Workload {
+                job: None,
+                service_account: Some(bad),
+            };
+            assert!(matches!(
+                mint_for(dir.path(), Duration::from_secs(60), &w),
+                Err(DevTokenError::ServiceAccount(_))
+            ));
+        }
+        Ok(())
     }
 
     #[test]

@@ -71,6 +71,17 @@ pub enum ClientError {
         /// The request id of the call.
         request_id: String,
     },
+
+    /// A data key released to our recipient key does not open with it (another call's key,
+    /// or a tampered response). Never holds key bytes.
+    #[error("cannot open the released data key: {source} (request id: {request_id})")]
+    Release {
+        /// Why it does not open.
+        #[source]
+        source: crate::release::ReleaseError,
+        /// The request id of the call.
+        request_id: String,
+    },
 }
 
 impl ClientError {
@@ -96,9 +107,9 @@ impl ClientError {
     #[must_use]
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            Self::Status { request_id, .. } | Self::MalformedResponse { request_id, .. } => {
-                Some(request_id)
-            }
+            Self::Status { request_id, .. }
+            | Self::MalformedResponse { request_id, .. }
+            | Self::Release { request_id, .. } => Some(request_id),
             _ => None,
         }
     }

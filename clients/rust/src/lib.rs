@@ -20,26 +20,31 @@
 //! ```
 
 mod admin;
+mod attested;
 pub mod audit;
 pub mod cache;
 mod client;
 mod config;
+pub mod dev_attestation;
 pub mod dev_token;
 mod error;
 pub mod file;
 mod lifecycle;
 pub mod policy;
+pub mod recipient;
 pub mod release;
 pub mod retry;
 pub mod signing;
 mod token;
 mod types;
 
+pub use attested::{ATTESTATION_HEADER, AttestationNonce, Attested, Release};
 pub use cache::{DataKeyCache, LeasedKey};
 pub use client::{Client, MAX_REQUEST_ID_PREFIX, REQUEST_ID_HEADER};
 pub use config::ClientConfig;
 pub use error::{ClientError, code_name};
 pub use lifecycle::RevokeTarget;
+pub use recipient::{RecipientKey, RecipientKeyError};
 pub use retry::RetryPolicy;
 pub use types::{
     DataKey, DecryptedKey, KeyInfo, KeyPage, KeyPurpose, KeyState, KeyVersionInfo, ReEncrypted,

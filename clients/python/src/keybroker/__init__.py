@@ -16,6 +16,7 @@ from .errors import (
     KeyBrokerError,
     LeaseExpiredError,
 )
+from .release import ReleaseError
 from .signing import Attestation, Signature
 from .stream import EncryptedReader, EncryptedWriter, StaticKey
 
@@ -31,6 +32,7 @@ __all__ = [
     "KeyBroker",
     "KeyBrokerError",
     "LeaseExpiredError",
+    "ReleaseError",
     "Signature",
     "StaticKey",
 ]

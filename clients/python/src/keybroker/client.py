@@ -13,13 +13,17 @@ import random
 import secrets
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Mapping
 
 import grpc
 from google.protobuf import duration_pb2
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from . import format as fmt
+from . import release
 from .errors import BrokerError, ContextMismatchError, KeyBrokerError
 from .signing import SigningMixin
 from .stream import EncryptedReader, EncryptedWriter
@@ -31,6 +35,11 @@ from .v1 import datakeys_pb2, datakeys_pb2_grpc
 #: count) another key. Everything else (PERMISSION_DENIED for a revoked job, ...) is final.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 RETRYABLE_IF_IDEMPOTENT = RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
+#: Metadata key of the attestation result sent with a key call.
+ATTESTATION_HEADER = "x-keybroker-attestation"
+#: Metadata key of the request id, sent on every call (the same on each retry of it) and named
+#: by the broker's audit record of the call.
+REQUEST_ID_HEADER = "x-request-id"
 
 
 @dataclass(eq=False)
@@ -46,6 +55,10 @@ class DataKey:
     _clock: Callable[[], float] = field(repr=False, default=time.monotonic)
     _margin: float = field(repr=False, default=0.0)
     _wiped: bool = field(repr=False, default=False)
+    #: With a recipient: the sealed key as the broker sent it (what `key` was opened from).
+    ciphertext_for_recipient: bytes = field(repr=False, default=b"")
+    #: The `x-request-id` of the call that released it (its audit record's `request_id`).
+    request_id: str = ""
 
     def expired(self) -> bool:
         """True once the lease (less the refresh margin) has ended; wipes the key then."""
@@ -144,26 +157,65 @@ class KeyBroker(SigningMixin):
 
     # ---- RPCs -------------------------------------------------------------------------------
 
-    def generate_data_key(self, key: str, context: Mapping[str, str], *, ttl: float | None = None) -> DataKey:
-        """A fresh data key for `key` bound to `context`; the caller owns (and should wipe) it."""
-        req = datakeys_pb2.GenerateDataKeyRequest(key=key, context=dict(context), ttl=self._duration(ttl))
-        start = self._clock()
-        resp = self._call("GenerateDataKey", self._stub.GenerateDataKey, req)
-        return self._leased(resp.plaintext, resp.ciphertext, key, resp.key_version, resp.lease, start)
+    def get_attestation_nonce(self) -> str:
+        """A fresh one-shot nonce bound to this client's identity: put it in the TEE's runtime
+        data (`nonce`), then send the verifier's result as `attestation=` with one key call."""
+        resp = self._call("GetAttestationNonce", self._stub.GetAttestationNonce,
+                          datakeys_pb2.GetAttestationNonceRequest(), idempotent=True)
+        return str(resp.nonce)
 
-    def decrypt(self, ciphertext: bytes, context: Mapping[str, str], *, ttl: float | None = None) -> DataKey:
-        """Opens a wrapped data key, using the lease cache: the broker is asked only when no
-        unexpired key for (ciphertext, context) is held."""
-        ck = (bytes(ciphertext), tuple(sorted(context.items())))
-        with self._lock:
-            self._sweep()
-            hit = self._cache.get(ck)
-            if hit is not None and not hit.expired():
-                return hit
-        req = datakeys_pb2.DecryptRequest(ciphertext=ciphertext, context=dict(context), ttl=self._duration(ttl))
+    def generate_data_key(
+        self, key: str, context: Mapping[str, str], *, ttl: float | None = None,
+        attestation: str | None = None, recipient_private_key: X25519PrivateKey | None = None,
+    ) -> DataKey:
+        """A fresh data key for `key` bound to `context`; the caller owns (and should wipe) it.
+
+        `attestation` is an attestation result (sent as metadata `x-keybroker-attestation`; its
+        nonce from `get_attestation_nonce()`, good for one call, so the call is not retried).
+        With `recipient_private_key` (an X25519 key the result binds) the broker seals the key
+        to it by HPKE and it is opened here; the response then carries no plaintext."""
+        req = datakeys_pb2.GenerateDataKeyRequest(
+            key=key, context=dict(context), ttl=self._duration(ttl),
+            recipient=_recipient(recipient_private_key),
+        )
         start = self._clock()
-        resp = self._call("Decrypt", self._stub.Decrypt, req, idempotent=True)
-        dk = self._leased(resp.plaintext, ciphertext, resp.key, resp.key_version, resp.lease, start)
+        resp, rid = self._call_with_id("GenerateDataKey", self._stub.GenerateDataKey, req, attestation=attestation)
+        plaintext, sealed = _released(resp, recipient_private_key, "GenerateDataKey", key)
+        dk = self._leased(plaintext, resp.ciphertext, key, resp.key_version, resp.lease, start)
+        dk.ciphertext_for_recipient = sealed
+        dk.request_id = rid
+        _wipe(plaintext)
+        return dk
+
+    def decrypt(
+        self, ciphertext: bytes, context: Mapping[str, str], *, ttl: float | None = None,
+        attestation: str | None = None, recipient_private_key: X25519PrivateKey | None = None,
+    ) -> DataKey:
+        """Opens a wrapped data key, using the lease cache: the broker is asked only when no
+        unexpired key for (ciphertext, context) is held. An attested call (`attestation`,
+        `recipient_private_key` as for `generate_data_key`) always asks the broker and is not
+        cached."""
+        attested = attestation is not None or recipient_private_key is not None
+        ck = (bytes(ciphertext), tuple(sorted(context.items())))
+        if not attested:
+            with self._lock:
+                self._sweep()
+                hit = self._cache.get(ck)
+                if hit is not None and not hit.expired():
+                    return hit
+        req = datakeys_pb2.DecryptRequest(
+            ciphertext=ciphertext, context=dict(context), ttl=self._duration(ttl),
+            recipient=_recipient(recipient_private_key),
+        )
+        start = self._clock()
+        resp, rid = self._call_with_id("Decrypt", self._stub.Decrypt, req, idempotent=True, attestation=attestation)
+        plaintext, sealed = _released(resp, recipient_private_key, "Decrypt", resp.key)
+        dk = self._leased(plaintext, ciphertext, resp.key, resp.key_version, resp.lease, start)
+        dk.ciphertext_for_recipient = sealed
+        dk.request_id = rid
+        _wipe(plaintext)
+        if attested:
+            return dk
         with self._lock:
             old = self._cache.pop(ck, None)
             if old is not None and old is not dk:
@@ -260,7 +312,7 @@ class KeyBroker(SigningMixin):
         d.FromNanoseconds(int(ttl * 1e9))
         return d
 
-    def _leased(self, plaintext: bytes, ciphertext: bytes, name: str, version: int, lease: Any, start: float) -> DataKey:
+    def _leased(self, plaintext: bytes | bytearray, ciphertext: bytes, name: str, version: int, lease: Any, start: float) -> DataKey:
         if len(plaintext) != fmt.DATA_KEY_LEN:
             raise KeyBrokerError("broker returned a data key of the wrong length")
         ttl = float(lease.ttl_seconds)
@@ -271,26 +323,69 @@ class KeyBroker(SigningMixin):
         )
 
     def _call(self, name: str, method: Any, req: Any, *, idempotent: bool = False) -> Any:
+        return self._call_with_id(name, method, req, idempotent=idempotent)[0]
+
+    def _call_with_id(self, name: str, method: Any, req: Any, *, idempotent: bool = False,
+                      attestation: str | None = None) -> tuple[Any, str]:
+        """Sends `req` (retrying what may be retried) and returns (response, request id)."""
         retryable = RETRYABLE_IF_IDEMPOTENT if idempotent else RETRYABLE
+        # An attestation result's nonce is accepted once: a repeat could only be refused.
+        retries = 1 if attestation is not None else self._retries
         ceiling = 0.1
-        for attempt in range(self._retries):
-            metadata = []
+        rid = str(uuid.uuid4())
+        for attempt in range(retries):
+            metadata = [(REQUEST_ID_HEADER, rid)]
             tok = self._token_file.get() if self._token_file else self._token
             if tok:
                 metadata.append(("authorization", f"Bearer {tok}"))
-            self.calls[name] += 1
+            if attestation is not None:
+                if not attestation.strip():
+                    raise KeyBrokerError("attestation token is empty")
+                metadata.append((ATTESTATION_HEADER, attestation.strip()))
+            self.calls[name] = self.calls.get(name, 0) + 1
             try:
-                return method(req, metadata=metadata, timeout=self._timeout)
+                return method(req, metadata=metadata, timeout=self._timeout), rid
             except grpc.RpcError as e:
                 code = e.code()  # type: ignore[attr-defined]
-                if code in retryable and attempt + 1 < self._retries:
+                if code in retryable and attempt + 1 < retries:
                     # Exponential backoff with full jitter (not synchronisation: a pause before
                     # the retry, so clients that failed together do not retry together).
                     time.sleep(random.uniform(0, ceiling))
                     ceiling = min(ceiling * 2, 2.0)
                     continue
-                raise BrokerError(code.name if code else "UNKNOWN", e.details() or "") from None  # type: ignore[attr-defined]
-        raise BrokerError("UNAVAILABLE", "retries exhausted")
+                raise BrokerError(code.name if code else "UNKNOWN", e.details() or "", rid) from None  # type: ignore[attr-defined]
+        raise BrokerError("UNAVAILABLE", "retries exhausted", rid)
+
+
+def _recipient(key: X25519PrivateKey | None) -> datakeys_pb2.Recipient | None:
+    if key is None:
+        return None
+    return datakeys_pb2.Recipient(
+        suite=release.SUITE_X25519_SHA256_AES256GCM, public_key=release.public_key_bytes(key),
+    )
+
+
+def _released(resp: Any, recipient: X25519PrivateKey | None, op: str, key_name: str) -> tuple[bytes | bytearray, bytes]:
+    """(plaintext, sealed key) of a response, checked against the request: with a recipient
+    the key must come sealed (and is opened here), never in clear."""
+    sealed = bytes(resp.ciphertext_for_recipient)
+    if recipient is None:
+        if sealed:
+            raise KeyBrokerError("broker sent a sealed key without a recipient")
+        return resp.plaintext, b""
+    if resp.plaintext:
+        raise KeyBrokerError("broker sent the key in clear despite a recipient")
+    if resp.recipient_suite != release.SUITE_X25519_SHA256_AES256GCM:
+        raise KeyBrokerError("broker sealed the key with another HPKE suite")
+    info = release.info(op, key_name, resp.key_version, resp.lease.lease_id)
+    return release.open_release(sealed, recipient, info), sealed
+
+
+def _wipe(buf: bytes | bytearray) -> None:
+    """Overwrites our copy of an opened key (bytes from the broker cannot be overwritten)."""
+    if isinstance(buf, bytearray):
+        for i in range(len(buf)):
+            buf[i] = 0
 
 
 def _read(path: str) -> bytes:

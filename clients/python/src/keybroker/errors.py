@@ -21,11 +21,14 @@ class ContextMismatchError(KeyBrokerError):
 
 
 class BrokerError(KeyBrokerError):
-    """The broker refused or could not be reached. `code` is the gRPC status code name."""
+    """The broker refused or could not be reached. `code` is the gRPC status code name,
+    `request_id` the call's `x-request-id` (the key to its audit record), when known."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(f"{code}: {message}" + (f" (request id: {request_id})" if request_id else ""))
         self.code = code
+        self.message = message
+        self.request_id = request_id
 
 
 class LeaseExpiredError(KeyBrokerError):

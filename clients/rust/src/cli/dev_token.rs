@@ -1,5 +1,5 @@
-//! `keybroker dev-token --state-dir DIR [--ttl 1h] [--out FILE]`: mints a token from the dev
-//! issuer of a `keybrokerd dev` state dir. Prints the raw token (whatever `--output` says, so
+//! `keybroker dev-token --state-dir DIR [--ttl 1h] [--out FILE] [--service-account NAME]`:
+//! mints a token from the dev issuer of a `keybrokerd dev` state dir. Prints the raw token (whatever `--output` says, so
 //! `$(keybroker dev-token …)` works), or writes it atomically with mode 0600 to `--out`.
 
 use std::io::Write;
@@ -25,6 +25,10 @@ pub(crate) struct DevTokenArgs {
     /// the KEYBROKER_TOKEN_FILE of client.env.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Speak for another service account of the dev namespace (a second workload), e.g.
+    /// evaluator.
+    #[arg(long, value_name = "NAME")]
+    service_account: Option<String>,
 }
 
 impl DevTokenArgs {
@@ -33,7 +37,11 @@ impl DevTokenArgs {
     /// # Errors
     /// Dev issuer files missing or invalid, output file not writable, output errors.
     pub(crate) fn run(&self, out: &mut dyn Write) -> Result<(), CliError> {
-        let token = dev_token::mint(&self.state_dir, self.ttl)?;
+        let workload = dev_token::Workload {
+            job: None,
+            service_account: self.service_account.as_deref(),
+        };
+        let token = dev_token::mint_for(&self.state_dir, self.ttl, &workload)?;
         match &self.out {
             Some(path) => dev_token::write_token_file(path, &token)?,
             None => writeln!(out, "{}", token.as_str())?,

@@ -29,6 +29,12 @@ pub(crate) enum CliError {
     /// Minting or writing a dev token failed.
     #[error(transparent)]
     DevToken(#[from] DevTokenError),
+    /// Minting a dev attestation result failed.
+    #[error(transparent)]
+    DevAttestation(#[from] keybroker_client::dev_attestation::DevAttestationError),
+    /// A recipient key file was refused.
+    #[error(transparent)]
+    Recipient(#[from] keybroker_client::RecipientKeyError),
     /// A KBEF file is malformed or failed authentication (`encrypt`/`decrypt`).
     #[error(transparent)]
     File(#[from] keybroker_client::file::FileFormatError),

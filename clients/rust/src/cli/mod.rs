@@ -4,9 +4,11 @@
 
 mod args;
 mod attest;
+mod attestation;
 mod audit;
 mod bench;
 mod datakey;
+mod dev_attestation;
 mod dev_token;
 mod drill;
 mod error;
@@ -89,6 +91,11 @@ enum Command {
     Policy(policy::PolicyCmd),
     /// Print a fresh dev-mode token (only for `keybrokerd dev`).
     DevToken(dev_token::DevTokenArgs),
+    /// Attested key release: nonces for attestation results.
+    #[command(subcommand)]
+    Attestation(attestation::AttestationCmd),
+    /// Print a dev-mode attestation result (only for `keybrokerd dev`; attests nothing).
+    DevAttestation(dev_attestation::DevAttestationArgs),
     /// Encrypt a file (KBEF format, one data key per file; `-` for stdin/stdout).
     Encrypt(files::EncryptArgs),
     /// Decrypt a KBEF file (`-` for stdin/stdout); fails on any tampering.
@@ -113,6 +120,8 @@ impl Cli {
         let format = self.global.output;
         match &self.command {
             Command::DevToken(args) => args.run(out),
+            Command::DevAttestation(args) => args.run(out),
+            Command::Attestation(cmd) => cmd.run(&self.global, out).await,
             Command::Policy(cmd) => cmd.run(format, out),
             Command::Datakey(cmd) => cmd.run(&self.global, format, out).await,
             Command::Keys(cmd) => cmd.run(&self.global, format, out).await,
@@ -315,6 +324,47 @@ mod tests {
         assert!(!cfg.allow_insecure);
         assert_eq!(cli.global.output, Format::Text);
         Ok(())
+    }
+
+    #[test]
+    fn attestation_flags_parse() {
+        let m = "ab".repeat(48);
+        let parse = |base: &[&str], extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Cli::try_parse_from(args).map(|_| ())
+        };
+        let dev = [
+            "keybroker",
+            "dev-attestation",
+            "--state-dir",
+            "d",
+            "--tee",
+            "sev-snp",
+        ];
+        assert!(parse(&dev, &["--measurement", &m, "--nonce", "N"]).is_ok());
+        let hidden = ["--no-nonce", "--no-tee", "--iat-offset", "-600"];
+        assert!(
+            parse(
+                &dev,
+                &[&["--measurement", m.as_str()][..], &hidden].concat()
+            )
+            .is_ok()
+        );
+        assert!(
+            parse(&dev, &["--measurement", &m]).is_err(),
+            "nonce is required"
+        );
+        assert!(parse(&dev, &["--measurement", "abc", "--nonce", "N"]).is_err());
+        let both = ["--measurement", &m, "--nonce", "N", "--no-nonce"];
+        assert!(parse(&dev, &both).is_err());
+        let generate = ["keybroker", "datakey", "generate", "models/confidential"];
+        let attested = ["--attestation-file", "a", "--recipient-key", "k.pem"];
+        assert!(parse(&generate, &attested).is_ok());
+        assert!(
+            parse(&generate, &["--recipient-key", "k.pem"]).is_err(),
+            "a recipient needs an attestation"
+        );
+        assert!(parse(&["keybroker", "attestation", "nonce"], &[]).is_ok());
     }
 
     #[test]
