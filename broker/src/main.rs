@@ -215,14 +215,15 @@ async fn run_dev(
     }
     println!("  state dir:  {}", paths.dir.display());
     println!("  client env: source {}", paths.client_env().display());
-    println!(
-        "  try:        keybroker datakey generate {} --context dataset=demo",
-        dev::DEMO_KEY
-    );
+    // Before `try:`, which harnesses read as the last line.
     println!(
         "  attested:   {} needs a TEE attestation result (docs/attestation.md: keybroker \
          attestation nonce, keybroker dev-attestation)",
         dev::CONFIDENTIAL_KEY
+    );
+    println!(
+        "  try:        keybroker datakey generate {} --context dataset=demo",
+        dev::DEMO_KEY
     );
     broker.serve(listener, shutdown).await?;
     Ok(())
