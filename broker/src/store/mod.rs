@@ -13,6 +13,9 @@ mod rows;
 mod sqlite;
 mod wraps;
 
+#[cfg(test)]
+mod bench;
+
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
