@@ -94,7 +94,11 @@ async fn release_path_statements() {
             assert!(matches!(done.unwrap(), GateOutcome::Open(_)));
         }
     }
-    report("release (group commit, 64 callers), per gate", rounds * callers, t);
+    report(
+        "release (group commit, 64 callers), per gate",
+        rounds * callers,
+        t,
+    );
 
     let n = 2000;
     let t = Instant::now();

@@ -5,6 +5,7 @@
 //! states travel as [`KeyState`] / [`VersionState`], never as SQL text.
 
 mod cached;
+mod catalog;
 mod gate;
 mod group;
 mod open;

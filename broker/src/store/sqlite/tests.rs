@@ -374,7 +374,7 @@ async fn gate_enforces_the_gcm_use_limit_where_it_counts() {
     let last_allowed = crate::keys::GCM_RANDOM_IV_LIMIT - 2;
     sqlx::query("UPDATE key_versions SET wrap_count = ?1 WHERE key_name = 'k'")
         .bind(i64::try_from(last_allowed).unwrap())
-        .execute(&s.pool)
+        .execute(&s.catalog.pool)
         .await
         .unwrap();
     assert_eq!(
