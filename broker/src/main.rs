@@ -240,7 +240,12 @@ async fn ensure_demo_key(broker: &Broker) -> anyhow::Result<()> {
     ] {
         let labels = [("classification".to_owned(), classification.to_owned())].into();
         broker
-            .ensure_key(&KeyName::parse(name)?, Purpose::DataKey, labels, DEV_KEY_REASON)
+            .ensure_key(
+                &KeyName::parse(name)?,
+                Purpose::DataKey,
+                labels,
+                DEV_KEY_REASON,
+            )
             .await?;
     }
     Ok(())

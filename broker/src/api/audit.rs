@@ -76,6 +76,29 @@ impl Recorder {
         self.record.surface = surface;
     }
 
+    /// The key a call names, validated (INVALID_ARGUMENT otherwise) and noted on the record:
+    /// the opening every call on a named key shares.
+    pub(crate) fn named_key(
+        &mut self,
+        name: &str,
+        rid: &RequestId,
+    ) -> Result<crate::keys::name::KeyName, Status> {
+        let name = super::convert::key_name(name, rid)?;
+        self.key(name.as_str());
+        Ok(name)
+    }
+
+    /// A call's encryption context, validated and noted on the record.
+    pub(crate) fn encryption_context(
+        &mut self,
+        context: std::collections::HashMap<String, String>,
+        rid: &RequestId,
+    ) -> Result<EncryptionContext, Status> {
+        let ctx = super::convert::context(context, rid)?;
+        self.context(&ctx);
+        Ok(ctx)
+    }
+
     /// The key the call is about.
     pub(crate) fn key(&mut self, name: &str) {
         self.record.key_name = Some(name.to_owned());

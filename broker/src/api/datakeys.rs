@@ -38,10 +38,8 @@ impl DataKeysApi {
         let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
-        let name = convert::key_name(&r.key, rid)?;
-        rec.key(name.as_str());
-        let ctx = convert::context(r.context, rid)?;
-        rec.context(&ctx);
+        let name = rec.named_key(&r.key, rid)?;
+        let ctx = rec.encryption_context(r.context, rid)?;
         let ttl = convert::ttl(r.ttl, rid)?;
         let recipient = convert::recipient(r.recipient, rid)?;
         let key = (self.state)
@@ -93,10 +91,8 @@ impl DataKeysApi {
         let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
-        let name = convert::key_name(&r.key, rid)?;
-        rec.key(name.as_str());
-        let ctx = convert::context(r.context, rid)?;
-        rec.context(&ctx);
+        let name = rec.named_key(&r.key, rid)?;
+        let ctx = rec.encryption_context(r.context, rid)?;
         let key = (self.state)
             .authorize_key(&call, Action::GenerateDataKeyWithoutPlaintext, &name, &ctx)
             .await?;
@@ -124,8 +120,7 @@ impl DataKeysApi {
         let rid = &call.rid;
         let r = req.into_inner();
         let ct = convert::ciphertext(&r.ciphertext, rid)?;
-        let ctx = convert::context(r.context, rid)?;
-        rec.context(&ctx);
+        let ctx = rec.encryption_context(r.context, rid)?;
         let ttl = convert::ttl(r.ttl, rid)?;
         let recipient = convert::recipient(r.recipient, rid)?;
         let (env, key) = (self.state)
@@ -178,10 +173,8 @@ impl DataKeysApi {
         if plaintext.is_empty() {
             return Err(invalid("plaintext is empty", rid));
         }
-        let name = convert::key_name(&r.key, rid)?;
-        rec.key(name.as_str());
-        let ctx = convert::context(r.context, rid)?;
-        rec.context(&ctx);
+        let name = rec.named_key(&r.key, rid)?;
+        let ctx = rec.encryption_context(r.context, rid)?;
         let key = (self.state)
             .authorize_key(&call, Action::Encrypt, &name, &ctx)
             .await?;
@@ -209,8 +202,7 @@ impl DataKeysApi {
         let rid = &call.rid;
         let r = req.into_inner();
         let ct = convert::ciphertext(&r.ciphertext, rid)?;
-        let ctx = convert::context(r.context, rid)?;
-        rec.context(&ctx);
+        let ctx = rec.encryption_context(r.context, rid)?;
         let (env, record) = (self.state)
             .authorize_ciphertext(&call, Action::ReEncrypt, ct, &ctx, None)
             .await?;

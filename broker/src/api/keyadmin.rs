@@ -44,8 +44,7 @@ impl KeyAdminApi {
         rec: &mut Recorder,
     ) -> Result<(CallContext, KeyRecord), Status> {
         let call = rec.begin(&self.state, req).await?;
-        let name = convert::key_name(name, &call.rid)?;
-        rec.key(name.as_str());
+        let name = rec.named_key(name, &call.rid)?;
         let key = (self.state)
             .authorize_key(&call, action, &name, &EncryptionContext::empty())
             .await?;
@@ -70,8 +69,7 @@ impl KeyAdminApi {
         let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
-        let name = convert::key_name(&r.name, rid)?;
-        rec.key(name.as_str());
+        let name = rec.named_key(&r.name, rid)?;
         let purpose = convert::purpose_from_pb(r.purpose, r.algorithm, rid)?;
         let labels = convert::labels(r.labels, rid)?;
         let rotation = convert::rotation_period(r.rotation_period, rid)?.flatten();

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::audit::{Recorder, WORK_BUDGET};
 use super::convert::algorithm_to_pb;
 use super::status::{invalid, key_error};
-use super::{ApiState, RequestId, convert};
+use super::{ApiState, RequestId};
 use crate::audit::{Op, SignedSubject};
 use crate::hsm::SignAlgorithm;
 use crate::keys::context::EncryptionContext;
@@ -77,8 +77,7 @@ impl SigningApi {
         let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
-        let name = convert::key_name(&r.key, rid)?;
-        rec.key(name.as_str());
+        let name = rec.named_key(&r.key, rid)?;
         let alg = digest_algorithm(r.digest_algorithm, rid)?;
         let digest = Digest::parse(alg, r.digest, &r.digest_hex).map_err(|e| key_error(&e, rid))?;
         rec.signed().digest = digest.label();
@@ -132,8 +131,7 @@ impl SigningApi {
         let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
-        let name = convert::key_name(&r.key, rid)?;
-        rec.key(name.as_str());
+        let name = rec.named_key(&r.key, rid)?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&r.statement)));
         rec.signed().digest.clone_from(&digest);
         let statement = sign_input::statement(&r.statement).map_err(|e| key_error(&e, rid))?;
@@ -179,8 +177,7 @@ impl SigningApi {
         let call = rec.begin(&self.state, &req).await?;
         let rid = &call.rid;
         let r = req.into_inner();
-        let name = convert::key_name(&r.key, rid)?;
-        rec.key(name.as_str());
+        let name = rec.named_key(&r.key, rid)?;
         let key = (self.state)
             .authorize_key(&call, Action::GetKey, &name, &EncryptionContext::empty())
             .await?;
