@@ -11,8 +11,8 @@ use sqlx::PgPool;
 
 use crate::audit::AuditError;
 use crate::audit::checkpoint::{self, Latest, Signed, Signer};
-use crate::audit::merkle::Hash;
 use crate::audit::tiles::Publisher;
+use keybroker_formats::tlog::Hash;
 
 /// Stores a checkpoint of `size` records unless a larger one is stored, and wakes the mirrors.
 ///
