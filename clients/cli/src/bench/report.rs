@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::engine::Outcome;
-use crate::cli::output::{Format, write_json};
+use crate::output::{Format, write_json};
 
 /// One kind of operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
