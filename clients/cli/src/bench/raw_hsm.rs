@@ -19,7 +19,7 @@ use cryptoki::session::{Session, UserType};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use super::report::OpKind;
+use super::measure::OpKind;
 
 /// AAD of the size the broker authenticates (envelope header with key name and context).
 const AAD: [u8; 64] = [0x41; 64];

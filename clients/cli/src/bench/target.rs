@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use keybroker_client::{Client, ClientError, code_name};
 
+use super::measure::{OpKind, PAYLOAD};
 use super::openbao::Transit;
 use super::raw_hsm::RawHsm;
-use super::report::OpKind;
 
 /// A bench target.
 pub(crate) enum Target {
@@ -47,9 +47,6 @@ pub(crate) struct BrokerTarget {
     /// A ciphertext of `key` under `context`, opened by every decrypt.
     pub(crate) ciphertext: Vec<u8>,
 }
-
-/// Payload of an encrypt: the size of a data key.
-pub(crate) const PAYLOAD: [u8; 32] = [0x5a; 32];
 
 impl BrokerTarget {
     async fn call(&self, op: OpKind, worker: usize) -> Result<(), String> {
