@@ -20,4 +20,4 @@ mod server;
 pub mod store;
 mod tls;
 
-pub use server::{Broker, ReloadError, Reloader, StartError, run};
+pub use server::{Broker, EnsureKeyError, ReloadError, Reloader, StartError, run};

@@ -214,64 +214,55 @@ async fn run_dev(
     }
     println!("  state dir:  {}", paths.dir.display());
     println!("  client env: source {}", paths.client_env().display());
-    println!(
-        "  try:        keybroker datakey generate {} --context dataset=demo",
-        dev::DEMO_KEY
-    );
+    // Before `try:`, which harnesses read as the last line.
     println!(
         "  attested:   {} needs a TEE attestation result (docs/attestation.md: keybroker \
          attestation nonce, keybroker dev-attestation)",
         dev::CONFIDENTIAL_KEY
     );
+    println!(
+        "  try:        keybroker datakey generate {} --context dataset=demo",
+        dev::DEMO_KEY
+    );
     broker.serve(listener, shutdown).await?;
     Ok(())
 }
 
-/// The dev data keys, created on first run: the demo key, and `models/confidential`, which the
-/// dev policy releases only to an attested TEE.
+/// The dev data keys, created (and audited) on first run: the demo key, and
+/// `models/confidential`, which the dev policy releases only to an attested TEE.
 async fn ensure_demo_key(broker: &Broker) -> anyhow::Result<()> {
-    use keybroker_broker::keys::KeyError;
     use keybroker_broker::keys::name::KeyName;
     use keybroker_broker::store::Purpose;
     for (name, classification) in [
         (dev::DEMO_KEY, "demo"),
         (dev::CONFIDENTIAL_KEY, "confidential"),
     ] {
-        let name = KeyName::parse(name)?;
-        match broker.keys().get_key(&name).await {
-            Ok(_) => {}
-            Err(KeyError::NotFound) => {
-                let labels = [("classification".to_owned(), classification.to_owned())].into();
-                broker
-                    .keys()
-                    .create_key(&name, Purpose::DataKey, labels, None, None)
-                    .await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let labels = [("classification".to_owned(), classification.to_owned())].into();
+        broker
+            .ensure_key(
+                &KeyName::parse(name)?,
+                Purpose::DataKey,
+                labels,
+                DEV_KEY_REASON,
+            )
+            .await?;
     }
     Ok(())
 }
 
-/// The dev XKS keys (`xks.env` names them), created on first run.
+/// The reason on the audit record of a key dev mode made for itself.
+const DEV_KEY_REASON: &str = "dev mode: created at first start";
+
+/// The dev XKS keys (`xks.env` names them), created (and audited) on first run.
 async fn ensure_xks_keys(broker: &Broker) -> anyhow::Result<()> {
-    use keybroker_broker::keys::KeyError;
     use keybroker_broker::keys::name::KeyName;
     use keybroker_broker::keys::xks::XKS_USAGE_LABEL;
     use keybroker_broker::store::Purpose;
     for (_, name, usage) in dev::XKS_KEYS {
-        let name = KeyName::parse(name)?;
-        match broker.keys().get_key(&name).await {
-            Ok(_) => {}
-            Err(KeyError::NotFound) => {
-                let labels = [(XKS_USAGE_LABEL.to_owned(), usage.to_owned())].into();
-                broker
-                    .keys()
-                    .create_key(&name, Purpose::Xks, labels, None, None)
-                    .await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let labels = [(XKS_USAGE_LABEL.to_owned(), usage.to_owned())].into();
+        broker
+            .ensure_key(&KeyName::parse(name)?, Purpose::Xks, labels, DEV_KEY_REASON)
+            .await?;
     }
     Ok(())
 }

@@ -218,7 +218,8 @@ fn dev_mode_first_run_creates_everything_and_second_run_reuses_it() {
     ));
     assert_eq!(opened["plaintext"], generated["plaintext"]);
     let keys = json(&cli(&env, &["keys", "list"]));
-    // The demo key and the four XKS keys of `xks.env`, made once and reused.
+    // The demo key, the attested-release key and the four XKS keys of `xks.env`, made once and
+    // reused.
     let names: Vec<&str> = keys["keys"]
         .as_array()
         .unwrap()
@@ -229,6 +230,7 @@ fn dev_mode_first_run_creates_everything_and_second_run_reuses_it() {
         names,
         [
             "datasets/demo",
+            "models/confidential",
             "xks-decrypt-only",
             "xks-demo",
             "xks-encrypt-only",

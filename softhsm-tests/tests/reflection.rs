@@ -64,7 +64,8 @@ async fn python_grpcio_client_works_from_reflection_alone() {
         assert!(services.iter().any(|v| v == s), "{s} not listed: {seen}");
     }
     let methods = seen["methods"].as_array().unwrap();
-    assert_eq!(methods.len(), 5, "{seen}");
+    // The five key calls and GetAttestationNonce.
+    assert_eq!(methods.len(), 6, "{seen}");
     assert_eq!(seen["key_version"], 1);
     assert_eq!(seen["plaintext_len"], 32);
     assert_eq!(seen["round_trip"], true);

@@ -23,7 +23,12 @@ use crate::api::ApiState;
 use crate::audit::checkpoint::Signer;
 use crate::config::BrokerConfig;
 use crate::identity::ClientCa;
-use crate::keys::KeyService;
+use std::collections::BTreeMap;
+
+use crate::audit::{AuditRecord, Decision, Op};
+use crate::keys::KeyError;
+use crate::keys::name::KeyName;
+use crate::store::Purpose;
 
 /// How long shutdown waits for in-flight requests and open streams.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,10 +98,53 @@ impl Broker {
         }
     }
 
-    /// The key service (dev mode uses it to create the demo key).
-    pub fn keys(&self) -> &KeyService {
-        &self.state.keys
+    /// Creates `name` unless it exists, and records the creation in the audit log before
+    /// returning (dev mode's keys: every key operation has its record, also those no caller
+    /// asked for). The record has no principal (the broker itself acted) and `why` as reason.
+    /// Returns whether the key was created.
+    ///
+    /// # Errors
+    /// The catalog, the HSM, or the audit log failed (fail closed: the caller stops).
+    pub async fn ensure_key(
+        &self,
+        name: &KeyName,
+        purpose: Purpose,
+        labels: BTreeMap<String, String>,
+        why: &str,
+    ) -> Result<bool, EnsureKeyError> {
+        let keys = &self.state.keys;
+        match keys.get_key(name).await {
+            Ok(_) => return Ok(false),
+            Err(KeyError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let key = keys.create_key(name, purpose, labels, None, None).await?;
+        let mut r = AuditRecord::new(
+            Op::CreateKey,
+            uuid::Uuid::new_v4().to_string(),
+            self.state.replica_id.clone(),
+        );
+        r.key_name = Some(key.name.clone());
+        r.key_version = key.primary_version();
+        r.hsm_id = Some(key.hsm_id.clone());
+        r.hsm_jurisdiction = keys.hsm_info(&key.hsm_id).map(|h| h.jurisdiction.clone());
+        r.decision = Decision::Allow;
+        r.reasons = vec![why.to_owned()];
+        "ok".clone_into(&mut r.outcome.code);
+        self.state.audit.append(r).await?;
+        Ok(true)
     }
+}
+
+/// Why [`Broker::ensure_key`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureKeyError {
+    /// The key service refused or failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The creation could not be recorded.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// The default replica name in audit records: the host name (the pod name on Kubernetes).

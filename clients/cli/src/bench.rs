@@ -25,6 +25,7 @@ use super::args::{pairs_to_map, parse_pair, parse_ttl};
 use super::error::CliError;
 use super::output::Format;
 use engine::{Mix, Plan, Stop};
+use keybroker_client::recipient::RecipientKey;
 use measure::OpKind;
 use raw_hsm::{RawHsm, RawHsmSettings};
 use report::{Report, RunShape};
@@ -46,6 +47,11 @@ pub(crate) enum OpArg {
     Encrypt,
     /// Sign of a SHA-256 digest (KEY is a SIGN key; raw-hsm: CKM_ECDSA on a P-256 pair).
     Sign,
+    /// Attested release (needs --attestation-state-dir): GetAttestationNonce, a dev result
+    /// minted for it, GenerateDataKey with it and HPKE recipient release, opening the key.
+    Attested,
+    /// GetAttestationNonce alone.
+    Nonce,
     /// A weighted mix (`--mix`).
     Mixed,
 }
@@ -131,6 +137,9 @@ pub(crate) struct BenchArgs {
     /// xks: the `xks.env` of the key store (as `keybrokerd dev` writes it).
     #[arg(long, value_name = "FILE")]
     xks_env: Option<PathBuf>,
+    /// attested: the `keybrokerd dev` state dir whose dev attestation verifier mints results.
+    #[arg(long, value_name = "DIR")]
+    attestation_state_dir: Option<PathBuf>,
 }
 
 /// Everything checked before any connection is made.
@@ -161,6 +170,8 @@ impl BenchArgs {
             (OpArg::Decrypt, None) => Mix::single(OpKind::Decrypt),
             (OpArg::Encrypt, None) => Mix::single(OpKind::Encrypt),
             (OpArg::Sign, None) => Mix::single(OpKind::Sign),
+            (OpArg::Attested, None) => Mix::single(OpKind::Attested),
+            (OpArg::Nonce, None) => Mix::single(OpKind::Nonce),
         };
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             return usage("--concurrency must be 1..=10000");
@@ -306,6 +317,15 @@ impl BenchArgs {
                     seal_key,
                     context: c.context.clone(),
                     ciphertext,
+                    attestation: match &self.attestation_state_dir {
+                        Some(dir) => Some((dir.clone(), RecipientKey::generate())),
+                        None if c.mix.ops().any(|op| op == OpKind::Attested) => {
+                            return Err(CliError::Usage(
+                                "--op attested needs --attestation-state-dir".to_owned(),
+                            ));
+                        }
+                        None => None,
+                    },
                 };
                 Ok((Target::Broker(t), self.connections))
             }

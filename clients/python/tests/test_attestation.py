@@ -348,3 +348,13 @@ def test_example_policy_refuses_an_unlisted_measurement_and_clear_release_of_sea
                 "policy:recipient-only-keys-leave-sealed")
         token = mint(att, kb.get_attestation_nonce(), "--recipient-key", str(tmp_path / "enclave.pem"))
         assert len(kb.generate_data_key("models/sealed-only", CTX, attestation=token, recipient_private_key=sk).key) == 32
+
+
+def test_dev_mode_keys_are_created_with_an_audit_record(att: DevBroker) -> None:
+    """Every key operation has its record, also the keys dev mode made for itself at start."""
+    made = {r["key_name"]: r for r in audit(att) if r["op"] == "create_key"}
+    for name in ["datasets/demo", "models/confidential", "xks-demo"]:
+        r = made[name]
+        assert r["decision"] == "allow" and r["principal"] is None, r
+        assert r["reasons"] == ["dev mode: created at first start"], r
+        assert r["key_version"] == 1 and r["hsm_id"] == "softhsm-dev", r

@@ -26,6 +26,11 @@ pub(crate) enum OpKind {
     Encrypt,
     /// Sign of a SHA-256 digest with a SIGN key (ECDSA P-256 in the raw-hsm target).
     Sign,
+    /// Attested release: GetAttestationNonce, a dev attestation result minted for it, then
+    /// GenerateDataKey with that result and HPKE recipient release, and opening the sealed key.
+    Attested,
+    /// GetAttestationNonce alone (the extra round trip of an attested release).
+    Nonce,
 }
 
 impl OpKind {
@@ -36,14 +41,23 @@ impl OpKind {
             Self::Decrypt => "decrypt",
             Self::Encrypt => "encrypt",
             Self::Sign => "sign",
+            Self::Attested => "attested",
+            Self::Nonce => "nonce",
         }
     }
 
     /// Parses a name as printed by [`OpKind::name`].
     pub(crate) fn from_name(s: &str) -> Option<Self> {
-        [Self::Datakey, Self::Decrypt, Self::Encrypt, Self::Sign]
-            .into_iter()
-            .find(|op| op.name() == s)
+        [
+            Self::Datakey,
+            Self::Decrypt,
+            Self::Encrypt,
+            Self::Sign,
+            Self::Attested,
+            Self::Nonce,
+        ]
+        .into_iter()
+        .find(|op| op.name() == s)
     }
 }
 

@@ -123,7 +123,9 @@ impl Transit {
             OpKind::Datakey => ("datakey/plaintext", "{}".to_owned()),
             OpKind::Encrypt => ("encrypt", self.encrypt_body.clone()),
             OpKind::Decrypt => ("decrypt", self.decrypt_body.clone()),
-            OpKind::Sign => return Err("UNSUPPORTED_OP".into()),
+            OpKind::Sign | OpKind::Attested | OpKind::Nonce => {
+                return Err("UNSUPPORTED_OP".into());
+            }
         };
         self.post(path, body).await.map(drop)
     }

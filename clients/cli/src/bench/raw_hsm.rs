@@ -128,6 +128,7 @@ impl RawHsm {
         let key = match (op, self.sign_pair) {
             (OpKind::Sign, Some((private, _))) => private,
             (OpKind::Sign, None) => return Err("NO_SIGN_KEY".into()),
+            (OpKind::Attested | OpKind::Nonce, _) => return Err("UNSUPPORTED_OP".into()),
             _ => self.key,
         };
         let sealed = self.sealed.clone();
@@ -188,6 +189,8 @@ fn one_op(
                 .map(drop)
         }
         OpKind::Sign => s.sign(&Mechanism::Ecdsa, key, &[0x5a; 32]).map(drop),
+        // Refused in `call`: broker-only operations.
+        OpKind::Attested | OpKind::Nonce => Ok(()),
         OpKind::Decrypt => {
             let mut iv = sealed.0;
             let params = GcmParams::new(&mut iv, &AAD, 128.into())?;

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use keybroker_client::{Client, ClientError, code_name};
+use keybroker_client::dev_attestation::{self, DevResult, Tee};
+use keybroker_client::recipient::RecipientKey;
+use keybroker_client::{Attested, Client, ClientError, code_name};
 
 use super::measure::{OpKind, PAYLOAD};
 use super::openbao::Transit;
@@ -46,6 +48,9 @@ pub(crate) struct BrokerTarget {
     pub(crate) context: BTreeMap<String, String>,
     /// A ciphertext of `key` under `context`, opened by every decrypt.
     pub(crate) ciphertext: Vec<u8>,
+    /// attested: the dev state dir whose attestation verifier mints results, and the enclave
+    /// key data keys are sealed to.
+    pub(crate) attestation: Option<(std::path::PathBuf, RecipientKey)>,
 }
 
 impl BrokerTarget {
@@ -70,8 +75,42 @@ impl BrokerTarget {
                 .sign_digest(&self.key, &PAYLOAD, "bench", "")
                 .await
                 .map(drop),
+            OpKind::Nonce => c.attestation_nonce().await.map(drop),
+            OpKind::Attested => return self.attested(c).await,
         };
         r.map_err(|e| error_code(&e))
+    }
+
+    /// One attested release, as a TEE workload does it (the verifier's round trip replaced by
+    /// minting a dev result locally).
+    async fn attested(&self, c: &Client) -> Result<(), String> {
+        let Some((state_dir, recipient)) = &self.attestation else {
+            return Err("NO_ATTESTATION_STATE_DIR".into());
+        };
+        let nonce = c.attestation_nonce().await.map_err(|e| error_code(&e))?;
+        let public = recipient.public_key().map_err(|_| "RECIPIENT".to_owned())?;
+        let token = dev_attestation::mint(
+            state_dir,
+            &DevResult {
+                tee: Tee::SevSnp,
+                omit_tee: false,
+                measurement: "ab".repeat(48),
+                debug: false,
+                nonce: Some(nonce.nonce),
+                recipient: Some(public),
+                ttl: std::time::Duration::from_secs(300),
+                iat_offset: 0,
+            },
+        )
+        .map_err(|_| "MINT".to_owned())?;
+        let attested = Attested {
+            token,
+            recipient: Some(recipient.clone()),
+        };
+        c.generate_data_key_attested(&self.key, &self.context, None, &attested)
+            .await
+            .map(drop)
+            .map_err(|e| error_code(&e))
     }
 }
 

@@ -220,7 +220,9 @@ impl XksTarget {
             OpKind::Datakey => self.post("encrypt", &self.encrypt_body(true)).await,
             OpKind::Encrypt => self.post("encrypt", &self.encrypt_body(false)).await,
             OpKind::Decrypt => self.post("decrypt", &self.decrypt).await,
-            OpKind::Sign => return Err("UNSUPPORTED_OP".into()),
+            OpKind::Sign | OpKind::Attested | OpKind::Nonce => {
+                return Err("UNSUPPORTED_OP".into());
+            }
         }
         .map(drop)
     }
