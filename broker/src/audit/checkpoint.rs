@@ -104,6 +104,26 @@ pub(crate) fn write_note(dir: &Path, text: &str) -> Result<(), AuditError> {
     write_atomic(&dir.join("checkpoint"), text)
 }
 
+/// Stores a checkpoint of `size` records unless a larger one is stored, and wakes the mirrors.
+///
+/// # Errors
+/// The database refused.
+pub async fn store_checkpoint(db: &sqlx::PgPool, size: u64, note: &str) -> Result<(), AuditError> {
+    let size = i64::try_from(size).map_err(|_| AuditError::Database("size overflow".into()))?;
+    sqlx::query(
+        "WITH up AS (INSERT INTO audit_checkpoint (id, size, note) VALUES (1, $1, $2) \
+         ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size, note = EXCLUDED.note \
+         WHERE audit_checkpoint.size <= EXCLUDED.size RETURNING 1) \
+         SELECT pg_notify('keybroker_audit', 'checkpoint') FROM up",
+    )
+    .bind(size)
+    .bind(note)
+    .fetch_all(db)
+    .await
+    .map(drop)
+    .map_err(|e| AuditError::Database(e.to_string()))
+}
+
 async fn publish(signer: &Signer, log: &dyn AuditLog, sink: &Sink, latest: &Latest) -> Option<u64> {
     let (size, root) = log.head();
     let text = match signer.sign(size, &root).await {
@@ -124,7 +144,7 @@ async fn publish(signer: &Signer, log: &dyn AuditLog, sink: &Sink, latest: &Late
             });
             log.checkpoint_written(size);
         }),
-        Sink::Database(db) => super::pg::store_checkpoint(db, size, &text).await,
+        Sink::Database(db) => store_checkpoint(db, size, &text).await,
     };
     match stored {
         Ok(()) => Some(size),

@@ -18,8 +18,9 @@ use std::path::PathBuf;
 
 use keybroker_formats::tlog::Hash;
 
+pub use checkpoint::store_checkpoint;
 pub use log::{CommitObserver, FileAuditLog};
-pub use pg::{PgAuditLog, lead as lead_pg_publisher, origin as pg_origin, store_checkpoint};
+pub use pg::{PgAuditLog, lead as lead_pg_publisher, origin as pg_origin};
 pub use record::{
     AttestationAudit, AuditPrincipal, AuditRecord, Decision, Op, Outcome, SignedFacts,
     SignedSubject, Surface, XksFacts,

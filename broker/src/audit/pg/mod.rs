@@ -26,7 +26,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use checkpoints::store_checkpoint;
 pub use follow::lead;
 
 use super::checkpoint::{self, Latest, Signer};

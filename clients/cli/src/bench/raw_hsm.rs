@@ -225,7 +225,13 @@ fn find_key(s: &Session, label: &str) -> Result<ObjectHandle, String> {
     .ok_or_else(|| format!("no AES key labelled {label:?} on the token"))
 }
 
-/// An AES-256 token key with the broker's attributes (encrypt/decrypt only, never extractable).
+/// An AES-256 token key with the broker's attributes (encrypt/decrypt only, never extractable,
+/// never modifiable), so the ceiling is measured on the kind of key the broker uses.
+///
+/// The template is written twice on purpose, here and in the broker's `hsm/ops.rs`
+/// (`generate_aes_key`), attribute for attribute but the random `CKA_ID` the broker adds: it is
+/// PKCS#11 (`cryptoki`), which the pure formats crate does not link, and a client never
+/// imports the broker. Change both together.
 fn create_key(s: &Session) -> Result<ObjectHandle, String> {
     let label = format!("keybroker-bench-{}", uuid::Uuid::new_v4());
     let template = [
@@ -236,8 +242,14 @@ fn create_key(s: &Session) -> Result<ObjectHandle, String> {
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
+        Attribute::Modifiable(false),
         Attribute::Encrypt(true),
         Attribute::Decrypt(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
         Attribute::Label(label.into_bytes()),
     ];
     s.generate_key(&Mechanism::AesKeyGen, &template)
