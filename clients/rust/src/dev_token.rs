@@ -146,21 +146,21 @@ mod tests {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     use keybroker_formats::dev_token::Claims;
 
-    /// Writes a dev issuer into `dir` and returns the public key PEM.
+    /// Writes a dev issuer into `dir` and returns the public key PEM (unknown fields in
+    /// `issuer.json` are `keybroker_formats::dev_token`'s test).
     fn make_issuer(dir: &Path) -> anyhow::Result<String> {
         let issuer_dir = dir.join(ISSUER_DIR);
         std::fs::create_dir_all(&issuer_dir)?;
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
         std::fs::write(issuer_dir.join(SIGNING_KEY_FILE), kp.serialize_pem())?;
-        let info = serde_json::json!({
-            "issuer": "https://dev.keybroker.local",
-            "audience": "keybroker",
-            "kid": "dev-1",
-            "subject": "system:serviceaccount:ml:trainer",
-            "namespace": "ml",
-            "service_account": "trainer",
-            "some_future_field": true,
-        });
+        let info = IssuerInfo {
+            issuer: "https://dev.keybroker.local".into(),
+            audience: "keybroker".into(),
+            kid: "dev-1".into(),
+            subject: "system:serviceaccount:ml:trainer".into(),
+            namespace: "ml".into(),
+            service_account: "trainer".into(),
+        };
         std::fs::write(issuer_dir.join(ISSUER_FILE), serde_json::to_vec(&info)?)?;
         Ok(kp.public_key_pem())
     }
