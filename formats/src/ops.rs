@@ -2,7 +2,7 @@
 //! ([`Op`], snake_case on the wire) and the Cedar actions policies are written against
 //! ([`Action`], [`SignAction`], [`AuditAction`]; the schema in [`crate::policy::SCHEMA`]).
 //!
-//! One list, [`operations!`], declares every operation; those that policy decides as a key
+//! One list, the `operations!` declaration below, names every operation; those that policy decides as a key
 //! action of the same name become [`Action`]s too, so the two cannot drift apart. What stays
 //! apart is honest difference: the broker's own operations (automatic rotation, destruction)
 //! are recorded but never asked of policy; `Signing.SignDsse` is decided as `SignAttestation`
