@@ -25,6 +25,7 @@ pub mod dev;
 pub mod https;
 pub mod postgres;
 pub mod replicas;
+pub mod store;
 pub mod svid;
 pub mod tokens;
 

@@ -165,14 +165,7 @@ impl Nonces {
     /// # Errors
     /// [`NonceRefusal::Replayed`].
     pub(crate) fn redeem(&self, checked: Checked, now: u64) -> Result<(), NonceRefusal> {
-        let mut used = self
-            .used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if used.len() >= self.max_used {
-            used.retain(|_, exp| *exp >= now);
-        }
-        match used.entry(checked.id) {
+        match self.used_at(now).entry(checked.id) {
             std::collections::hash_map::Entry::Occupied(_) => Err(NonceRefusal::Replayed),
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(checked.expires_at);
@@ -182,6 +175,11 @@ impl Nonces {
     }
 
     fn live_used(&self, now: u64) -> usize {
+        self.used_at(now).len()
+    }
+
+    /// The used set, swept of expired ids when it is full.
+    fn used_at(&self, now: u64) -> std::sync::MutexGuard<'_, HashMap<[u8; ID_LEN], u64>> {
         let mut used = self
             .used
             .lock()
@@ -189,7 +187,7 @@ impl Nonces {
         if used.len() >= self.max_used {
             used.retain(|_, exp| *exp >= now);
         }
-        used.len()
+        used
     }
 
     fn tag(&self, id: &[u8; ID_LEN], expires_at: u64, caller: &Principal) -> hmac::Tag {

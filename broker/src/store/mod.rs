@@ -5,6 +5,7 @@
 //! states travel as [`KeyState`] / [`VersionState`], never as SQL text.
 
 mod cached;
+mod catalog;
 mod gate;
 mod group;
 mod open;
@@ -12,6 +13,9 @@ pub(crate) mod postgres;
 mod rows;
 mod sqlite;
 mod wraps;
+
+#[cfg(test)]
+mod bench;
 
 use std::collections::BTreeMap;
 

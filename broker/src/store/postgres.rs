@@ -5,27 +5,27 @@
 //! destruction or lease revocation committed through any replica closes the gate on every
 //! replica at the next request, with no cache to invalidate. A replica that cannot reach the database fails
 //! the gate and releases nothing. Migrations (`migrations/postgres/`) run at connect under
-//! sqlx's advisory lock, so replicas starting together apply them once.
+//! sqlx's advisory lock, so replicas starting together apply them once. The statements shared
+//! with SQLite are in [`super::catalog`]; what is PostgreSQL's own is the gate check
+//! (`gate`), the one-statement use-count reservation (`leases`) and creation locks
+//! (`creating`).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Postgres;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 mod creating;
 pub(crate) mod gate;
 pub(crate) mod leases;
-mod lifecycle;
 
 use creating::Creating;
 
-use super::rows::{
-    is_unique_violation, key_from_row, select_keys, select_versions, version_from_row,
-};
+use super::catalog::Catalog;
 use super::{
     CatalogGauges, GateOutcome, KeyRecord, KeyState, LeaseRecord, NewKey, ReleaseGate, Revocation,
-    RevocationTarget, SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
+    RevocationTarget, SettingsUpdate, Store, StoreError, VersionState, Who,
 };
 
 /// How long a request waits for a database connection before it is refused: short, so a lost
@@ -35,7 +35,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The PostgreSQL catalog.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    catalog: Catalog<Postgres>,
     /// Locks of the versions this replica is creating (see `creating`).
     creating: std::sync::Arc<Creating>,
     /// Use counts reserved in blocks (one catalog write per block, not per release).
@@ -58,7 +58,7 @@ impl PostgresStore {
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(Self {
-            pool,
+            catalog: Catalog { pool },
             creating: std::sync::Arc::default(),
             wraps: std::sync::Arc::default(),
         })
@@ -67,74 +67,18 @@ impl PostgresStore {
     /// The connection pool (the PostgreSQL audit log shares it).
     #[must_use]
     pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
-        let rows = sqlx::query(select_versions!("WHERE key_name = $1 ORDER BY version"))
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(version_from_row).collect()
-    }
-
-    async fn records(&self, rows: &[PgRow]) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.with_versions(row).await?);
-        }
-        Ok(out)
-    }
-
-    async fn with_versions(&self, row: &PgRow) -> Result<KeyRecord, StoreError> {
-        let mut key = key_from_row(row)?;
-        key.versions = self.versions(&key.name).await?;
-        Ok(key)
+        &self.catalog.pool
     }
 }
 
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_key(&self, key: &NewKey) -> Result<KeyRecord, StoreError> {
-        let labels = serde_json::to_string(&key.labels).map_err(|e| StoreError::Corrupt {
-            field: "keys.labels",
-            problem: e.to_string(),
-        })?;
         // Locked before version 1 is visible: recovery elsewhere leaves it alone.
-        let lock = Creating::lock(&self.pool, &key.name, 1)
+        let lock = Creating::lock(self.pool(), &key.name, 1)
             .await?
             .ok_or_else(|| StoreError::AlreadyExists(format!("key {}", key.name)))?;
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO keys (name, purpose, state, labels, hsm_id, created_at, \
-             min_decryption_version, rotation_period_secs, next_rotation_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8)",
-        )
-        .bind(&key.name)
-        .bind(key.purpose.as_db())
-        .bind(KeyState::Enabled.as_db())
-        .bind(&labels)
-        .bind(&key.hsm_id)
-        .bind(key.created_at)
-        .bind(key.rotation_period_secs)
-        .bind(key.next_rotation_at)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists(format!("key {}", key.name)));
-            }
-            other => other?,
-        };
-        sqlx::query(
-            "INSERT INTO key_versions (key_name, version, state, created_at) VALUES ($1, 1, $2, $3)",
-        )
-        .bind(&key.name)
-        .bind(VersionState::PendingCreate.as_db())
-        .bind(key.created_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        self.catalog.insert_key(key).await?;
         self.creating.keep(&key.name, 1, lock);
         self.get_key(&key.name)
             .await?
@@ -142,44 +86,14 @@ impl Store for PostgresStore {
     }
 
     async fn abort_create(&self, name: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Lock the key row: a concurrent confirmation of version 1 waits for this decision.
-        sqlx::query("SELECT 1 FROM keys WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let others: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM key_versions WHERE key_name = $1 AND state != $2",
-        )
-        .bind(name)
-        .bind(VersionState::PendingCreate.as_db())
-        .fetch_one(&mut *tx)
-        .await?;
-        if others != 0 {
-            return Err(StoreError::Conflict(format!("key {name}")));
-        }
-        sqlx::query("DELETE FROM key_versions WHERE key_name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM keys WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        // The key row is locked in the transaction (`Dialect::LOCK_KEY`).
+        self.catalog.abort_create(name).await?;
         self.creating.release(name, 1).await;
         Ok(())
     }
 
     async fn get_key(&self, name: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(select_keys!("WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => Ok(Some(self.with_versions(&row).await?)),
-            None => Ok(None),
-        }
+        self.catalog.get_key(name).await
     }
 
     async fn list_keys(
@@ -188,26 +102,14 @@ impl Store for PostgresStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        // Prefix match by range, not LIKE: names may contain `_`, which LIKE treats as a
-        // wildcard. The column collates bytewise ("C"), so the range is exact.
-        let upper = format!("{prefix}\u{10FFFF}");
-        let rows = sqlx::query(select_keys!(
-            "WHERE name >= $1 AND name < $2 AND name > $3 ORDER BY name LIMIT $4"
-        ))
-        .bind(prefix)
-        .bind(&upper)
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        self.records(&rows).await
+        self.catalog.list_keys(prefix, after, limit).await
     }
 
     async fn reserve_version(&self, name: &str, version: u32, now: i64) -> Result<(), StoreError> {
-        let lock = Creating::lock(&self.pool, name, version)
+        let lock = Creating::lock(self.pool(), name, version)
             .await?
             .ok_or_else(|| StoreError::Conflict(format!("key {name} version {version}")))?;
-        lifecycle::reserve_version(&self.pool, name, version, now).await?;
+        self.catalog.reserve_version(name, version, now).await?;
         self.creating.keep(name, version, lock);
         Ok(())
     }
@@ -218,14 +120,14 @@ impl Store for PostgresStore {
         version: u32,
         state: VersionState,
     ) -> Result<(), StoreError> {
-        let set = lifecycle::set_version_state(&self.pool, name, version, state).await;
+        let set = self.catalog.set_version_state(name, version, state).await;
         // Confirmed, or failed and left for recovery: either way this replica is done with it.
         self.creating.release(name, version).await;
         set
     }
 
     async fn abort_version(&self, name: &str, version: u32) -> Result<(), StoreError> {
-        let aborted = lifecycle::abort_version(&self.pool, name, version).await;
+        let aborted = self.catalog.abort_version(name, version).await;
         self.creating.release(name, version).await;
         aborted
     }
@@ -249,19 +151,19 @@ impl Store for PostgresStore {
         version: u32,
         block: u64,
     ) -> Result<Option<(u64, u64)>, StoreError> {
-        leases::reserve_wraps(&self.pool, name, version, block).await
+        leases::reserve_wraps(self.pool(), name, version, block).await
     }
 
     async fn insert_leases(&self, leases: &[(LeaseRecord, u64)]) -> Result<(), StoreError> {
-        leases::insert_leases(&self.pool, leases).await
+        self.catalog.insert_leases(leases).await
     }
 
     async fn active_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
-        leases::active_revocations(&self.pool, now).await
+        self.catalog.active_revocations(now).await
     }
 
     async fn is_revoked(&self, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {
-        gate::is_revoked(&self.pool, who, now).await
+        self.catalog.is_revoked(who, now).await
     }
 
     async fn revoke(
@@ -270,7 +172,7 @@ impl Store for PostgresStore {
         now: i64,
         until: i64,
     ) -> Result<u32, StoreError> {
-        gate::revoke(&self.pool, target, now, until).await
+        self.catalog.revoke(target, now, until).await
     }
 
     async fn set_key_state(
@@ -280,7 +182,9 @@ impl Store for PostgresStore {
         to: KeyState,
         destroy_after: Option<i64>,
     ) -> Result<(), StoreError> {
-        lifecycle::set_key_state(&self.pool, name, from, to, destroy_after).await
+        self.catalog
+            .set_key_state(name, from, to, destroy_after)
+            .await
     }
 
     async fn swap_version_state(
@@ -290,39 +194,29 @@ impl Store for PostgresStore {
         from: VersionState,
         to: VersionState,
     ) -> Result<(), StoreError> {
-        lifecycle::swap_version_state(&self.pool, name, version, from, to).await
+        self.catalog
+            .swap_version_state(name, version, from, to)
+            .await
     }
 
     async fn update_settings(&self, name: &str, update: &SettingsUpdate) -> Result<(), StoreError> {
-        lifecycle::update_settings(&self.pool, name, update).await
+        self.catalog.update_settings(name, update).await
     }
 
     async fn cancel_destruction(&self, name: &str, now: i64) -> Result<(), StoreError> {
-        lifecycle::cancel_destruction(&self.pool, name, now).await
+        self.catalog.cancel_destruction(name, now).await
     }
 
     async fn due_destructions(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(select_keys!(
-            "WHERE state = 'PENDING_DESTRUCTION' AND destroy_after <= $1 ORDER BY name"
-        ))
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        self.records(&rows).await
+        self.catalog.due_destructions(now).await
     }
 
     async fn mark_destroyed(&self, name: &str) -> Result<(), StoreError> {
-        lifecycle::mark_destroyed(&self.pool, name).await
+        self.catalog.mark_destroyed(name).await
     }
 
     async fn due_rotations(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(select_keys!(
-            "WHERE state = 'ENABLED' AND next_rotation_at <= $1 ORDER BY name"
-        ))
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        self.records(&rows).await
+        self.catalog.due_rotations(now).await
     }
 
     async fn claim_rotation(
@@ -333,50 +227,31 @@ impl Store for PostgresStore {
         next: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let lock = Creating::lock(&self.pool, name, version)
+        let lock = Creating::lock(self.pool(), name, version)
             .await?
             .ok_or_else(|| StoreError::Conflict(format!("key {name} version {version}")))?;
-        lifecycle::claim_rotation(&self.pool, name, version, (due, next), now).await?;
+        self.catalog
+            .claim_rotation(name, version, (due, next), now)
+            .await?;
         self.creating.keep(name, version, lock);
         Ok(())
     }
 
     async fn pending_versions(&self) -> Result<Vec<(String, u32)>, StoreError> {
         // Only versions no replica is creating right now (their creation lock is free).
-        let candidates = lifecycle::pending_versions(&self.pool).await?;
-        self.creating.claim_pending(&self.pool, candidates).await
+        let candidates = self.catalog.pending_versions().await?;
+        self.creating.claim_pending(self.pool(), candidates).await
     }
 
     async fn next_deadline(&self) -> Result<Option<i64>, StoreError> {
-        lifecycle::next_deadline(&self.pool).await
+        self.catalog.next_deadline().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.catalog.ping().await
     }
 
     async fn gauges(&self, now: i64) -> Result<CatalogGauges, StoreError> {
-        // The same two aggregate reads as SQLite: keys by state, unexpired leases.
-        let rows =
-            sqlx::query("SELECT state, COUNT(*) AS n FROM keys GROUP BY state ORDER BY state")
-                .fetch_all(&self.pool)
-                .await?;
-        let mut keys_by_state = Vec::with_capacity(rows.len());
-        for row in rows {
-            keys_by_state.push((
-                row.try_get::<String, _>("state")?,
-                row.try_get::<i64, _>("n")?,
-            ));
-        }
-        let leases: i64 = sqlx::query("SELECT COUNT(*) AS n FROM leases WHERE expires_at > $1")
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
-        Ok(CatalogGauges {
-            keys_by_state,
-            active_leases: Some(leases),
-        })
+        self.catalog.gauges(now).await
     }
 }

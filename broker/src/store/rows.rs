@@ -1,6 +1,6 @@
 //! Catalog rows, decoded the same way for both backends: the SQLite and PostgreSQL schemas
 //! have the same columns with the same types (`TEXT`, `BIGINT`/`INTEGER`), so one generic
-//! decoder serves `SqliteRow` and `PgRow`. SQL text stays per backend (placeholders differ).
+//! decoder serves `SqliteRow` and `PgRow`.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +25,7 @@ macro_rules! select_keys {
 }
 pub(super) use select_keys;
 
-/// The SELECT list [`version_from_row`] reads, with the rest of the statement (per backend).
+/// The SELECT list [`version_from_row`] reads, followed by the given SQL literal.
 macro_rules! select_versions {
     ($rest:literal) => {
         concat!(
@@ -96,16 +96,6 @@ where
     })
 }
 
-/// `v` as a `u32`, or [`StoreError::Corrupt`] naming `field`.
-///
-/// # Errors
-/// `v` is negative or too large.
-/// The SELECT both backends use for [`revocations_from_rows`] (`$1`/`?1`: now).
-pub(super) const ACTIVE_REVOCATIONS: (&str, &str) = (
-    "SELECT kind, issuer, value, expires_at FROM lease_revocations WHERE expires_at > ?1",
-    "SELECT kind, issuer, value, expires_at FROM lease_revocations WHERE expires_at > $1",
-);
-
 /// Revocations from `(kind, issuer, value, expires_at)` rows of `lease_revocations`.
 pub(super) fn revocations_from_rows(
     rows: Vec<(String, String, String, i64)>,
@@ -130,6 +120,10 @@ pub(super) fn revocations_from_rows(
         .collect()
 }
 
+/// `v` as a `u32`, or [`StoreError::Corrupt`] naming `field`.
+///
+/// # Errors
+/// `v` is negative or too large.
 pub(super) fn to_u32(field: &'static str, v: i64) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| StoreError::Corrupt {
         field,

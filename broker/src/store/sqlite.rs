@@ -2,39 +2,35 @@
 //!
 //! WAL mode with `synchronous=FULL`: a lease row is durable before the plaintext it covers
 //! leaves the broker; release gates are group-committed (one fsync per batch, see `group`).
-//! Migrations are embedded and run at open.
+//! Migrations are embedded and run at open. The statements shared with PostgreSQL are in
+//! [`super::catalog`]; what is SQLite's own is the gate (`gate`, `group`) and the use-count
+//! reservation (`leases`).
 
 use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::Sqlite;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 mod gate;
-mod gauges;
 mod group;
 mod leases;
-mod lifecycle;
 
+use super::catalog::Catalog;
 use super::group::GroupCommit;
-use super::rows::{
-    is_unique_violation, key_from_row, select_keys, select_versions, version_from_row,
-};
 use super::{
     CatalogGauges, GateOutcome, KeyRecord, KeyState, LeaseRecord, NewKey, ReleaseGate, Revocation,
-    RevocationTarget, SettingsUpdate, Store, StoreError, VersionRecord, VersionState, Who,
+    RevocationTarget, SettingsUpdate, Store, StoreError, VersionState, Who,
 };
 
 /// The SQLite catalog.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    catalog: Catalog<Sqlite>,
     /// One connection with `synchronous=NORMAL`, for lease rows written after their audit
     /// record (the audit log is their durable record).
-    leases: SqlitePool,
+    leases: Catalog<Sqlite>,
     /// The release gate's group commit.
     group: GroupCommit,
 }
@@ -63,8 +59,8 @@ impl SqliteStore {
             .await?;
         let group = GroupCommit::start(group::SqliteBatch(pool.clone()));
         Ok(Self {
-            pool,
-            leases,
+            catalog: Catalog { pool },
+            leases: Catalog { pool: leases },
             group,
         })
     }
@@ -81,112 +77,30 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         let group = GroupCommit::start(group::SqliteBatch(pool.clone()));
+        let catalog = Catalog { pool };
         Ok(Self {
-            leases: pool.clone(),
-            pool,
+            leases: catalog.clone(),
+            catalog,
             group,
         })
-    }
-
-    async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
-        let rows = sqlx::query(select_versions!("WHERE key_name = ?1 ORDER BY version"))
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(version_from_row).collect()
-    }
-
-    async fn records(&self, rows: &[SqliteRow]) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.with_versions(row).await?);
-        }
-        Ok(out)
-    }
-
-    async fn with_versions(&self, row: &SqliteRow) -> Result<KeyRecord, StoreError> {
-        let mut key = key_from_row(row)?;
-        key.versions = self.versions(&key.name).await?;
-        Ok(key)
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_key(&self, key: &NewKey) -> Result<KeyRecord, StoreError> {
-        let labels = serde_json::to_string(&key.labels).map_err(|e| StoreError::Corrupt {
-            field: "keys.labels",
-            problem: e.to_string(),
-        })?;
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO keys (name, purpose, state, labels, hsm_id, created_at, \
-             min_decryption_version, rotation_period_secs, next_rotation_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)",
-        )
-        .bind(&key.name)
-        .bind(key.purpose.as_db())
-        .bind(KeyState::Enabled.as_db())
-        .bind(&labels)
-        .bind(&key.hsm_id)
-        .bind(key.created_at)
-        .bind(key.rotation_period_secs)
-        .bind(key.next_rotation_at)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists(format!("key {}", key.name)));
-            }
-            other => other?,
-        };
-        sqlx::query(
-            "INSERT INTO key_versions (key_name, version, state, created_at) VALUES (?1, 1, ?2, ?3)",
-        )
-        .bind(&key.name)
-        .bind(VersionState::PendingCreate.as_db())
-        .bind(key.created_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        self.catalog.insert_key(key).await?;
         self.get_key(&key.name)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("key {}", key.name)))
     }
 
     async fn abort_create(&self, name: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let others: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM key_versions WHERE key_name = ?1 AND state != ?2",
-        )
-        .bind(name)
-        .bind(VersionState::PendingCreate.as_db())
-        .fetch_one(&mut *tx)
-        .await?;
-        if others != 0 {
-            return Err(StoreError::Conflict(format!("key {name}")));
-        }
-        sqlx::query("DELETE FROM key_versions WHERE key_name = ?1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM keys WHERE name = ?1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.catalog.abort_create(name).await
     }
 
     async fn get_key(&self, name: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(select_keys!("WHERE name = ?1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => Ok(Some(self.with_versions(&row).await?)),
-            None => Ok(None),
-        }
+        self.catalog.get_key(name).await
     }
 
     async fn list_keys(
@@ -195,36 +109,11 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        // Prefix match by range, not LIKE: names may contain `_`, which LIKE treats as a wildcard.
-        let upper = format!("{prefix}\u{10FFFF}");
-        let rows = sqlx::query(select_keys!(
-            "WHERE name >= ?1 AND name < ?2 AND name > ?3 ORDER BY name LIMIT ?4"
-        ))
-        .bind(prefix)
-        .bind(&upper)
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        self.records(&rows).await
+        self.catalog.list_keys(prefix, after, limit).await
     }
 
     async fn reserve_version(&self, name: &str, version: u32, now: i64) -> Result<(), StoreError> {
-        let res = sqlx::query(
-            "INSERT INTO key_versions (key_name, version, state, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(name)
-        .bind(i64::from(version))
-        .bind(VersionState::PendingCreate.as_db())
-        .bind(now)
-        .execute(&self.pool)
-        .await;
-        match res {
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
-                "key {name} version {version}"
-            ))),
-            other => other.map(|_| ()).map_err(StoreError::from),
-        }
+        self.catalog.reserve_version(name, version, now).await
     }
 
     async fn set_version_state(
@@ -233,36 +122,11 @@ impl Store for SqliteStore {
         version: u32,
         state: VersionState,
     ) -> Result<(), StoreError> {
-        let res =
-            sqlx::query("UPDATE key_versions SET state = ?3 WHERE key_name = ?1 AND version = ?2")
-                .bind(name)
-                .bind(i64::from(version))
-                .bind(state.as_db())
-                .execute(&self.pool)
-                .await?;
-        if res.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "key {name} version {version}"
-            )));
-        }
-        Ok(())
+        self.catalog.set_version_state(name, version, state).await
     }
 
     async fn abort_version(&self, name: &str, version: u32) -> Result<(), StoreError> {
-        let res = sqlx::query(
-            "DELETE FROM key_versions WHERE key_name = ?1 AND version = ?2 AND state = ?3",
-        )
-        .bind(name)
-        .bind(i64::from(version))
-        .bind(VersionState::PendingCreate.as_db())
-        .execute(&self.pool)
-        .await?;
-        if res.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "key {name} version {version}"
-            )));
-        }
-        Ok(())
+        self.catalog.abort_version(name, version).await
     }
 
     async fn release(&self, gate: &ReleaseGate<'_>) -> Result<GateOutcome, StoreError> {
@@ -275,19 +139,19 @@ impl Store for SqliteStore {
         version: u32,
         block: u64,
     ) -> Result<Option<(u64, u64)>, StoreError> {
-        leases::reserve_wraps(&self.pool, name, version, block).await
+        leases::reserve_wraps(&self.catalog.pool, name, version, block).await
     }
 
     async fn insert_leases(&self, leases: &[(LeaseRecord, u64)]) -> Result<(), StoreError> {
-        leases::insert_leases(&self.leases, leases).await
+        self.leases.insert_leases(leases).await
     }
 
     async fn active_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
-        leases::active_revocations(&self.pool, now).await
+        self.catalog.active_revocations(now).await
     }
 
     async fn is_revoked(&self, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {
-        gate::is_revoked(&self.pool, who, now).await
+        self.catalog.is_revoked(who, now).await
     }
 
     async fn revoke(
@@ -296,7 +160,7 @@ impl Store for SqliteStore {
         now: i64,
         until: i64,
     ) -> Result<u32, StoreError> {
-        gate::revoke(&self.pool, target, now, until).await
+        self.catalog.revoke(target, now, until).await
     }
 
     async fn set_key_state(
@@ -306,7 +170,9 @@ impl Store for SqliteStore {
         to: KeyState,
         destroy_after: Option<i64>,
     ) -> Result<(), StoreError> {
-        lifecycle::set_key_state(&self.pool, name, from, to, destroy_after).await
+        self.catalog
+            .set_key_state(name, from, to, destroy_after)
+            .await
     }
 
     async fn swap_version_state(
@@ -316,39 +182,29 @@ impl Store for SqliteStore {
         from: VersionState,
         to: VersionState,
     ) -> Result<(), StoreError> {
-        lifecycle::swap_version_state(&self.pool, name, version, from, to).await
+        self.catalog
+            .swap_version_state(name, version, from, to)
+            .await
     }
 
     async fn update_settings(&self, name: &str, update: &SettingsUpdate) -> Result<(), StoreError> {
-        lifecycle::update_settings(&self.pool, name, update).await
+        self.catalog.update_settings(name, update).await
     }
 
     async fn cancel_destruction(&self, name: &str, now: i64) -> Result<(), StoreError> {
-        lifecycle::cancel_destruction(&self.pool, name, now).await
+        self.catalog.cancel_destruction(name, now).await
     }
 
     async fn due_destructions(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(select_keys!(
-            "WHERE state = 'PENDING_DESTRUCTION' AND destroy_after <= ?1 ORDER BY name"
-        ))
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        self.records(&rows).await
+        self.catalog.due_destructions(now).await
     }
 
     async fn mark_destroyed(&self, name: &str) -> Result<(), StoreError> {
-        lifecycle::mark_destroyed(&self.pool, name).await
+        self.catalog.mark_destroyed(name).await
     }
 
     async fn due_rotations(&self, now: i64) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(select_keys!(
-            "WHERE state = 'ENABLED' AND next_rotation_at <= ?1 ORDER BY name"
-        ))
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        self.records(&rows).await
+        self.catalog.due_rotations(now).await
     }
 
     async fn claim_rotation(
@@ -359,24 +215,25 @@ impl Store for SqliteStore {
         next: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        lifecycle::claim_rotation(&self.pool, name, version, (due, next), now).await
+        self.catalog
+            .claim_rotation(name, version, (due, next), now)
+            .await
     }
 
     async fn pending_versions(&self) -> Result<Vec<(String, u32)>, StoreError> {
-        lifecycle::pending_versions(&self.pool).await
+        self.catalog.pending_versions().await
     }
 
     async fn next_deadline(&self) -> Result<Option<i64>, StoreError> {
-        lifecycle::next_deadline(&self.pool).await
+        self.catalog.next_deadline().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.catalog.ping().await
     }
 
     async fn gauges(&self, now: i64) -> Result<CatalogGauges, StoreError> {
-        gauges::count(&self.pool, now).await
+        self.catalog.gauges(now).await
     }
 }
 

@@ -1,4 +1,5 @@
-//! The release gate and lease revocations, in PostgreSQL.
+//! The release gate in PostgreSQL (its own statement: SQLite's gate is a write statement run
+//! by the group commit, `sqlite/gate.rs`).
 //!
 //! The gate is checked in the audit log's transaction (`audit::pg::writer`), for every release
 //! of a batch in one statement, right before the batch's records and leases are inserted.
@@ -6,10 +7,7 @@
 //! or revocation committed by any replica before the check is always seen; the release is
 //! refused unless the transaction commits. The check takes no row lock.
 
-use sqlx::PgPool;
-
 use crate::keys::leases::GateCheck;
-use crate::store::{RevocationTarget, StoreError, Who};
 
 /// The verdict of one gate checked in the audit transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,58 +72,4 @@ pub(crate) async fn check_in(
             (true, false) => Verdict::Open,
         })
         .collect())
-}
-
-pub(super) async fn is_revoked(pool: &PgPool, who: &Who<'_>, now: i64) -> Result<bool, StoreError> {
-    let revoked: bool = sqlx::query_scalar(concat!(
-        "SELECT EXISTS (SELECT 1 FROM lease_revocations r WHERE r.expires_at > $1 ",
-        "AND ((r.kind = 'job' AND r.value = $2::TEXT) OR (r.kind = 'principal' ",
-        "AND r.value = $3 AND (r.issuer = '' OR r.issuer = $4))))"
-    ))
-    .bind(now)
-    .bind(who.job_id)
-    .bind(who.subject)
-    .bind(who.issuer)
-    .fetch_one(pool)
-    .await?;
-    Ok(revoked)
-}
-
-pub(super) async fn revoke(
-    pool: &PgPool,
-    target: &RevocationTarget,
-    now: i64,
-    until: i64,
-) -> Result<u32, StoreError> {
-    let (kind, issuer, value) = match target {
-        RevocationTarget::Job(job) => ("job", "", job.as_str()),
-        RevocationTarget::Principal { issuer, subject } => {
-            ("principal", issuer.as_str(), subject.as_str())
-        }
-    };
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO lease_revocations (kind, issuer, value, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(kind)
-    .bind(issuer)
-    .bind(value)
-    .bind(now)
-    .bind(until)
-    .execute(&mut *tx)
-    .await?;
-    let marked = sqlx::query(
-        "UPDATE leases SET revoked_at = $1 WHERE revoked_at IS NULL AND expires_at > $1 \
-         AND (($2::TEXT = 'job' AND job_id = $4::TEXT) OR ($2::TEXT = 'principal' \
-         AND subject = $4::TEXT AND ($3::TEXT = '' OR issuer = $3::TEXT)))",
-    )
-    .bind(now)
-    .bind(kind)
-    .bind(issuer)
-    .bind(value)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(u32::try_from(marked.rows_affected()).unwrap_or(u32::MAX))
 }

@@ -1,11 +1,13 @@
-//! Use-count reservations and lease rows in PostgreSQL (DESIGN §6): counts are reserved one
-//! block per write (no per-release row update, so replicas releasing under several keys take
-//! no row locks against each other), and leases are inserted in the audit log's transaction
-//! (see `audit::pg::writer`) or, here, in a batch of their own.
+//! Use-count reservations in PostgreSQL (DESIGN §6): counts are reserved one block per write
+//! (no per-release row update, so replicas releasing under several keys take no row locks
+//! against each other), in one statement whose row lock (`FOR UPDATE`) SQLite does not have
+//! (`sqlite/leases.rs` has its form). Leases are inserted in the audit log's transaction (see
+//! `audit::pg::writer`) with the statement both backends share.
 
 use sqlx::PgPool;
 
-use crate::store::{LeaseRecord, Revocation, StoreError};
+use crate::store::catalog::Catalog;
+use crate::store::{LeaseRecord, StoreError};
 
 /// The GCM random-IV limit minus one: no count goes past it.
 const COUNT_LIMIT: i64 = 4_294_967_295;
@@ -45,51 +47,10 @@ pub(super) async fn reserve_wraps(
     Ok(Some((count(before)?, count(after)?)))
 }
 
-/// Inserts `leases` on `conn` (inside the caller's transaction); existing ids are kept.
+/// Inserts `leases` on `conn` (inside the audit log's transaction); existing ids are kept.
 pub(crate) async fn insert_in(
     conn: &mut sqlx::PgConnection,
     leases: &[(LeaseRecord, u64)],
 ) -> Result<(), sqlx::Error> {
-    for (lease, index) in leases {
-        sqlx::query(
-            "INSERT INTO leases (lease_id, key_name, version, op, issuer, subject, job_id, \
-             issued_at, expires_at, audit_index) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (lease_id) DO NOTHING",
-        )
-        .bind(&lease.lease_id)
-        .bind(&lease.key_name)
-        .bind(i64::from(lease.version))
-        .bind(lease.op)
-        .bind(&lease.issuer)
-        .bind(&lease.subject)
-        .bind(&lease.job_id)
-        .bind(lease.issued_at)
-        .bind(lease.expires_at)
-        .bind(i64::try_from(*index).unwrap_or(i64::MAX))
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
-pub(super) async fn insert_leases(
-    pool: &PgPool,
-    leases: &[(LeaseRecord, u64)],
-) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
-    insert_in(&mut tx, leases).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-pub(super) async fn active_revocations(
-    pool: &PgPool,
-    now: i64,
-) -> Result<Vec<Revocation>, StoreError> {
-    let rows: Vec<(String, String, String, i64)> =
-        sqlx::query_as(crate::store::rows::ACTIVE_REVOCATIONS.1)
-            .bind(now)
-            .fetch_all(pool)
-            .await?;
-    crate::store::rows::revocations_from_rows(rows)
+    Catalog::<sqlx::Postgres>::insert_leases_in(conn, leases).await
 }

@@ -1,13 +1,12 @@
-//! The release gate and lease revocations.
+//! The release gate of a bare SQLite store (the statements are SQLite's own: PostgreSQL checks
+//! its gate in the audit transaction instead, `postgres/gate.rs`).
 //!
 //! The gate is one write statement (plus the lease insert in the same transaction): SQLite runs
 //! a writing statement on the newest snapshot under the write lock, so a `DisableKey` that
 //! committed before the gate runs is always seen, whatever the request did before (queued behind
 //! the HSM pool, cached handles). Nothing leaves the broker unless the gate opened.
 
-use sqlx::SqlitePool;
-
-use crate::store::{GateOutcome, LeaseRecord, ReleaseGate, RevocationTarget, StoreError, Who};
+use crate::store::{GateOutcome, LeaseRecord, ReleaseGate, StoreError};
 
 /// Every release wraps (`wrap_version`) or leases (`lease`), or both.
 /// Conditions shared by both gate statements. Parameters: ?1 key, ?3 opened version (or
@@ -103,62 +102,4 @@ async fn insert_lease(
     .execute(&mut *conn)
     .await?;
     Ok(res.rows_affected() == 1)
-}
-
-pub(super) async fn is_revoked(
-    pool: &SqlitePool,
-    who: &Who<'_>,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let revoked: bool = sqlx::query_scalar(concat!(
-        "SELECT EXISTS (SELECT 1 FROM lease_revocations r WHERE r.expires_at > ?1 ",
-        "AND ((r.kind = 'job' AND r.value = ?2) OR (r.kind = 'principal' ",
-        "AND r.value = ?3 AND (r.issuer = '' OR r.issuer = ?4))))"
-    ))
-    .bind(now)
-    .bind(who.job_id)
-    .bind(who.subject)
-    .bind(who.issuer)
-    .fetch_one(pool)
-    .await?;
-    Ok(revoked)
-}
-
-pub(super) async fn revoke(
-    pool: &SqlitePool,
-    target: &RevocationTarget,
-    now: i64,
-    until: i64,
-) -> Result<u32, StoreError> {
-    let (kind, issuer, value) = match target {
-        RevocationTarget::Job(job) => ("job", "", job.as_str()),
-        RevocationTarget::Principal { issuer, subject } => {
-            ("principal", issuer.as_str(), subject.as_str())
-        }
-    };
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO lease_revocations (kind, issuer, value, created_at, expires_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .bind(kind)
-    .bind(issuer)
-    .bind(value)
-    .bind(now)
-    .bind(until)
-    .execute(&mut *tx)
-    .await?;
-    let marked = sqlx::query(
-        "UPDATE leases SET revoked_at = ?1 WHERE revoked_at IS NULL AND expires_at > ?1 \
-         AND ((?2 = 'job' AND job_id = ?4) OR (?2 = 'principal' AND subject = ?4 \
-         AND (?3 = '' OR issuer = ?3)))",
-    )
-    .bind(now)
-    .bind(kind)
-    .bind(issuer)
-    .bind(value)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(u32::try_from(marked.rows_affected()).unwrap_or(u32::MAX))
 }
