@@ -262,8 +262,10 @@ fn create_p256_pair(s: &Session) -> Result<(ObjectHandle, ObjectHandle), String>
     // DER of the prime256v1 OID, the CKA_EC_PARAMS value.
     const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
     let label = format!("keybroker-bench-sign-{}", uuid::Uuid::new_v4()).into_bytes();
+    // The broker's template (hsm/sign.rs) but the random CKA_ID: see `create_key`.
     let public = [
         Attribute::Token(true),
+        Attribute::Private(false),
         Attribute::Verify(true),
         Attribute::EcParams(P256.to_vec()),
         Attribute::Label(label.clone()),
@@ -274,6 +276,9 @@ fn create_p256_pair(s: &Session) -> Result<(ObjectHandle, ObjectHandle), String>
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Unwrap(false),
         Attribute::Label(label),
     ];
     let (public, private) = s
