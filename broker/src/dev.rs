@@ -12,6 +12,10 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keybroker_formats::dev_token::{
+    self, ISSUER_DIR, ISSUER_FILE, IssuerInfo, MintError, SIGNING_KEY_FILE, Workload,
+};
+use zeroize::Zeroizing;
 
 /// Name of the demo key created on first run.
 pub const DEMO_KEY: &str = "datasets/demo";
@@ -64,6 +68,9 @@ pub enum DevError {
     /// Certificate or key generation failed.
     #[error("generating dev credentials: {0}")]
     Credentials(#[from] rcgen::Error),
+    /// The dev issuer under the state dir cannot mint a token.
+    #[error("dev token: {0}")]
+    Token(#[from] MintError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
@@ -467,21 +474,46 @@ fn init_token(dir: &Path) -> Result<(), DevError> {
 /// # Errors
 /// File-system or key-generation failures.
 pub fn init_issuer(dir: &Path) -> Result<(), DevError> {
-    let d = dir.join("dev-issuer");
+    let d = dir.join(ISSUER_DIR);
     create_private_dir(&d)?;
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-    write_secret(&d.join("signing-key.pem"), kp.serialize_pem().as_bytes())?;
+    write_secret(&d.join(SIGNING_KEY_FILE), kp.serialize_pem().as_bytes())?;
     let kid = format!("dev-{}", &random_secret()[..8]);
     let jwks = serde_json::json!({"keys": [{
         "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
         "x": URL_SAFE_NO_PAD.encode(kp.public_key_raw()),
     }]});
     write_public(&d.join("jwks.json"), &jwks.to_string())?;
-    let issuer = serde_json::json!({
-        "issuer": DEV_ISSUER, "audience": DEV_AUDIENCE, "kid": kid,
-        "subject": "system:serviceaccount:dev:trainer", "namespace": "dev", "service_account": "trainer",
-    });
-    write_public(&d.join("issuer.json"), &issuer.to_string())
+    let issuer = IssuerInfo {
+        issuer: DEV_ISSUER.to_owned(),
+        audience: DEV_AUDIENCE.to_owned(),
+        kid,
+        subject: "system:serviceaccount:dev:trainer".to_owned(),
+        namespace: "dev".to_owned(),
+        service_account: "trainer".to_owned(),
+    };
+    let json = serde_json::to_string(&issuer).unwrap_or_default();
+    write_public(&d.join(ISSUER_FILE), &json)
+}
+
+/// Mints a dev token valid for `ttl` with the issuer under the state dir and writes it to
+/// [`DevPaths::token`] (mode 0600, replaced in one rename: readers never see half a token).
+///
+/// # Errors
+/// An unreadable or broken issuer, or a file that cannot be written.
+pub fn write_token(paths: &DevPaths, ttl: std::time::Duration) -> Result<(), DevError> {
+    let d = paths.dir.join(ISSUER_DIR);
+    let read = |name: &str| {
+        let path = d.join(name);
+        fs::read(&path).map(Zeroizing::new).map_err(io(&path))
+    };
+    let issuer = IssuerInfo::parse(&read(ISSUER_FILE)?)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let key = read(SIGNING_KEY_FILE)?;
+    let token = dev_token::mint(&issuer, &key, &Workload::default(), now, ttl)?;
+    let (path, tmp) = (paths.token(), paths.dir.join(".token.tmp"));
+    write_secret(&tmp, token.as_bytes())?;
+    fs::rename(&tmp, &path).map_err(io(&path))
 }
 
 /// Creates a dev CA and a server certificate for localhost/127.0.0.1 under `dir/tls`.

@@ -180,8 +180,7 @@ async fn run_dev(
     ensure_demo_key(&broker).await?;
     ensure_xks_keys(&broker).await?;
     reload_on(hangups, broker.reloader(), paths.config(), log);
-    let token = keybroker_client::dev_token::mint(&paths.dir, Duration::from_secs(24 * 3600))?;
-    keybroker_client::dev_token::write_token_file(&paths.token(), &token)?;
+    dev::write_token(&paths, Duration::from_secs(24 * 3600))?;
     // Before client.env: a harness that waits for client.env finds xks.env too.
     let xks_addr = broker.xks_addr();
     if let (Some(addr), Some(xks)) = (xks_addr, config.http.as_ref().and_then(|h| h.xks.as_ref())) {

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use keybroker_broker::audit::merkle::Hash;
 use keybroker_broker::audit::{AuditLog, AuditRecord, CommitObserver, Op, PgAuditLog, tiles};
 use keybroker_broker::store::PostgresStore;
 use keybroker_client::audit::proof::{RootBuilder, leaf_hash, verify_consistency};
+use keybroker_formats::tlog::Hash;
 use softhsm_tests::postgres::TestPostgres;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;

@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keybroker_broker::audit::merkle::Tree;
 use keybroker_client::audit::note::VerifierKey;
 use keybroker_client::audit::tiles::verify_dir;
 use keybroker_client::{Client, KeyPurpose};
+use keybroker_formats::tlog::Tree;
 use softhsm_tests::replicas::{Cluster, Replica};
 use tonic::Code;
 

@@ -17,8 +17,8 @@ use tonic::{Code, Request, Response, Status};
 use super::audit_watch::{self, Subscription, WatchStream};
 use super::status::invalid;
 use super::{ApiState, RequestId};
-use crate::audit::merkle::Hash;
 use crate::policy::AuditAction;
+use keybroker_formats::tlog::Hash;
 
 /// Most `Watch` streams open at once.
 const MAX_WATCHERS: usize = 64;

@@ -19,7 +19,7 @@ use tonic::{Code, Status};
 use super::RequestId;
 use super::status::audit_error;
 use crate::audit::AuditLog;
-use crate::audit::merkle::leaf_hash;
+use keybroker_formats::tlog::leaf_hash;
 
 /// Entries buffered per subscriber.
 pub(crate) const BUFFER: usize = 64;

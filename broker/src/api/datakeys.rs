@@ -12,7 +12,7 @@ use super::status::{invalid, key_error};
 use super::wrap::audited_service;
 use super::{ApiState, convert};
 use crate::policy::Action;
-use keybroker_client::release;
+use keybroker_formats::release;
 
 /// The DataKeys service.
 #[derive(Debug)]
@@ -226,7 +226,7 @@ impl DataKeysApi {
 }
 
 /// The released key as the response carries it: in clear, or sealed to `recipient` (HPKE,
-/// bound to the call by `keybroker_client::release::info`) with the clear field empty.
+/// bound to the call by `keybroker_formats::release::info`) with the clear field empty.
 fn release_to(
     recipient: Option<&[u8; 32]>,
     op: release::ReleaseOp,

@@ -8,60 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::merkle::Hash;
 use super::{AuditError, AuditLog};
+use keybroker_formats::tlog::Hash;
 
 pub use super::signer::{KEY_LABEL, KeyError, Signer};
-/// Signature type byte of Ed25519 in C2SP signed-note.
-const ED25519_TYPE: u8 = 0x01;
+/// The note format (shared with the auditors' verifier, in the formats crate).
+pub use keybroker_formats::tlog::note::{body, key_id, note, vkey};
 /// How often a growing log is checkpointed.
 pub const EVERY: Duration = Duration::from_secs(1);
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// The checkpoint body: `origin\nsize\nbase64(root)\n`.
-#[must_use]
-pub fn body(origin: &str, size: u64, root: &Hash) -> String {
-    format!("{origin}\n{size}\n{}\n", b64(root))
-}
-
-/// The signed-note key id: the first 4 bytes of SHA-256(name ‖ "\n" ‖ 0x01 ‖ public key).
-#[must_use]
-pub fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
-    let mut h = Sha256::new();
-    h.update(name.as_bytes());
-    h.update(b"\n");
-    h.update([ED25519_TYPE]);
-    h.update(public);
-    let d = h.finalize();
-    [d[0], d[1], d[2], d[3]]
-}
-
-/// The verifier key: `name+hex(key id)+base64(0x01 ‖ public key)`.
-#[must_use]
-pub fn vkey(name: &str, public: &[u8; 32]) -> String {
-    let mut typed = vec![ED25519_TYPE];
-    typed.extend_from_slice(public);
-    format!(
-        "{name}+{}+{}",
-        hex::encode(key_id(name, public)),
-        b64(&typed)
-    )
-}
-
-/// A signed note: the body, an empty line, and one signature line.
-#[must_use]
-pub fn note(body: &str, name: &str, key_id: [u8; 4], signature: &[u8; 64]) -> String {
-    let mut sig = key_id.to_vec();
-    sig.extend_from_slice(signature);
-    format!("{body}\n\u{2014} {name} {}\n", b64(&sig))
-}
 
 /// A signed checkpoint and what it says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +104,26 @@ pub(crate) fn write_note(dir: &Path, text: &str) -> Result<(), AuditError> {
     write_atomic(&dir.join("checkpoint"), text)
 }
 
+/// Stores a checkpoint of `size` records unless a larger one is stored, and wakes the mirrors.
+///
+/// # Errors
+/// The database refused.
+pub async fn store_checkpoint(db: &sqlx::PgPool, size: u64, note: &str) -> Result<(), AuditError> {
+    let size = i64::try_from(size).map_err(|_| AuditError::Database("size overflow".into()))?;
+    sqlx::query(
+        "WITH up AS (INSERT INTO audit_checkpoint (id, size, note) VALUES (1, $1, $2) \
+         ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size, note = EXCLUDED.note \
+         WHERE audit_checkpoint.size <= EXCLUDED.size RETURNING 1) \
+         SELECT pg_notify('keybroker_audit', 'checkpoint') FROM up",
+    )
+    .bind(size)
+    .bind(note)
+    .fetch_all(db)
+    .await
+    .map(drop)
+    .map_err(|e| AuditError::Database(e.to_string()))
+}
+
 async fn publish(signer: &Signer, log: &dyn AuditLog, sink: &Sink, latest: &Latest) -> Option<u64> {
     let (size, root) = log.head();
     let text = match signer.sign(size, &root).await {
@@ -168,7 +144,7 @@ async fn publish(signer: &Signer, log: &dyn AuditLog, sink: &Sink, latest: &Late
             });
             log.checkpoint_written(size);
         }),
-        Sink::Database(db) => super::pg::store_checkpoint(db, size, &text).await,
+        Sink::Database(db) => store_checkpoint(db, size, &text).await,
     };
     match stored {
         Ok(()) => Some(size),
@@ -213,26 +189,4 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     publish(&signer, log.as_ref(), &sink, &latest).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn note_format_follows_c2sp() {
-        let root = [0u8; 32];
-        assert_eq!(
-            body("example.com/log", 5, &root),
-            "example.com/log\n5\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
-        );
-        let public = [7u8; 32];
-        let v = vkey("example.com/log", &public);
-        let parts: Vec<&str> = v.splitn(3, '+').collect();
-        assert_eq!(parts.len(), 3);
-        assert_eq!(parts[1].len(), 8);
-        let n = note("b\n", "example.com/log", [1, 2, 3, 4], &[9; 64]);
-        assert!(n.starts_with("b\n\n\u{2014} example.com/log "));
-        assert!(n.ends_with('\n'));
-    }
 }

@@ -10,10 +10,10 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::merkle::{Hash, Tree};
 use super::segment::{self, Tail};
 use super::tiles::{self, Publisher};
 use super::{AuditError, AuditLog, AuditRecord, UnhealthyHook};
+use keybroker_formats::tlog::{Hash, Tree};
 
 /// Most records one commit takes.
 const MAX_BATCH: usize = 4096;
@@ -382,7 +382,7 @@ mod tests {
         let (size, root) = head;
         assert_eq!(size, 300);
         drop(log);
-        let mut tree = crate::audit::merkle::Tree::default();
+        let mut tree = keybroker_formats::tlog::Tree::default();
         let full = dir.path().join("tile/0/000");
         assert!(full.exists());
         assert!(dir.path().join("tile/entries/001.p/44").exists());

@@ -8,7 +8,6 @@
 
 pub mod checkpoint;
 mod log;
-pub mod merkle;
 mod pg;
 pub mod record;
 mod segment;
@@ -17,8 +16,11 @@ pub mod tiles;
 
 use std::path::PathBuf;
 
+use keybroker_formats::tlog::Hash;
+
+pub use checkpoint::store_checkpoint;
 pub use log::{CommitObserver, FileAuditLog};
-pub use pg::{PgAuditLog, lead as lead_pg_publisher, origin as pg_origin, store_checkpoint};
+pub use pg::{PgAuditLog, lead as lead_pg_publisher, origin as pg_origin};
 pub use record::{
     AttestationAudit, AuditPrincipal, AuditRecord, Decision, Op, Outcome, SignedFacts,
     SignedSubject, Surface, XksFacts,
@@ -103,7 +105,7 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     }
 
     /// Size and RFC 6962 root of the published tree (what a checkpoint signs).
-    fn head(&self) -> (u64, merkle::Hash);
+    fn head(&self) -> (u64, Hash);
 
     /// Up to `max` published records from index `from` (fewer at the end of the published
     /// log), as the exact bytes that are hashed. Blocking: reads files.
@@ -118,11 +120,11 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
 
     /// RFC 6962 inclusion proof of `index` in the tree of `size` records; `None` unless
     /// `index < size <= ` the tree's size.
-    fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<merkle::Hash>>;
+    fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>>;
 
     /// RFC 6962 consistency proof from `old` to `new` records; `None` unless
     /// `0 < old <= new <= ` the tree's size.
-    fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<merkle::Hash>>;
+    fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>>;
 
     /// Appends the record of a release whose gate opened in the key service, with its
     /// `ticket`. Returns the record's index and the lease still to be written to the catalog

@@ -12,8 +12,9 @@ use super::AuditError;
 
 /// Version of the record schema, written in every record.
 pub const FORMAT_VERSION: u32 = 1;
-/// Largest encoded record; larger ones are refused (and the operation with them).
-pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+/// Largest encoded record; larger ones are refused (and the operation with them). Shared with
+/// the auditors' tile reader, which refuses larger ones too.
+pub use keybroker_formats::tlog::tiles::MAX_RECORD_BYTES;
 /// An identity field whose JSON encoding is longer than this many bytes is cut
 /// ([`bound_identity`]), so that any request the API accepts makes a record within
 /// [`MAX_RECORD_BYTES`] (the encryption context alone may take about 12 KiB).
@@ -23,57 +24,9 @@ const CUT_PREFIX: usize = 64;
 /// Marks a cut identity field; followed by 16 hex digits of the SHA-256 of the whole value.
 pub const CUT_MARKER: &str = "\u{2026}sha256:";
 
-/// The operation a record is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Op {
-    /// `DataKeys.GenerateDataKey`.
-    GenerateDataKey,
-    /// `DataKeys.GenerateDataKeyWithoutPlaintext`.
-    GenerateDataKeyWithoutPlaintext,
-    /// `DataKeys.Decrypt`.
-    Decrypt,
-    /// `DataKeys.Encrypt`.
-    Encrypt,
-    /// `DataKeys.ReEncrypt`.
-    ReEncrypt,
-    /// `KeyAdmin.CreateKey`.
-    CreateKey,
-    /// `KeyAdmin.GetKey`.
-    GetKey,
-    /// `KeyAdmin.ListKeys`.
-    ListKeys,
-    /// `KeyAdmin.RotateKey`.
-    RotateKey,
-    /// `KeyAdmin.UpdateKey`.
-    UpdateKey,
-    /// `KeyAdmin.DisableKey`.
-    DisableKey,
-    /// `KeyAdmin.EnableKey`.
-    EnableKey,
-    /// `KeyAdmin.ScheduleKeyDestruction`.
-    ScheduleKeyDestruction,
-    /// `KeyAdmin.CancelKeyDestruction`.
-    CancelKeyDestruction,
-    /// `KeyAdmin.RevokeLeases`.
-    RevokeLeases,
-    /// The broker rotated a key by itself (`rotation_period` or `rotate_after_wraps`).
-    AutoRotateKey,
-    /// The broker destroyed a key's HSM objects at the end of its waiting period.
-    DestroyKey,
-    /// XKS proxy API `GetKeyMetadata` (AWS KMS asks a key's spec, usage and status).
-    XksGetKeyMetadata,
-    /// XKS proxy API `Encrypt`.
-    XksEncrypt,
-    /// XKS proxy API `Decrypt`.
-    XksDecrypt,
-    /// `Signing.Sign`.
-    Sign,
-    /// `Signing.SignDsse`.
-    SignDsse,
-    /// `Signing.GetPublicKey`.
-    GetPublicKey,
-}
+/// The operation a record is about: the one operation list, shared with clients (who read
+/// records) and with policy (whose key actions are a part of it).
+pub use keybroker_formats::ops::Op;
 
 /// The API surface a call came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

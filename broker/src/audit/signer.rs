@@ -20,9 +20,9 @@ use std::path::Path;
 
 use sqlx::PgPool;
 
-use super::checkpoint::{body, key_id, note, vkey};
-use super::merkle::Hash;
 use crate::hsm::{Ed25519Pair, HsmError, HsmPool};
+use keybroker_formats::tlog::Hash;
+use keybroker_formats::tlog::note::{body, key_id, note, vkey};
 
 /// HSM label of the checkpoint signing key.
 pub const KEY_LABEL: &str = "kb:audit:checkpoint";

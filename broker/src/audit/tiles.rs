@@ -16,23 +16,13 @@ use std::sync::{Arc, RwLock};
 use partials::Partials;
 
 use super::AuditError;
-use super::merkle::{Hash, Tree};
+use keybroker_formats::tlog::{Hash, Tree};
 
-// The C2SP path layout is shared with the offline verifier, so writer and verifier cannot
-// disagree on where a tile lives.
-pub use keybroker_client::audit::tiles::{TILE_WIDTH, bundle_path, index_path, tile_path};
-
-/// Encodes records as an entry bundle.
-#[must_use]
-pub fn bundle_bytes<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in entries {
-        // Records are at most 16 KiB, so the length fits.
-        out.extend_from_slice(&u16::try_from(e.len()).unwrap_or(u16::MAX).to_be_bytes());
-        out.extend_from_slice(e);
-    }
-    out
-}
+// The C2SP layout and bundle encoding are shared with the offline verifier (in the formats
+// crate), so writer and verifier cannot disagree on where a tile lives or what it holds.
+pub use keybroker_formats::tlog::tiles::{
+    TILE_WIDTH, bundle_bytes, bundle_path, index_path, parse_bundle, tile_path,
+};
 
 /// Writes every tile and bundle that changed when the tree grew from `old_size` to its current
 /// size. `entries[i]` is the record at index `entries_start + i`; it must cover the records from
@@ -295,19 +285,6 @@ fn write(tree: &RwLock<Tree>) -> std::sync::RwLockWriteGuard<'_, Tree> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Splits an entry bundle into its records; `None` if a length prefix runs past the end.
-#[must_use]
-pub fn parse_bundle(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let (len, rest) = bytes.split_first_chunk::<2>()?;
-        let len = usize::from(u16::from_be_bytes(*len));
-        out.push(rest.get(..len)?);
-        bytes = rest.get(len..)?;
-    }
-    Some(out)
-}
-
 /// Up to `max` records from index `from`, read from the entry bundles of a tree of `size`
 /// records (the published size: its bundles are on disk).
 ///
@@ -472,19 +449,6 @@ mod tests {
     }
 
     #[test]
-    fn paths_follow_c2sp_tlog_tiles() {
-        assert_eq!(index_path(0), "000");
-        assert_eq!(index_path(1_234_067), "x001/x234/067");
-        assert_eq!(tile_path(0, 1_234_067, 256), "tile/0/x001/x234/067");
-        assert_eq!(tile_path(1, 5, 7), "tile/1/005.p/7");
-        assert_eq!(bundle_path(0, 3), "tile/entries/000.p/3");
-        assert_eq!(
-            bundle_bytes([&b"ab"[..], b""]),
-            vec![0, 2, b'a', b'b', 0, 0]
-        );
-    }
-
-    #[test]
     fn growth_writes_new_tiles_and_never_rewrites_full_ones() {
         let dir = tempfile::tempdir().unwrap();
         let mut tree = Tree::default();
@@ -545,10 +509,5 @@ mod tests {
             read_entries(dir.path(), 600, 520, 1),
             Err(AuditError::Corrupt { .. })
         ));
-        assert_eq!(
-            parse_bundle(&[0, 1, b'x', 0, 0]),
-            Some(vec![&b"x"[..], b""])
-        );
-        assert_eq!(parse_bundle(&[0]), None);
     }
 }

@@ -83,6 +83,10 @@ pub(crate) fn find_aes_key(
 }
 
 /// Generates an AES-256 token key that can only encrypt and decrypt, and never leaves the HSM.
+///
+/// `keybroker bench --target raw-hsm` creates its keys with the same template (but the id) in
+/// the CLI's `bench/raw_hsm.rs`: PKCS#11 is not in the pure formats crate, and the CLI never
+/// imports the broker. Change both together.
 pub(crate) fn generate_aes_key(session: &Session, label: &str) -> Result<(), HsmError> {
     let id = session
         .generate_random_vec(KEY_ID_LEN)

@@ -30,6 +30,8 @@ pub(crate) fn generate(session: &Session, alg: SignAlgorithm, label: &str) -> Re
             let id = session
                 .generate_random_vec(16)
                 .map_err(HsmError::ck("C_GenerateRandom"))?;
+            // `keybroker bench --target raw-hsm` writes this template again (but the id) in
+            // the CLI's bench/raw_hsm.rs: PKCS#11 is not in the formats crate. Change both.
             let public = [
                 Attribute::Token(true),
                 Attribute::Private(false),

@@ -5,7 +5,7 @@
 //! still enabled, caller not revoked) after the HSM work and before anything is returned; the
 //! API layer then appends its audit record before the signature leaves the broker.
 
-use keybroker_client::signing::format::{self, Algorithm};
+use keybroker_formats::signing::format::{self, Algorithm};
 use sha2::{Digest as _, Sha256};
 
 use crate::hsm::{HsmError, HsmPool, SignAlgorithm};

@@ -21,11 +21,13 @@ use cedar_policy::{Authorizer, PolicySet, Schema};
 use crate::identity::Principal;
 
 pub use input::{AttestationFacts, KeyFacts, XksRequestFacts};
-pub use signing::{SignAction, SigningFacts};
+/// The Cedar actions: the one operation list, shared with the audit records and clients.
+pub use keybroker_formats::ops::{Action, AuditAction, SignAction};
+pub use signing::SigningFacts;
 pub use slot::{PolicySlot, Reloaded};
 
 /// The schema every policy is validated against.
-pub const SCHEMA: &str = keybroker_client::policy::SCHEMA;
+pub use keybroker_formats::policy::SCHEMA;
 /// The built-in default policy (used when the config names no policy file).
 pub const DEFAULT_POLICY: &str = include_str!("../../policy/default.cedar");
 /// The dev policy: namespace `dev` may do anything. Written by `keybrokerd dev`.
@@ -45,121 +47,10 @@ pub enum PolicyError {
     },
     /// The policy does not parse or validate (the same check as `keybroker policy check`).
     #[error(transparent)]
-    Check(#[from] keybroker_client::policy::PolicyCheckError),
+    Check(#[from] keybroker_formats::policy::PolicyCheckError),
     /// A request could not be expressed in the schema (a defect in input building).
     #[error("policy request: {0}")]
     Request(String),
-}
-
-/// One operation of the API, as a Cedar action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// `DataKeys.GenerateDataKey`.
-    GenerateDataKey,
-    /// `DataKeys.GenerateDataKeyWithoutPlaintext`.
-    GenerateDataKeyWithoutPlaintext,
-    /// `DataKeys.Decrypt`.
-    Decrypt,
-    /// `DataKeys.Encrypt`.
-    Encrypt,
-    /// `DataKeys.ReEncrypt`.
-    ReEncrypt,
-    /// `KeyAdmin.CreateKey`.
-    CreateKey,
-    /// `KeyAdmin.GetKey`.
-    GetKey,
-    /// `KeyAdmin.ListKeys`.
-    ListKeys,
-    /// `KeyAdmin.RotateKey`.
-    RotateKey,
-    /// `KeyAdmin.UpdateKey`.
-    UpdateKey,
-    /// `KeyAdmin.DisableKey`.
-    DisableKey,
-    /// `KeyAdmin.EnableKey`.
-    EnableKey,
-    /// `KeyAdmin.ScheduleKeyDestruction`.
-    ScheduleKeyDestruction,
-    /// `KeyAdmin.CancelKeyDestruction`.
-    CancelKeyDestruction,
-    /// `KeyAdmin.RevokeLeases` (resource `*`).
-    RevokeLeases,
-    /// XKS proxy API `GetKeyMetadata`.
-    XksGetKeyMetadata,
-    /// XKS proxy API `Encrypt`.
-    XksEncrypt,
-    /// XKS proxy API `Decrypt`.
-    XksDecrypt,
-}
-
-impl Action {
-    /// Every action, for tests and `policy check`.
-    pub const ALL: [Self; 18] = [
-        Self::GenerateDataKey,
-        Self::GenerateDataKeyWithoutPlaintext,
-        Self::Decrypt,
-        Self::Encrypt,
-        Self::ReEncrypt,
-        Self::CreateKey,
-        Self::GetKey,
-        Self::ListKeys,
-        Self::RotateKey,
-        Self::UpdateKey,
-        Self::DisableKey,
-        Self::EnableKey,
-        Self::ScheduleKeyDestruction,
-        Self::CancelKeyDestruction,
-        Self::RevokeLeases,
-        Self::XksGetKeyMetadata,
-        Self::XksEncrypt,
-        Self::XksDecrypt,
-    ];
-
-    /// The Cedar action id.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::GenerateDataKey => "GenerateDataKey",
-            Self::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
-            Self::Decrypt => "Decrypt",
-            Self::Encrypt => "Encrypt",
-            Self::ReEncrypt => "ReEncrypt",
-            Self::CreateKey => "CreateKey",
-            Self::GetKey => "GetKey",
-            Self::ListKeys => "ListKeys",
-            Self::RotateKey => "RotateKey",
-            Self::UpdateKey => "UpdateKey",
-            Self::DisableKey => "DisableKey",
-            Self::EnableKey => "EnableKey",
-            Self::ScheduleKeyDestruction => "ScheduleKeyDestruction",
-            Self::CancelKeyDestruction => "CancelKeyDestruction",
-            Self::RevokeLeases => "RevokeLeases",
-            Self::XksGetKeyMetadata => "XksGetKeyMetadata",
-            Self::XksEncrypt => "XksEncrypt",
-            Self::XksDecrypt => "XksDecrypt",
-        }
-    }
-}
-
-/// Reading the audit log, as a Cedar action on the `Keybroker::AuditLog` entity. Kept apart
-/// from [`Action`]: its resource is the log, not a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AuditAction {
-    /// `Audit.Watch`: the records.
-    WatchAudit,
-    /// `Audit.GetCheckpoint`, `GetInclusionProof`, `GetConsistencyProof`: hashes only.
-    ReadAuditProofs,
-}
-
-impl AuditAction {
-    /// The Cedar action id.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::WatchAudit => "WatchAudit",
-            Self::ReadAuditProofs => "ReadAuditProofs",
-        }
-    }
 }
 
 /// The outcome of one evaluation.
@@ -210,7 +101,7 @@ impl PolicyEngine {
     /// [`PolicyError::Check`] for syntax, schema violations (a misspelt attribute, a wrong
     /// type, an unknown action) and missing or duplicate `@id`s.
     pub fn from_text(text: &str, origin: &str) -> Result<Self, PolicyError> {
-        let checked = keybroker_client::policy::check(text, origin)?;
+        let checked = keybroker_formats::policy::check(text, origin)?;
         Ok(Self {
             schema: checked.schema,
             policies: checked.policies,

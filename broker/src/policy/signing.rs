@@ -5,28 +5,8 @@
 use cedar_policy::{Context, Entities, Entity, RestrictedExpression};
 
 use super::input::{opt, s, uid, workload_attrs};
-use super::{Decision, KeyFacts, PolicyEngine, PolicyError};
+use super::{Decision, KeyFacts, PolicyEngine, PolicyError, SignAction};
 use crate::identity::Principal;
-
-/// A signing operation, as a Cedar action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SignAction {
-    /// `Signing.Sign` (and `GetPublicKey` is `GetKey`).
-    Sign,
-    /// `Signing.SignDsse`.
-    SignAttestation,
-}
-
-impl SignAction {
-    /// The Cedar action id.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sign => "Sign",
-            Self::SignAttestation => "SignAttestation",
-        }
-    }
-}
 
 /// What is being signed, as policy sees it.
 #[derive(Debug, Clone, Default)]

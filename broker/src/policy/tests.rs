@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::{Action, DEV_POLICY, KeyFacts, PolicyEngine, PolicyError};
 use crate::identity::Principal;
-use keybroker_client::policy::PolicyCheckError;
+use keybroker_formats::policy::PolicyCheckError;
 
 fn trainer(namespace: &str, region: &str, job: &str) -> Principal {
     Principal {

@@ -1,29 +1,14 @@
-//! Dev-mode tokens: mints a JWT the way `keybrokerd dev`'s built-in issuer expects, from the
-//! dev state directory, and writes token files atomically with mode 0600.
-//!
-//! Layout (a contract with the broker's dev mode):
-//! - `DIR/dev-issuer/issuer.json`: `{"issuer", "audience", "kid", "subject", "namespace",
-//!   "service_account"}` (all strings; unknown fields are ignored);
-//! - `DIR/dev-issuer/signing-key.pem`: the issuer's PKCS#8 Ed25519 private key (PEM).
-//!
-//! Tokens are EdDSA JWTs (`typ=JWT`, `kid` from `issuer.json`) with `iss, sub, aud, iat, nbf,
-//! exp, jti` and the Kubernetes projected-token claim `kubernetes.io` (namespace, service
-//! account), so the broker's identity mapping is exercised as in production.
+//! Dev-mode tokens from a `keybrokerd dev` state directory: reads the dev issuer's files and
+//! mints with `keybroker_formats::dev_token` (where the layout and the claims are), and writes
+//! token files atomically with mode 0600.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::{Deserialize, Serialize};
+pub use keybroker_formats::dev_token::{ISSUER_DIR, ISSUER_FILE, SIGNING_KEY_FILE, Workload};
+use keybroker_formats::dev_token::{IssuerInfo, MintError};
 use zeroize::Zeroizing;
-
-/// Directory under the state dir holding the dev issuer.
-pub const ISSUER_DIR: &str = "dev-issuer";
-/// Issuer description file inside [`ISSUER_DIR`].
-pub const ISSUER_FILE: &str = "issuer.json";
-/// PKCS#8 Ed25519 private key inside [`ISSUER_DIR`].
-pub const SIGNING_KEY_FILE: &str = "signing-key.pem";
 
 /// An error while minting or writing a dev token. Never holds the token or key bytes.
 #[derive(Debug, thiserror::Error)]
@@ -38,33 +23,15 @@ pub enum DevTokenError {
         #[source]
         source: std::io::Error,
     },
-    /// `issuer.json` is not what the contract says.
-    #[error("invalid dev issuer file {}: {source}", path.display())]
-    IssuerFile {
-        /// The file.
+    /// A file of the dev issuer is not what the contract says, or minting failed.
+    #[error("{}: {source}", path.display())]
+    Mint {
+        /// The state dir's issuer directory.
         path: PathBuf,
-        /// The JSON error.
+        /// What is wrong.
         #[source]
-        source: serde_json::Error,
+        source: MintError,
     },
-    /// The signing key is not a PKCS#8 Ed25519 private key in PEM.
-    #[error("invalid dev signing key {} (want a PKCS#8 Ed25519 PEM): {source}", path.display())]
-    SigningKey {
-        /// The file.
-        path: PathBuf,
-        /// The parse error.
-        #[source]
-        source: jsonwebtoken::errors::Error,
-    },
-    /// Signing failed.
-    #[error("cannot sign dev token: {0}")]
-    Sign(#[source] jsonwebtoken::errors::Error),
-    /// The requested lifetime is zero or too large.
-    #[error("invalid token lifetime {0:?}: must be between 1 second and 1 year")]
-    Ttl(Duration),
-    /// The service account is not a Kubernetes object name.
-    #[error("invalid service account {0:?}: want a DNS-1123 name such as evaluator")]
-    ServiceAccount(String),
     /// The token file could not be written.
     #[error("cannot write token file {}: {source}", path.display())]
     Write {
@@ -76,56 +43,11 @@ pub enum DevTokenError {
     },
 }
 
-/// `issuer.json`.
-#[derive(Debug, Deserialize)]
-struct IssuerInfo {
-    issuer: String,
-    audience: String,
-    kid: String,
-    subject: String,
-    namespace: String,
-    service_account: String,
-}
-
-/// JWT claims of a dev token.
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    iss: String,
-    sub: String,
-    aud: String,
-    iat: i64,
-    nbf: i64,
-    exp: i64,
-    jti: String,
-    #[serde(rename = "kubernetes.io")]
-    kubernetes: KubernetesClaim,
-    /// Training job id, for brokers whose issuer sets `job_claim = "job"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    job: Option<String>,
-}
-
-/// The `kubernetes.io` claim of a projected service-account token.
-#[derive(Debug, Serialize, Deserialize)]
-struct KubernetesClaim {
-    namespace: String,
-    serviceaccount: ServiceAccount,
-}
-
-/// `kubernetes.io.serviceaccount`.
-#[derive(Debug, Serialize, Deserialize)]
-struct ServiceAccount {
-    name: String,
-}
-
-/// Longest lifetime `mint` accepts.
-const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-
 /// Mints a dev token valid for `ttl` from now, signed by the dev issuer in `state_dir`.
 ///
 /// # Errors
-/// `Read` when `issuer.json` or the signing key is missing, `IssuerFile` when `issuer.json`
-/// lacks a field, `SigningKey` when the key is not PKCS#8 Ed25519, `Ttl` for a zero or
-/// over-long `ttl`, `Sign` when signing fails.
+/// `Read` when `issuer.json` or the signing key is missing, `Mint` when `issuer.json` lacks a
+/// field, the key is not PKCS#8 Ed25519, `ttl` is zero or over-long, or signing fails.
 pub fn mint(state_dir: &Path, ttl: Duration) -> Result<Zeroizing<String>, DevTokenError> {
     mint_for_job(state_dir, ttl, None)
 }
@@ -140,101 +62,32 @@ pub fn mint_for_job(
     ttl: Duration,
     job: Option<&str>,
 ) -> Result<Zeroizing<String>, DevTokenError> {
-    mint_for(
-        state_dir,
-        ttl,
-        &Workload {
-            job,
-            service_account: None,
-        },
-    )
-}
-
-/// Who a dev token speaks for, beyond the dev issuer's defaults.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Workload<'a> {
-    /// A `job` claim (see [`mint_for_job`]).
-    pub job: Option<&'a str>,
-    /// Another service account in the dev namespace than `issuer.json`'s: a second workload
-    /// (subject `system:serviceaccount:<namespace>:<name>`), e.g. to show that one workload's
-    /// attestation nonce is refused to another.
-    pub service_account: Option<&'a str>,
+    let workload = Workload {
+        job,
+        service_account: None,
+    };
+    mint_for(state_dir, ttl, &workload)
 }
 
 /// Like [`mint`], for `workload`.
 ///
 /// # Errors
-/// As [`mint`], and `ServiceAccount` for a name that is not a DNS-1123 subdomain.
+/// As [`mint`]; `Mint` also for a service account that is not a DNS-1123 subdomain.
 pub fn mint_for(
     state_dir: &Path,
     ttl: Duration,
     workload: &Workload<'_>,
 ) -> Result<Zeroizing<String>, DevTokenError> {
-    let job = workload.job;
-    if let Some(sa) = workload.service_account
-        && !dns1123_subdomain(sa)
-    {
-        return Err(DevTokenError::ServiceAccount(sa.to_owned()));
-    }
-    if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(DevTokenError::Ttl(ttl));
-    }
     let dir = state_dir.join(ISSUER_DIR);
-    let issuer_path = dir.join(ISSUER_FILE);
-    let issuer_json = read(&issuer_path)?;
-    let issuer: IssuerInfo =
-        serde_json::from_slice(&issuer_json).map_err(|source| DevTokenError::IssuerFile {
-            path: issuer_path,
-            source,
-        })?;
-    let key_path = dir.join(SIGNING_KEY_FILE);
-    let pem = read(&key_path)?;
-    let key = EncodingKey::from_ed_pem(&pem).map_err(|source| DevTokenError::SigningKey {
-        path: key_path,
+    let mint_err = |source| DevTokenError::Mint {
+        path: dir.clone(),
         source,
-    })?;
-
+    };
+    let issuer = IssuerInfo::parse(&read(&dir.join(ISSUER_FILE))?).map_err(mint_err)?;
+    let pem = read(&dir.join(SIGNING_KEY_FILE))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let lifetime = i64::try_from(ttl.as_secs()).map_err(|_| DevTokenError::Ttl(ttl))?;
-    let (sub, service_account) = match workload.service_account {
-        Some(sa) => (
-            format!("system:serviceaccount:{}:{sa}", issuer.namespace),
-            sa.to_owned(),
-        ),
-        None => (issuer.subject, issuer.service_account),
-    };
-    let claims = Claims {
-        iss: issuer.issuer,
-        sub,
-        aud: issuer.audience,
-        iat: now,
-        nbf: now,
-        exp: now.saturating_add(lifetime.max(1)),
-        jti: uuid::Uuid::new_v4().to_string(),
-        kubernetes: KubernetesClaim {
-            namespace: issuer.namespace,
-            serviceaccount: ServiceAccount {
-                name: service_account,
-            },
-        },
-        job: job.map(str::to_owned),
-    };
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.kid = Some(issuer.kid);
-    let token = jsonwebtoken::encode(&header, &claims, &key).map_err(DevTokenError::Sign)?;
-    Ok(Zeroizing::new(token))
+    keybroker_formats::dev_token::mint(&issuer, &pem, workload, now, ttl).map_err(mint_err)
 }
-
-/// A Kubernetes object name: 1-253 of `[a-z0-9.-]`, starting and ending alphanumeric.
-fn dns1123_subdomain(s: &str) -> bool {
-    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    s.len() <= 253
-        && edge(s.as_bytes().first())
-        && edge(s.as_bytes().last())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-}
-
 /// Writes `token` to `path` with mode 0600, atomically: a temporary file in the same
 /// directory, flushed to disk, then renamed over `path`. Readers never see a partial token.
 ///
@@ -290,23 +143,24 @@ fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, DevTokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    use keybroker_formats::dev_token::Claims;
 
-    /// Writes a dev issuer into `dir` and returns the public key PEM.
+    /// Writes a dev issuer into `dir` and returns the public key PEM (unknown fields in
+    /// `issuer.json` are `keybroker_formats::dev_token`'s test).
     fn make_issuer(dir: &Path) -> anyhow::Result<String> {
         let issuer_dir = dir.join(ISSUER_DIR);
         std::fs::create_dir_all(&issuer_dir)?;
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
         std::fs::write(issuer_dir.join(SIGNING_KEY_FILE), kp.serialize_pem())?;
-        let info = serde_json::json!({
-            "issuer": "https://dev.keybroker.local",
-            "audience": "keybroker",
-            "kid": "dev-1",
-            "subject": "system:serviceaccount:ml:trainer",
-            "namespace": "ml",
-            "service_account": "trainer",
-            "some_future_field": true,
-        });
+        let info = IssuerInfo {
+            issuer: "https://dev.keybroker.local".into(),
+            audience: "keybroker".into(),
+            kid: "dev-1".into(),
+            subject: "system:serviceaccount:ml:trainer".into(),
+            namespace: "ml".into(),
+            service_account: "trainer".into(),
+        };
         std::fs::write(issuer_dir.join(ISSUER_FILE), serde_json::to_vec(&info)?)?;
         Ok(kp.public_key_pem())
     }
@@ -315,31 +169,15 @@ mod tests {
     fn minted_token_verifies_with_issuer_public_key() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let public_pem = make_issuer(dir.path())?;
-        let token = mint(dir.path(), Duration::from_secs(3600))?;
-
-        let header = jsonwebtoken::decode_header(token.as_str())?;
-        assert_eq!(header.alg, Algorithm::EdDSA);
-        assert_eq!(header.kid.as_deref(), Some("dev-1"));
-        assert_eq!(header.typ.as_deref(), Some("JWT"));
-
+        let token = mint_for_job(dir.path(), Duration::from_secs(3600), Some("j-1"))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&["keybroker"]);
         validation.set_issuer(&["https://dev.keybroker.local"]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         let key = DecodingKey::from_ed_pem(public_pem.as_bytes())?;
-        let data = jsonwebtoken::decode::<Claims>(token.as_str(), &key, &validation)?;
-        let c = data.claims;
+        let c = jsonwebtoken::decode::<Claims>(token.as_str(), &key, &validation)?.claims;
         assert_eq!(c.sub, "system:serviceaccount:ml:trainer");
         assert_eq!(c.exp - c.iat, 3600);
-        assert_eq!(c.nbf, c.iat);
-        assert_eq!(c.kubernetes.namespace, "ml");
-        assert_eq!(c.kubernetes.serviceaccount.name, "trainer");
-        assert!(uuid::Uuid::parse_str(&c.jti).is_ok());
-
-        // A different key must not verify it.
-        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-        let other = DecodingKey::from_ed_pem(other.public_key_pem().as_bytes())?;
-        assert!(jsonwebtoken::decode::<Claims>(token.as_str(), &other, &validation).is_err());
+        assert_eq!(c.job.as_deref(), Some("j-1"));
         Ok(())
     }
 
@@ -356,42 +194,26 @@ mod tests {
     }
 
     #[test]
-    fn another_service_account_is_another_subject() -> anyhow::Result<()> {
+    fn a_broken_issuer_or_zero_ttl_names_the_issuer_dir() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         make_issuer(dir.path())?;
-        let w = Workload {
-            job: None,
-            service_account: Some("evaluator"),
-        };
-        let token = mint_for(dir.path(), Duration::from_secs(60), &w)?;
-        let payload = token.split('.').nth(1).unwrap_or_default();
-        let c: Claims = serde_json::from_slice(&base64::Engine::decode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            payload,
-        )?)?;
-        assert_eq!(c.sub, "system:serviceaccount:ml:evaluator");
-        assert_eq!(c.kubernetes.serviceaccount.name, "evaluator");
-        for bad in ["", "Evaluator", "-x", "a_b"] {
-            let w = Workload {
-                job: None,
-                service_account: Some(bad),
-            };
-            assert!(matches!(
-                mint_for(dir.path(), Duration::from_secs(60), &w),
-                Err(DevTokenError::ServiceAccount(_))
-            ));
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn zero_ttl_is_rejected() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        make_issuer(dir.path())?;
+        let err = mint(dir.path(), Duration::ZERO).err();
         assert!(matches!(
-            mint(dir.path(), Duration::ZERO),
-            Err(DevTokenError::Ttl(_))
+            err,
+            Some(DevTokenError::Mint {
+                source: MintError::Ttl(_),
+                ..
+            })
         ));
+        std::fs::write(dir.path().join(ISSUER_DIR).join(ISSUER_FILE), "{}")?;
+        let err = mint(dir.path(), Duration::from_secs(60))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("dev-issuer") && err.contains("issuer file"),
+            "{err}"
+        );
         Ok(())
     }
 

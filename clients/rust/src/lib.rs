@@ -30,13 +30,16 @@ pub mod dev_token;
 mod error;
 pub mod file;
 mod lifecycle;
-pub mod policy;
 pub mod recipient;
-pub mod release;
 pub mod retry;
 pub mod signing;
 mod token;
 mod types;
+
+/// The Cedar schema and `check()` the broker loads policies with (`keybroker_formats::policy`).
+pub use keybroker_formats::policy;
+/// The sealed-key format of attested release (`keybroker_formats::release`).
+pub use keybroker_formats::release;
 
 pub use attested::{ATTESTATION_HEADER, AttestationNonce, Attested, Release};
 pub use cache::{DataKeyCache, LeasedKey};

@@ -1,5 +1,6 @@
 //! The newest checkpoint, shared through PostgreSQL: the publisher stores each one it signs in
-//! `audit_checkpoint`; every replica's mirror copies the newest into its own tiles directory
+//! `audit_checkpoint` (the checkpoint task's [`Sink::Database`], in `checkpoint.rs`, so that
+//! room does not import this one); every replica's mirror copies the newest into its own tiles directory
 //! (with the partial tiles it reads) and serves it, once the mirror holds the records it covers.
 //! So every replica answers `GetCheckpoint` with the newest checkpoint and every replica's
 //! directory verifies, whichever replica signs.
@@ -10,29 +11,11 @@ use base64::Engine as _;
 use sqlx::PgPool;
 
 use crate::audit::AuditError;
+#[cfg(doc)]
+use crate::audit::checkpoint::Sink;
 use crate::audit::checkpoint::{self, Latest, Signed, Signer};
-use crate::audit::merkle::Hash;
 use crate::audit::tiles::Publisher;
-
-/// Stores a checkpoint of `size` records unless a larger one is stored, and wakes the mirrors.
-///
-/// # Errors
-/// The database refused.
-pub async fn store_checkpoint(db: &PgPool, size: u64, note: &str) -> Result<(), AuditError> {
-    let size = i64::try_from(size).map_err(|_| AuditError::Database("size overflow".into()))?;
-    sqlx::query(
-        "WITH up AS (INSERT INTO audit_checkpoint (id, size, note) VALUES (1, $1, $2) \
-         ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size, note = EXCLUDED.note \
-         WHERE audit_checkpoint.size <= EXCLUDED.size RETURNING 1) \
-         SELECT pg_notify('keybroker_audit', 'checkpoint') FROM up",
-    )
-    .bind(size)
-    .bind(note)
-    .fetch_all(db)
-    .await
-    .map(drop)
-    .map_err(|e| AuditError::Database(e.to_string()))
-}
+use keybroker_formats::tlog::Hash;
 
 /// The newest stored checkpoint.
 async fn newest(db: &PgPool) -> Result<Option<(u64, String)>, AuditError> {

@@ -6,7 +6,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::audit::merkle::{Hash, node_hash};
+use keybroker_formats::tlog::{Hash, node_hash};
 
 /// The frontier of a log of `size` leaves.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -73,7 +73,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::audit::merkle::{Tree, leaf_hash};
+    use keybroker_formats::tlog::{Tree, leaf_hash};
 
     proptest! {
         #[test]

@@ -26,14 +26,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use checkpoints::store_checkpoint;
 pub use follow::lead;
 
 use super::checkpoint::{self, Latest, Signer};
-use super::merkle::{Hash, Tree};
 use super::tiles;
 use super::{AuditError, AuditLog, AuditRecord, CommitObserver};
 use crate::keys::leases::ReleaseTicket;
+use keybroker_formats::tlog::{Hash, Tree};
 
 /// Appends that may wait for the writer before callers are held back.
 const QUEUE: usize = 8192;

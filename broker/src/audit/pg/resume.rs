@@ -14,8 +14,8 @@ use sqlx::PgPool;
 
 use super::follow::{PAGE, read_from};
 use crate::audit::AuditError;
-use crate::audit::merkle::Hash;
 use crate::audit::tiles::{self, Publisher};
+use keybroker_formats::tlog::Hash;
 
 /// The size and root of the log in the database.
 async fn head(pool: &PgPool) -> Result<(u64, Hash), AuditError> {

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::frontier::Frontier;
 use super::{Item, Shared};
-use crate::audit::merkle::leaf_hash;
 use crate::audit::{AuditError, AuditRecord, Decision, GATE_CLOSED_REASON};
 use crate::keys::leases::ReleaseTicket;
 use crate::store::LeaseRecord;
 use crate::store::postgres::gate::{Verdict, check_in};
+use keybroker_formats::tlog::leaf_hash;
 
 /// Most records one transaction takes.
 const MAX_BATCH: usize = 2048;

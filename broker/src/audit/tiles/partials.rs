@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use keybroker_formats::tlog::tiles::wider_partial;
+
 use super::{TILE_WIDTH, bundle_path, tile_path};
 
 /// The partial tile and bundle paths a reader of a checkpoint of `size` records reads.
@@ -127,13 +129,11 @@ pub(crate) fn wider(dir: &Path, n: u64, width: u64) -> Option<PathBuf> {
         return Some(full);
     }
     let partial_dir = dir.join(bundle_path(n, 1)).parent()?.to_path_buf();
-    std::fs::read_dir(&partial_dir)
+    let present = std::fs::read_dir(&partial_dir)
         .ok()?
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|w| *w > width && *w < TILE_WIDTH)
-        .min()
-        .map(|w| dir.join(bundle_path(n, w)))
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok());
+    wider_partial(width, present).map(|w| dir.join(bundle_path(n, w)))
 }
 
 #[cfg(test)]

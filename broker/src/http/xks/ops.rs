@@ -39,11 +39,7 @@ pub(super) enum KeyOp {
 
 impl KeyOp {
     fn audit_op(self) -> Op {
-        match self {
-            Self::Metadata => Op::XksGetKeyMetadata,
-            Self::Encrypt => Op::XksEncrypt,
-            Self::Decrypt => Op::XksDecrypt,
-        }
+        self.action().into()
     }
 
     fn action(self) -> Action {

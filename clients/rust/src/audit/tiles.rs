@@ -1,4 +1,5 @@
-//! Offline verification of a C2SP tlog-tiles directory (height 8) against a signed checkpoint:
+//! Offline verification of a C2SP tlog-tiles directory (height 8) against a signed checkpoint
+//! (the layout, bundles and hashing are `keybroker_formats::tlog`'s, shared with the broker):
 //! every entry bundle is re-hashed, every hash tile re-derived from the records up, and the
 //! root recomputed; the first problem is reported with its record index and file.
 //!
@@ -9,56 +10,12 @@ use std::path::{Path, PathBuf};
 
 use super::note::{Checkpoint, NoteError, VerifierKey, verify_checkpoint};
 use super::proof::{Hash, RootBuilder, leaf_hash, node_hash};
+use keybroker_formats::tlog::tiles::wider_partial;
+pub use keybroker_formats::tlog::tiles::{
+    MAX_RECORD_BYTES, TILE_WIDTH, bundle_path, index_path, parse_bundle, tile_path,
+};
 
-/// Entries per full tile.
-pub const TILE_WIDTH: u64 = 256;
-/// Largest record of our logs.
-pub const MAX_RECORD_BYTES: usize = 16 * 1024;
 const MAX_BUNDLE_BYTES: u64 = TILE_WIDTH * (2 + MAX_RECORD_BYTES as u64);
-
-/// `n` as C2SP path elements (`x001/x234/067`).
-#[must_use]
-pub fn index_path(mut n: u64) -> String {
-    let mut out = format!("{:03}", n % 1000);
-    while n >= 1000 {
-        n /= 1000;
-        out = format!("x{:03}/{out}", n % 1000);
-    }
-    out
-}
-
-fn with_width(base: String, width: u64) -> String {
-    if width == TILE_WIDTH {
-        base
-    } else {
-        format!("{base}.p/{width}")
-    }
-}
-
-/// Path of hash tile `n` at `level` holding `width` hashes.
-#[must_use]
-pub fn tile_path(level: u32, n: u64, width: u64) -> String {
-    with_width(format!("tile/{level}/{}", index_path(n)), width)
-}
-
-/// Path of entry bundle `n` holding `width` records.
-#[must_use]
-pub fn bundle_path(n: u64, width: u64) -> String {
-    with_width(format!("tile/entries/{}", index_path(n)), width)
-}
-
-/// Splits an entry bundle into records; `None` if a length prefix runs past the end.
-#[must_use]
-pub fn parse_bundle(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let (len, rest) = bytes.split_first_chunk::<2>()?;
-        let len = usize::from(u16::from_be_bytes(*len));
-        out.push(rest.get(..len)?);
-        bytes = rest.get(len..)?;
-    }
-    Some(out)
-}
 
 /// What a successful verification established.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,13 +112,11 @@ pub(super) fn stand_in(dir: &Path, full: &str, own: &Path, width: u64) -> Option
         return Some(full);
     }
     let partials = own.parent()?;
-    std::fs::read_dir(partials)
+    let present = std::fs::read_dir(partials)
         .ok()?
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|w| *w > width && *w < TILE_WIDTH)
-        .min()
-        .map(|w| partials.join(w.to_string()))
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok());
+    wider_partial(width, present).map(|w| partials.join(w.to_string()))
 }
 
 /// Reads hash tile `(level, n)` of `width` hashes: the partial tile of that width, or else a

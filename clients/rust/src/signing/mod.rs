@@ -1,9 +1,10 @@
-//! Signing with the broker's SIGN keys (issue 19): the `Signing` calls, the formats of what
-//! they return (shared with the broker), and offline verification of a signature and of its
-//! transparency receipt (the audit record's inclusion under a signed checkpoint).
+//! Signing with the broker's SIGN keys (issue 19): the `Signing` calls and fetching a
+//! signature's transparency receipt. The formats of what they return and the offline
+//! verification of a signature and its receipt are `keybroker_formats::signing`'s, re-exported
+//! here as [`format`](mod@format) and [`bundle`].
 
-pub mod bundle;
 mod calls;
-pub mod format;
+mod receipt;
 
 pub use calls::{PublicKeyInfo, SignedDigest, SignedStatement};
+pub use keybroker_formats::signing::{bundle, format};

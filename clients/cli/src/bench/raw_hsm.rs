@@ -19,7 +19,7 @@ use cryptoki::session::{Session, UserType};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use super::report::OpKind;
+use super::measure::OpKind;
 
 /// AAD of the size the broker authenticates (envelope header with key name and context).
 const AAD: [u8; 64] = [0x41; 64];
@@ -225,7 +225,13 @@ fn find_key(s: &Session, label: &str) -> Result<ObjectHandle, String> {
     .ok_or_else(|| format!("no AES key labelled {label:?} on the token"))
 }
 
-/// An AES-256 token key with the broker's attributes (encrypt/decrypt only, never extractable).
+/// An AES-256 token key with the broker's attributes (encrypt/decrypt only, never extractable,
+/// never modifiable), so the ceiling is measured on the kind of key the broker uses.
+///
+/// The template is written twice on purpose, here and in the broker's `hsm/ops.rs`
+/// (`generate_aes_key`), attribute for attribute but the random `CKA_ID` the broker adds: it is
+/// PKCS#11 (`cryptoki`), which the pure formats crate does not link, and a client never
+/// imports the broker. Change both together.
 fn create_key(s: &Session) -> Result<ObjectHandle, String> {
     let label = format!("keybroker-bench-{}", uuid::Uuid::new_v4());
     let template = [
@@ -236,8 +242,14 @@ fn create_key(s: &Session) -> Result<ObjectHandle, String> {
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
+        Attribute::Modifiable(false),
         Attribute::Encrypt(true),
         Attribute::Decrypt(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
         Attribute::Label(label.into_bytes()),
     ];
     s.generate_key(&Mechanism::AesKeyGen, &template)
@@ -250,8 +262,10 @@ fn create_p256_pair(s: &Session) -> Result<(ObjectHandle, ObjectHandle), String>
     // DER of the prime256v1 OID, the CKA_EC_PARAMS value.
     const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
     let label = format!("keybroker-bench-sign-{}", uuid::Uuid::new_v4()).into_bytes();
+    // The broker's template (hsm/sign.rs) but the random CKA_ID: see `create_key`.
     let public = [
         Attribute::Token(true),
+        Attribute::Private(false),
         Attribute::Verify(true),
         Attribute::EcParams(P256.to_vec()),
         Attribute::Label(label.clone()),
@@ -262,6 +276,9 @@ fn create_p256_pair(s: &Session) -> Result<(ObjectHandle, ObjectHandle), String>
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+        Attribute::Unwrap(false),
         Attribute::Label(label),
     ];
     let (public, private) = s

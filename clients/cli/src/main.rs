@@ -1,6 +1,8 @@
-//! The `keybroker` command line: global connection flags (each also read from a
-//! `KEYBROKER_*` environment variable), the subcommands, and turning the flags into a
-//! [`ClientConfig`] with errors that say which flag or variable is missing.
+//! `keybroker`, the command line over the `keybroker-client` library: global connection flags
+//! (each also read from a `KEYBROKER_*` environment variable), the subcommands, and turning the
+//! flags into a [`ClientConfig`] with errors that say which flag or variable is missing. Parses
+//! flags (clap exits 2 on usage errors), runs the command, and prints `error: …` to stderr with
+//! exit code 1 on failure. Never prints a token except `dev-token`'s own output.
 
 mod args;
 mod attest;
@@ -22,12 +24,26 @@ mod signed_report;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keybroker_client::{Client, ClientConfig};
 
 pub(crate) use error::CliError;
 use output::Format;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    match cli.run(&mut stdout).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", error::describe(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// keybroker: data keys and key administration against a keybroker broker.
 #[derive(Debug, Parser)]

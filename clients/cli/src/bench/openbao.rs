@@ -14,8 +14,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use zeroize::Zeroizing;
 
-use super::report::OpKind;
-use super::target::PAYLOAD;
+use super::measure::{OpKind, PAYLOAD};
 
 /// A transit key behind an OpenBao server.
 pub(crate) struct Transit {

@@ -4,6 +4,7 @@
 //! generator is not limited to the CLI's single thread.
 
 mod engine;
+mod measure;
 mod openbao;
 mod raw_hsm;
 mod report;
@@ -25,8 +26,9 @@ use super::error::CliError;
 use super::output::Format;
 use engine::{Mix, Plan, Stop};
 use keybroker_client::recipient::RecipientKey;
+use measure::OpKind;
 use raw_hsm::{RawHsm, RawHsmSettings};
-use report::{OpKind, Report, RunShape};
+use report::{Report, RunShape};
 use target::{BrokerTarget, Target};
 
 /// Most operations in flight / connections / runtime threads accepted.

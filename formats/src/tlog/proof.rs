@@ -1,38 +1,7 @@
-//! RFC 6962 hashing and the proof checks of RFC 9162 §2.1.3.2 (inclusion) and §2.1.4.2
-//! (consistency), over SHA-256 from `ring`. Pure.
+//! The verifier's side of RFC 6962: the proof checks of RFC 9162 §2.1.3.2 (inclusion) and
+//! §2.1.4.2 (consistency), and the root of a sequence of leaves pushed one by one. Pure.
 
-use ring::digest::{Context, SHA256};
-
-/// A SHA-256 hash.
-pub type Hash = [u8; 32];
-
-fn sha256(parts: &[&[u8]]) -> Hash {
-    let mut ctx = Context::new(&SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
-}
-
-/// `SHA-256(0x00 || record)`: the leaf hash of a record.
-#[must_use]
-pub fn leaf_hash(record: &[u8]) -> Hash {
-    sha256(&[&[0x00], record])
-}
-
-/// `SHA-256(0x01 || left || right)`.
-#[must_use]
-pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    sha256(&[&[0x01], left, right])
-}
-
-/// The root of the empty tree, `SHA-256("")`.
-#[must_use]
-pub fn empty_root() -> Hash {
-    sha256(&[])
-}
+pub use super::{Hash, empty_root, leaf_hash, node_hash};
 
 /// Builds the RFC 6962 root of a sequence of leaf hashes pushed one by one, keeping only the
 /// right frontier (one hash per set bit of the size).

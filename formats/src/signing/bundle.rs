@@ -3,9 +3,7 @@
 //! signed-note) the proof leads to. Verifying a bundle needs nothing from the broker: the
 //! signature under the public key, then the record under the checkpoint, then the checkpoint
 //! under the log's verifier key (the one published out of band, or the bundle's own, trusted
-//! on first use).
-
-use std::time::{Duration, Instant};
+//! on first use). Pure: fetching a receipt from the broker is the client's.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -13,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::format::{FormatError, PublicKey};
-use crate::audit::note::{NoteError, VerifierKey, verify_checkpoint};
-use crate::audit::proof::{Hash, ProofError, leaf_hash, verify_inclusion};
-use crate::{Client, ClientError};
+use crate::ops::Op;
+use crate::tlog::note::{NoteError, VerifierKey, verify_checkpoint};
+use crate::tlog::proof::{Hash, ProofError, leaf_hash, verify_inclusion};
 
 /// `mediaType` of a bundle.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.keybroker.signature-bundle.v1+json";
@@ -122,7 +120,7 @@ pub struct Bundle {
 /// What the record of a signature must say about it.
 fn check_record(
     record: &Value,
-    op: &str,
+    op: Op,
     key: &str,
     version: u32,
     digest: &str,
@@ -130,7 +128,10 @@ fn check_record(
     let field = |path: &[&str]| path.iter().try_fold(record, |v, p| v.get(*p));
     let text = |path: &[&str]| field(path).and_then(Value::as_str);
     let checks = [
-        (text(&["op"]) == Some(op), "operation"),
+        (
+            field(&["op"]).and_then(|v| Op::deserialize(v).ok()) == Some(op),
+            "operation",
+        ),
         (text(&["outcome", "code"]) == Some("ok"), "outcome"),
         (text(&["key_name"]) == Some(key), "key"),
         (
@@ -179,7 +180,7 @@ impl Bundle {
             ));
         }
         let record = self.receipt.verify(vkey)?;
-        check_record(&record, "sign", &self.key, self.key_version, &label)?;
+        check_record(&record, Op::Sign, &self.key, self.key_version, &label)?;
         Ok(record)
     }
 }
@@ -197,64 +198,6 @@ pub fn verify_statement_receipt(
     use sha2::Digest as _;
     let record = receipt.verify(vkey)?;
     let label = format!("sha256:{}", hex::encode(sha2::Sha256::digest(statement)));
-    check_record(&record, "sign_dsse", key, version, &label)?;
+    check_record(&record, Op::SignDsse, key, version, &label)?;
     Ok(record)
-}
-
-impl Client {
-    /// The receipt of audit record `index`: waits (up to `wait`) for a checkpoint that covers
-    /// it — checkpoints follow within about a second — then fetches the record and its
-    /// inclusion proof and checks them against the checkpoint under the broker's key.
-    ///
-    /// # Errors
-    /// `Status` (`PERMISSION_DENIED` without `WatchAudit`/`ReadAuditProofs`), or
-    /// `MalformedResponse` when no checkpoint covers the record in time or the proof fails.
-    pub async fn receipt(&self, index: u64, wait: Duration) -> Result<Receipt, ClientError> {
-        let bad = |problem: &'static str| ClientError::MalformedResponse {
-            problem,
-            request_id: String::new(),
-        };
-        let deadline = Instant::now() + wait;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let (cp, size) = loop {
-            tick.tick().await;
-            match self.audit_checkpoint().await {
-                Ok(cp) => {
-                    let vkey = VerifierKey::parse(&cp.vkey)
-                        .map_err(|_| bad("the broker's verifier key does not parse"))?;
-                    let size = verify_checkpoint(&vkey, &cp.note)
-                        .map_err(|_| bad("the broker's checkpoint does not verify"))?
-                        .size;
-                    if size > index {
-                        break (cp, size);
-                    }
-                }
-                Err(e) if e.code() == Some(tonic::Code::Unavailable) => {}
-                Err(e) => return Err(e),
-            }
-            if Instant::now() >= deadline {
-                return Err(bad("no checkpoint covers the signature's record yet"));
-            }
-        };
-        let mut stream = self.watch_audit(index, false).await?;
-        let entry = stream
-            .next()
-            .await?
-            .ok_or_else(|| bad("the broker sent no record at the signature's index"))?;
-        drop(stream);
-        let proof = self.audit_inclusion_proof(index, size).await?;
-        let record = String::from_utf8(entry.record).map_err(|_| bad("the record is not UTF-8"))?;
-        let receipt = Receipt {
-            index,
-            record,
-            tree_size: size,
-            inclusion_proof: proof.iter().map(hex::encode).collect(),
-            checkpoint: cp.note,
-            vkey: cp.vkey,
-        };
-        receipt
-            .verify(None)
-            .map_err(|_| bad("the signature's receipt does not verify"))?;
-        Ok(receipt)
-    }
 }

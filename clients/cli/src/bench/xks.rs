@@ -17,8 +17,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use zeroize::Zeroizing;
 
-use super::report::OpKind;
-use super::target::PAYLOAD;
+use super::measure::{OpKind, PAYLOAD};
 
 /// One XKS key behind a keybroker XKS endpoint.
 pub(crate) struct XksTarget {

@@ -13,11 +13,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
-use super::report::OpKind;
+use super::measure::{OpKind, Outcome, histogram};
 use super::target::Target;
-
-/// Highest latency the histograms hold, in microseconds (larger values saturate).
-const MAX_LATENCY_US: u64 = 120_000_000;
 
 /// When a run stops.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -130,29 +127,10 @@ pub(crate) struct Plan {
     pub(crate) label: &'static str,
 }
 
-/// What a run measured.
-#[derive(Debug)]
-pub(crate) struct Outcome {
-    /// Latency of successful operations per operation kind, microseconds.
-    pub(crate) latency: BTreeMap<OpKind, Histogram<u64>>,
-    /// Failed operations per error code.
-    pub(crate) errors: BTreeMap<String, u64>,
-    /// From the first ticket to the last completion.
-    pub(crate) elapsed: Duration,
-}
-
 /// Per-worker tallies, merged at the end.
 struct Tally {
     latency: BTreeMap<OpKind, Histogram<u64>>,
     errors: BTreeMap<String, u64>,
-}
-
-/// An empty latency histogram: 1 µs to 120 s, 3 significant digits.
-///
-/// # Errors
-/// Never in practice (the bounds are constants hdrhistogram accepts).
-pub(crate) fn histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
 }
 
 /// Runs `plan` against `target` and returns the merged measurements.

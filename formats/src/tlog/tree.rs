@@ -1,32 +1,10 @@
-//! RFC 6962 Merkle tree hashing over audit records (leaf prefix 0x00, node prefix 0x01), kept
-//! as complete subtrees per level so that tlog-tiles and roots of any size are cheap.
+//! The log's side of RFC 6962: an append-only Merkle tree of records, kept as complete
+//! subtrees per level so that tlog-tiles, roots of any size and proofs are cheap.
 //!
 //! Pure: no I/O. `levels[k][i]` is the hash of the complete subtree of `2^k` leaves starting at
 //! leaf `i * 2^k`.
 
-use sha2::{Digest as _, Sha256};
-
-/// A SHA-256 hash.
-pub type Hash = [u8; 32];
-
-/// `SHA-256(0x00 || data)`.
-#[must_use]
-pub fn leaf_hash(data: &[u8]) -> Hash {
-    let mut h = Sha256::new();
-    h.update([0x00]);
-    h.update(data);
-    h.finalize().into()
-}
-
-/// `SHA-256(0x01 || left || right)`.
-#[must_use]
-pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut h = Sha256::new();
-    h.update([0x01]);
-    h.update(left);
-    h.update(right);
-    h.finalize().into()
-}
+use super::{Hash, empty_root, leaf_hash, node_hash};
 
 /// An append-only Merkle tree of leaf hashes.
 #[derive(Debug, Default, Clone)]
@@ -78,7 +56,7 @@ impl Tree {
             return None;
         }
         if size == 0 {
-            return Some(Sha256::digest([]).into());
+            return Some(empty_root());
         }
         // The tree of `size` leaves is the complete subtrees of its binary decomposition, left
         // to right, folded from the right.
@@ -220,7 +198,7 @@ mod tests {
     /// MTH straight from RFC 6962 §2.1 (recursive split at the largest power of two < n).
     fn reference(leaves: &[Hash]) -> Hash {
         match leaves.len() {
-            0 => Sha256::digest([]).into(),
+            0 => empty_root(),
             1 => leaves[0],
             n => {
                 let k = 1 << (usize::BITS - 1 - (n - 1).leading_zeros());

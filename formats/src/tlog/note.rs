@@ -1,11 +1,13 @@
-//! C2SP `signed-note` verification with an Ed25519 verifier key (C2SP `vkey`), and the C2SP
-//! `tlog-checkpoint` body it carries. Ed25519 and SHA-256 come from `ring`. Pure.
+//! The C2SP `tlog-checkpoint` body and the C2SP `signed-note` around it, with an Ed25519 key
+//! named by a C2SP `vkey`: the text the log signs ([`body`], [`note`], [`vkey`]) and its
+//! verification ([`VerifierKey`], [`verify_checkpoint`]). Ed25519 comes from `ring`. Pure: the
+//! signature itself is made by the log's key in the HSM.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ring::digest::{Context, SHA256};
+use sha2::{Digest as _, Sha256};
 
-use super::proof::Hash;
+use super::Hash;
 
 /// Largest signed note accepted.
 pub const MAX_NOTE_BYTES: usize = 64 * 1024;
@@ -43,17 +45,42 @@ pub struct VerifierKey {
     pub public: [u8; 32],
 }
 
-/// `SHA-256(name || "\n" || 0x01 || public)[..4]`.
-fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
-    let mut ctx = Context::new(&SHA256);
-    ctx.update(name.as_bytes());
-    ctx.update(b"\n");
-    ctx.update(&[ED25519]);
-    ctx.update(public);
-    let d = ctx.finish();
-    let mut id = [0u8; 4];
-    id.copy_from_slice(&d.as_ref()[..4]);
-    id
+/// The signed-note key id: the first 4 bytes of `SHA-256(name || "\n" || 0x01 || public)`.
+#[must_use]
+pub fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update([ED25519]);
+    h.update(public);
+    let d = h.finalize();
+    [d[0], d[1], d[2], d[3]]
+}
+
+/// The verifier key: `name+hex(key id)+base64(0x01 || public key)`.
+#[must_use]
+pub fn vkey(name: &str, public: &[u8; 32]) -> String {
+    let mut typed = vec![ED25519];
+    typed.extend_from_slice(public);
+    format!(
+        "{name}+{}+{}",
+        hex::encode(key_id(name, public)),
+        STANDARD.encode(&typed)
+    )
+}
+
+/// The checkpoint body: `origin\nsize\nbase64(root)\n`.
+#[must_use]
+pub fn body(origin: &str, size: u64, root: &Hash) -> String {
+    format!("{origin}\n{size}\n{}\n", STANDARD.encode(root))
+}
+
+/// A signed note: the body, an empty line, and one signature line by `name`.
+#[must_use]
+pub fn note(body: &str, name: &str, key_id: [u8; 4], signature: &[u8; 64]) -> String {
+    let mut sig = key_id.to_vec();
+    sig.extend_from_slice(signature);
+    format!("{body}\n\u{2014} {name} {}\n", STANDARD.encode(&sig))
 }
 
 impl VerifierKey {
@@ -223,35 +250,47 @@ mod tests {
         Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap()
     }
 
+    fn public(kp: &Ed25519KeyPair) -> [u8; 32] {
+        kp.public_key().as_ref().try_into().unwrap()
+    }
+
     fn vkey_of(name: &str, kp: &Ed25519KeyPair) -> String {
-        let public: [u8; 32] = kp.public_key().as_ref().try_into().unwrap();
-        let mut typed = vec![ED25519];
-        typed.extend_from_slice(&public);
-        format!(
-            "{name}+{}+{}",
-            hex::encode(key_id(name, &public)),
-            STANDARD.encode(typed)
-        )
+        vkey(name, &public(kp))
     }
 
     fn sign(text: &str, name: &str, kp: &Ed25519KeyPair) -> String {
-        let public: [u8; 32] = kp.public_key().as_ref().try_into().unwrap();
-        let mut sig = key_id(name, &public).to_vec();
-        sig.extend_from_slice(kp.sign(text.as_bytes()).as_ref());
-        format!("{text}\n\u{2014} {name} {}\n", STANDARD.encode(sig))
+        let sig: [u8; 64] = kp.sign(text.as_bytes()).as_ref().try_into().unwrap();
+        note(text, name, key_id(name, &public(kp)), &sig)
     }
 
     const NAME: &str = "example.com/log";
 
-    fn body(size: u64) -> String {
-        format!("{NAME}\n{size}\n{}\n", STANDARD.encode([7u8; 32]))
+    fn body_of(size: u64) -> String {
+        body(NAME, size, &[7u8; 32])
+    }
+
+    #[test]
+    fn note_format_follows_c2sp() {
+        let root = [0u8; 32];
+        assert_eq!(
+            body("example.com/log", 5, &root),
+            "example.com/log\n5\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
+        );
+        let public = [7u8; 32];
+        let v = vkey("example.com/log", &public);
+        let parts: Vec<&str> = v.splitn(3, '+').collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1].len(), 8);
+        let n = note("b\n", "example.com/log", [1, 2, 3, 4], &[9; 64]);
+        assert!(n.starts_with("b\n\n\u{2014} example.com/log "));
+        assert!(n.ends_with('\n'));
     }
 
     #[test]
     fn a_signed_checkpoint_verifies_and_parses() {
         let kp = keypair(1);
         let vkey = VerifierKey::parse(&vkey_of(NAME, &kp)).unwrap();
-        let note = sign(&body(42), NAME, &kp);
+        let note = sign(&body_of(42), NAME, &kp);
         let cp = verify_checkpoint(&vkey, &note).unwrap();
         assert_eq!(
             (cp.origin.as_str(), cp.size, cp.root),
@@ -266,13 +305,13 @@ mod tests {
     fn another_key_an_altered_text_or_a_broken_note_is_refused() {
         let kp = keypair(1);
         let vkey = VerifierKey::parse(&vkey_of(NAME, &kp)).unwrap();
-        let other = sign(&body(42), NAME, &keypair(2));
+        let other = sign(&body_of(42), NAME, &keypair(2));
         assert_eq!(
             verify_checkpoint(&vkey, &other),
             Err(NoteError::NotSignedBy(NAME.into())),
             "another key has another key id"
         );
-        let altered = sign(&body(42), NAME, &kp).replace("\n42\n", "\n43\n");
+        let altered = sign(&body_of(42), NAME, &kp).replace("\n42\n", "\n43\n");
         assert_eq!(
             verify_checkpoint(&vkey, &altered),
             Err(NoteError::BadSignature(NAME.into()))

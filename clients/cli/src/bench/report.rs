@@ -9,55 +9,8 @@ use std::io::Write;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::engine::Outcome;
-use crate::cli::output::{Format, write_json};
-
-/// One kind of operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum OpKind {
-    /// GenerateDataKey (plaintext + wrapped copy + lease).
-    Datakey,
-    /// Decrypt of a data-key ciphertext.
-    Decrypt,
-    /// Encrypt of a 32-byte payload.
-    Encrypt,
-    /// Sign of a SHA-256 digest with a SIGN key (ECDSA P-256 in the raw-hsm target).
-    Sign,
-    /// Attested release: GetAttestationNonce, a dev attestation result minted for it, then
-    /// GenerateDataKey with that result and HPKE recipient release, and opening the sealed key.
-    Attested,
-    /// GetAttestationNonce alone (the extra round trip of an attested release).
-    Nonce,
-}
-
-impl OpKind {
-    /// The name used on the command line and in reports.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Datakey => "datakey",
-            Self::Decrypt => "decrypt",
-            Self::Encrypt => "encrypt",
-            Self::Sign => "sign",
-            Self::Attested => "attested",
-            Self::Nonce => "nonce",
-        }
-    }
-
-    /// Parses a name as printed by [`OpKind::name`].
-    pub(crate) fn from_name(s: &str) -> Option<Self> {
-        [
-            Self::Datakey,
-            Self::Decrypt,
-            Self::Encrypt,
-            Self::Sign,
-            Self::Attested,
-            Self::Nonce,
-        ]
-        .into_iter()
-        .find(|op| op.name() == s)
-    }
-}
+use super::measure::{OpKind, Outcome};
+use crate::output::{Format, write_json};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -241,7 +194,7 @@ mod tests {
 
     #[test]
     fn report_json_has_the_script_interface() -> anyhow::Result<()> {
-        let mut h = super::super::engine::histogram()?;
+        let mut h = super::super::measure::histogram()?;
         for us in 1..=1000 {
             h.record(us)?;
         }

@@ -8,9 +8,9 @@ use keybroker_client::dev_attestation::{self, DevResult, Tee};
 use keybroker_client::recipient::RecipientKey;
 use keybroker_client::{Attested, Client, ClientError, code_name};
 
+use super::measure::{OpKind, PAYLOAD};
 use super::openbao::Transit;
 use super::raw_hsm::RawHsm;
-use super::report::OpKind;
 
 /// A bench target.
 pub(crate) enum Target {
@@ -52,9 +52,6 @@ pub(crate) struct BrokerTarget {
     /// key data keys are sealed to.
     pub(crate) attestation: Option<(std::path::PathBuf, RecipientKey)>,
 }
-
-/// Payload of an encrypt: the size of a data key.
-pub(crate) const PAYLOAD: [u8; 32] = [0x5a; 32];
 
 impl BrokerTarget {
     async fn call(&self, op: OpKind, worker: usize) -> Result<(), String> {

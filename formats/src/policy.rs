@@ -11,8 +11,9 @@ use std::collections::BTreeSet;
 use cedar_policy::{PolicySet, Schema, ValidationMode, Validator};
 use sha2::{Digest as _, Sha256};
 
-/// The schema every keybroker policy is validated against (`broker/policy/`).
-pub const SCHEMA: &str = include_str!("../../../broker/policy/schema.cedarschema");
+/// The schema every keybroker policy is validated against (`formats/policy/`): its actions are
+/// those of [`crate::ops`].
+pub const SCHEMA: &str = include_str!("../policy/schema.cedarschema");
 
 /// Why a policy was refused. Messages name the origin (file) and every problem found.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,21 @@
 use keybroker_client::ClientError;
 use keybroker_client::dev_token::DevTokenError;
 
+/// The error and its causes, each added only if the message does not already include it.
+pub(crate) fn describe(err: &CliError) -> String {
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 /// An error of one `keybroker` command.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CliError {
