@@ -121,14 +121,11 @@ impl Client {
             sealed: resp.ciphertext_for_recipient,
             suite: resp.recipient_suite,
         };
-        let info = release::info(
-            ReleaseOp::GenerateDataKey,
-            key,
-            resp.key_version,
-            &lease_id,
-            SUITE_X25519_SHA256_AES256GCM,
-        );
-        let (plaintext, sealed) = released.open(attested, &info, &rid)?;
+        let (plaintext, sealed) = released.open(
+            attested,
+            (ReleaseOp::GenerateDataKey, key, resp.key_version, &lease_id),
+            &rid,
+        )?;
         Ok(Release {
             key: DataKey {
                 plaintext,
@@ -172,14 +169,11 @@ impl Client {
             sealed: resp.ciphertext_for_recipient,
             suite: resp.recipient_suite,
         };
-        let info = release::info(
-            ReleaseOp::Decrypt,
-            &resp.key,
-            resp.key_version,
-            &lease_id,
-            SUITE_X25519_SHA256_AES256GCM,
-        );
-        let (plaintext, sealed) = released.open(attested, &info, &rid)?;
+        let (plaintext, sealed) = released.open(
+            attested,
+            (ReleaseOp::Decrypt, &resp.key, resp.key_version, &lease_id),
+            &rid,
+        )?;
         Ok(Release {
             key: DecryptedKey {
                 plaintext,
@@ -242,8 +236,17 @@ struct Sealed {
 
 impl Sealed {
     /// Checks the response against the request and opens a sealed key with a private
-    /// recipient: (plaintext, sealed key as received).
-    fn open(self, attested: &Attested, info: &[u8], rid: &str) -> Result<Opened, ClientError> {
+    /// recipient: (plaintext, sealed key as received). `call` is what the sealed key is bound
+    /// to: the op, key, key version and lease id.
+    fn open(
+        self,
+        attested: &Attested,
+        call: (ReleaseOp, &str, u32, &str),
+        rid: &str,
+    ) -> Result<Opened, ClientError> {
+        let (op, key, version, lease_id) = call;
+        let info = release::info(op, key, version, lease_id, SUITE_X25519_SHA256_AES256GCM);
+        let info = info.as_slice();
         let malformed = |problem| ClientError::MalformedResponse {
             problem,
             request_id: rid.to_owned(),
@@ -309,17 +312,18 @@ mod tests {
             suite: 1,
         };
         let a = attested(Some(RecipientKey::Private(sk)));
-        let (plain, got) = resp().open(&a, &info, "r")?;
+        let call = (ReleaseOp::GenerateDataKey, "models/m", 1, "l-1");
+        let (plain, got) = resp().open(&a, call, "r")?;
         assert_eq!(plain.as_slice(), &dek);
         assert_eq!(got.as_deref(), Some(sealed.as_slice()));
 
-        let other = release::info(ReleaseOp::Decrypt, "models/m", 1, "l-1", 1);
+        let other = (ReleaseOp::Decrypt, "models/m", 1, "l-1");
         assert!(matches!(
-            resp().open(&a, &other, "r"),
+            resp().open(&a, other, "r"),
             Err(ClientError::Release { .. })
         ));
         let public = attested(Some(RecipientKey::Public(pk)));
-        let (plain, got) = resp().open(&public, &info, "r")?;
+        let (plain, got) = resp().open(&public, call, "r")?;
         assert!(plain.is_empty() && got.is_some());
         Ok(())
     }
@@ -346,7 +350,7 @@ mod tests {
                 sealed,
                 suite,
             }
-            .open(a, b"", "r");
+            .open(a, (ReleaseOp::Decrypt, "k", 1, "l"), "r");
             let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
             assert!(msg.contains(want) && msg.contains("request id: r"), "{msg}");
         }
