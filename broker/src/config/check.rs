@@ -117,21 +117,45 @@ pub fn check_config(path: &Path) -> Result<CheckReport, ConfigError> {
         format!("{}: private key parses", key_path.display()),
     );
 
-    for (i, issuer) in config.identity.jwt_issuers.iter().enumerate() {
-        match &issuer.jwks {
+    // Workload issuers and attestation verifiers: the same JWKS sources, the same checks.
+    let issuers = config
+        .identity
+        .jwt_issuers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                format!("identity.jwt_issuers[{i}]"),
+                &s.jwks,
+                s.issuer.as_str(),
+            )
+        });
+    let verifiers = config
+        .attestation
+        .iter()
+        .flat_map(|a| a.verifiers.iter().enumerate())
+        .map(|(i, v)| {
+            (
+                format!("attestation.verifiers[{i}]"),
+                &v.jwks,
+                v.name.as_str(),
+            )
+        });
+    for (prefix, jwks, owner) in issuers.chain(verifiers) {
+        match jwks {
             JwksSource::File(file) => {
-                let field = format!("identity.jwt_issuers[{i}].jwks_file");
+                let field = format!("{prefix}.jwks_file");
                 let count =
                     jwks_key_count(&read(&field, file)?).map_err(|p| fail(&field, file, p))?;
                 ok(
                     &field,
-                    format!("{}: {count} key(s) for {}", file.display(), issuer.issuer),
+                    format!("{}: {count} key(s) for {owner}", file.display()),
                 );
             }
             // Offline check: the URL is not fetched, only its CA file is read.
             JwksSource::Url { url, ca_file } => {
                 if let Some(file) = ca_file {
-                    let field = format!("identity.jwt_issuers[{i}].jwks_ca_file");
+                    let field = format!("{prefix}.jwks_ca_file");
                     let n = pem_certs(&read(&field, file)?);
                     if n == 0 {
                         return Err(fail(&field, file, "no PEM certificate found".into()));
@@ -139,7 +163,7 @@ pub fn check_config(path: &Path) -> Result<CheckReport, ConfigError> {
                     ok(&field, format!("{}: {n} certificate(s)", file.display()));
                 }
                 ok(
-                    &format!("identity.jwt_issuers[{i}].jwks_url"),
+                    &format!("{prefix}.jwks_url"),
                     format!("{url} (fetched at start, not checked offline)"),
                 );
             }
@@ -324,6 +348,31 @@ mod tests {
             assert!(text.contains(want), "{want} missing in:\n{text}");
         }
         assert!(!text.contains("1234-very-secret"), "{text}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn check_config_reads_the_attestation_verifiers_jwks() {
+        let d = Deployment::new(0o600);
+        let config = d.path("broker.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "{text}\n[[attestation.verifiers]]\nname = \"trustee\"\nprofile = \"ear\"\n\
+                 layout = \"trustee\"\njwks_file = \"att.json\"\nalgorithms = [\"ES256\"]\n"
+            ),
+        )
+        .unwrap();
+        std::fs::copy(d.path("jwks.json"), d.path("att.json")).unwrap();
+        let report = check_config(&config).unwrap().to_string();
+        assert!(
+            report.contains("attestation.verifiers[0].jwks_file") && report.contains("for trustee"),
+            "{report}"
+        );
+        std::fs::write(d.path("att.json"), "<html>").unwrap();
+        let e = check_config(&config).unwrap_err().to_string();
+        assert!(e.contains("attestation.verifiers[0].jwks_file:"), "{e}");
     }
 
     #[cfg(unix)]
