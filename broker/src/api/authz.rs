@@ -80,7 +80,9 @@ impl ApiState {
             self.keys.get_key(name).await
         }
         .map_err(|e| key_error(&e, &call.rid))?;
-        let attested = if releases(action) {
+        // Only calls that carry a result or a recipient take the attestation step: the plain
+        // release path stays as it was.
+        let attested = if releases(action) && (call.attestation.is_some() || recipient.is_some()) {
             self.note_hsm(call, &record);
             self.attest(call, recipient).await?
         } else {
@@ -142,8 +144,10 @@ impl ApiState {
                 "attestation is not configured",
             ));
         };
-        let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
-        let facts = match verifiers.check(token, &call.principal, now).await {
+        let facts = match verifiers
+            .check(token, &call.principal, super::unix_now())
+            .await
+        {
             Ok(facts) => facts,
             Err(r) => {
                 let audit = AttestationAudit {

@@ -272,20 +272,21 @@ impl DataKeysApi {
                     .to_owned(),
             ));
         };
-        let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
-        let (nonce, expires_at) = attestation.nonce(&call.principal, now).map_err(|e| {
-            tracing::warn!(request_id = %rid, error = ?e, "attestation nonce refused");
-            match e {
-                crate::attestation::nonce::IssueError::Full => rid.status(
-                    tonic::Code::ResourceExhausted,
-                    "too many attestation nonces in use; retry later".to_owned(),
-                ),
-                crate::attestation::nonce::IssueError::Random => rid.status(
-                    tonic::Code::Unavailable,
-                    "no randomness for a nonce; retry later".to_owned(),
-                ),
-            }
-        })?;
+        let (nonce, expires_at) = attestation
+            .nonce(&call.principal, super::unix_now())
+            .map_err(|e| {
+                tracing::warn!(request_id = %rid, error = ?e, "attestation nonce refused");
+                match e {
+                    crate::attestation::nonce::IssueError::Full => rid.status(
+                        tonic::Code::ResourceExhausted,
+                        "too many attestation nonces in use; retry later".to_owned(),
+                    ),
+                    crate::attestation::nonce::IssueError::Random => rid.status(
+                        tonic::Code::Unavailable,
+                        "no randomness for a nonce; retry later".to_owned(),
+                    ),
+                }
+            })?;
         tracing::info!(request_id = %rid, subject = %call.principal.subject,
             "attestation nonce issued");
         Ok(rid.response(pb::GetAttestationNonceResponse {

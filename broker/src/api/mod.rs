@@ -178,7 +178,7 @@ impl ApiState {
         // The TLS layer put the verified client chain here (mTLS modes); leaf first.
         let certs = req.peer_certs();
         let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
-        let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+        let now = unix_now();
         let principal = self
             .identity
             .authenticate(token, leaf, now)
@@ -192,6 +192,11 @@ impl ApiState {
             attestation: attestation_metadata(req),
         })
     }
+}
+
+/// The current unix time in seconds, as identity and attestation checks take it.
+pub(crate) fn unix_now() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0)
 }
 
 /// The attestation result of a request: none, one usable value, or why not (two values, not
